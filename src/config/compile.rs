@@ -1,0 +1,359 @@
+//! Turns the operator's JSON into an immutable `Plan`: secrets resolved, regexes compiled,
+//! defaults applied, every fault reported once with the JSON path where it sits.
+
+use std::fmt;
+
+use super::model::{AuthConfig, EndpointConfig, MatchConfig, PluginConfig, RouteConfig, SecretConfig};
+use crate::guards::GuardPlan;
+use crate::limits::LimitPlan;
+use crate::pipeline::stage::{RequestStage, ResponseStage};
+use crate::providers::Provider;
+use crate::shaping::Shaping;
+use crate::transform::TransformPlan;
+
+/// A configuration fault at a JSON path such as `routes[2].provider.auth`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Reads a variable of the Wasm VM's environment (`vm_config.environment_variables`).
+pub trait EnvLookup {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+impl<F: Fn(&str) -> Option<String>> EnvLookup for F {
+    fn var(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+/// A resolved credential. Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// How a credential is attached to an outgoing request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// Set the provider's own header from this secret; drop what the client sent.
+    Key(Secret),
+    /// Forward the client's credential untouched.
+    Passthrough,
+    /// Send no credential at all; drop what the client sent.
+    None,
+}
+
+/// A callout target: an Envoy cluster plus the pseudo-headers and timeout of the call.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout_ms: u64,
+    pub auth: Auth,
+}
+
+pub const DEFAULT_CALLOUT_TIMEOUT_MS: u64 = 5_000;
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatcher {
+    pub route_name: Option<String>,
+    /// Lower-cased; a leading `*.` means "any subdomain of".
+    pub hosts: Vec<String>,
+    pub path_prefix: Option<String>,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub matcher: RouteMatcher,
+    pub provider: Provider,
+    pub shaping: Shaping,
+    pub guards: GuardPlan,
+    pub transform: TransformPlan,
+    pub limits: Option<LimitPlan>,
+}
+
+impl Route {
+    /// Request stages in order: the budget check, the guards, the transformer.
+    pub fn request_stage(&self, index: usize) -> Option<&dyn RequestStage> {
+        let mut index = index;
+        if let Some(limits) = &self.limits {
+            if index == 0 {
+                return Some(limits.check.as_ref());
+            }
+            index -= 1;
+        }
+        if let Some(stage) = self.guards.request.get(index) {
+            return Some(stage.as_ref());
+        }
+        index -= self.guards.request.len();
+        match (index, &self.transform.request) {
+            (0, Some(stage)) => Some(stage.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// Response stages in order: the guards, then the transformer.
+    pub fn response_stage(&self, index: usize) -> Option<&dyn ResponseStage> {
+        if let Some(stage) = self.guards.response.get(index) {
+            return Some(stage.as_ref());
+        }
+        match (index - self.guards.response.len(), &self.transform.response) {
+            (0, Some(stage)) => Some(stage.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// True when some response stage needs the whole answer, so streams are re-streamed.
+    pub fn needs_whole_answer(&self) -> bool {
+        self.guards.response.iter().any(|stage| stage.needs_whole_answer())
+            || self.transform.response.as_ref().is_some_and(|stage| stage.needs_whole_answer())
+    }
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub routes: Vec<Route>,
+    pub allow_on_headers_stop_iteration: bool,
+}
+
+/// Parses JSON text and compiles it, reporting the first fault with its JSON path.
+pub fn parse_and_compile(text: &[u8], env: &dyn EnvLookup) -> Result<Plan, ConfigError> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(text);
+    let config: PluginConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ConfigError::new(path, strip_serde_position(&err.inner().to_string()))
+    })?;
+    compile(&config, env)
+}
+
+/// serde_json appends " at line L column C"; the JSON path says more than that.
+fn strip_serde_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(index) => message[..index].to_string(),
+        None => message.to_string(),
+    }
+}
+
+pub fn compile(config: &PluginConfig, env: &dyn EnvLookup) -> Result<Plan, ConfigError> {
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for (index, route) in config.routes.iter().enumerate() {
+        let path = format!("routes[{index}]");
+        if routes.iter().any(|r: &Route| r.name == route.name) {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!("duplicate route name {:?}", route.name),
+            ));
+        }
+        routes.push(compile_route(route, &path, config, env)?);
+    }
+    Ok(Plan {
+        routes,
+        allow_on_headers_stop_iteration: config.allow_on_headers_stop_iteration,
+    })
+}
+
+fn compile_route(
+    route: &RouteConfig,
+    path: &str,
+    config: &PluginConfig,
+    env: &dyn EnvLookup,
+) -> Result<Route, ConfigError> {
+    if route.name.trim().is_empty() {
+        return Err(ConfigError::new(format!("{path}.name"), "must not be empty"));
+    }
+    if !route
+        .name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(ConfigError::new(
+            format!("{path}.name"),
+            "may only contain ASCII letters, digits, '-', '_' and '.' (it is used in metric names)",
+        ));
+    }
+    let matcher = compile_matcher(&route.matcher, &format!("{path}.match"))?;
+    let provider = Provider::compile(
+        &route.provider,
+        &format!("{path}.provider"),
+        config.allow_on_headers_stop_iteration,
+        env,
+    )?;
+    let shaping = Shaping::compile(&route.request, &format!("{path}.request"))?;
+    let guards = GuardPlan::compile(&route.guards, &format!("{path}.guards"), env)?;
+    let transform = TransformPlan::compile(&route.transform, &format!("{path}.transform"), env)?;
+    let limits = match &route.limits {
+        Some(limits) => Some(LimitPlan::compile(limits, &format!("{path}.limits"))?),
+        None => None,
+    };
+    let sets_status = guards.response.iter().any(|stage| stage.sets_status())
+        || transform.response.as_ref().is_some_and(|stage| stage.sets_status());
+    if sets_status && !config.allow_on_headers_stop_iteration {
+        return Err(ConfigError::new(
+            path,
+            "a response guard that rejects, or a response transformer with parse_instructions, must set the \
+             answer's status after reading it: enable allow_on_headers_stop_iteration (in the Envoy PluginConfig \
+             and at the top of this config)",
+        ));
+    }
+    Ok(Route {
+        name: route.name.clone(),
+        matcher,
+        provider,
+        shaping,
+        guards,
+        transform,
+        limits,
+    })
+}
+
+fn compile_matcher(config: &MatchConfig, path: &str) -> Result<RouteMatcher, ConfigError> {
+    let mut hosts = Vec::with_capacity(config.hosts.len());
+    for (index, host) in config.hosts.iter().enumerate() {
+        let host = host.trim().to_ascii_lowercase();
+        if host.is_empty() || (host.contains('*') && !host.starts_with("*.")) || host.matches('*').count() > 1 {
+            return Err(ConfigError::new(
+                format!("{path}.hosts[{index}]"),
+                "must be a host name or a '*.' suffix pattern",
+            ));
+        }
+        hosts.push(host);
+    }
+    if let Some(prefix) = &config.path_prefix {
+        if !prefix.starts_with('/') {
+            return Err(ConfigError::new(format!("{path}.path_prefix"), "must start with '/'"));
+        }
+    }
+    Ok(RouteMatcher {
+        route_name: config.route_name.clone(),
+        hosts,
+        path_prefix: config.path_prefix.clone(),
+        headers: config
+            .headers
+            .iter()
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.clone()))
+            .collect(),
+    })
+}
+
+/// Resolves `{ "env": ... }` or `{ "value": ... }` at configure time.
+pub fn resolve_secret(
+    config: &SecretConfig,
+    path: &str,
+    env: &dyn EnvLookup,
+) -> Result<Secret, ConfigError> {
+    match (&config.env, &config.value) {
+        (Some(name), None) => match env.var(name) {
+            Some(value) if !value.is_empty() => Ok(Secret::new(value)),
+            _ => Err(ConfigError::new(
+                format!("{path}.env"),
+                format!("environment variable {name:?} is not set in the Wasm VM (vm_config.environment_variables)"),
+            )),
+        },
+        (None, Some(value)) if !value.is_empty() => Ok(Secret::new(value.clone())),
+        (None, Some(_)) => Err(ConfigError::new(format!("{path}.value"), "must not be empty")),
+        _ => Err(ConfigError::new(path, "give exactly one of \"env\" or \"value\"")),
+    }
+}
+
+pub fn compile_auth(config: &AuthConfig, path: &str, env: &dyn EnvLookup) -> Result<Auth, ConfigError> {
+    let given = [config.key.is_some(), config.passthrough.is_some(), config.none.is_some()]
+        .iter()
+        .filter(|given| **given)
+        .count();
+    if given != 1 {
+        return Err(ConfigError::new(
+            path,
+            "give exactly one of \"key\", \"passthrough\" or \"none\"",
+        ));
+    }
+    if let Some(key) = &config.key {
+        return Ok(Auth::Key(resolve_secret(key, &format!("{path}.key"), env)?));
+    }
+    if let Some(flag) = config.passthrough {
+        if !flag {
+            return Err(ConfigError::new(format!("{path}.passthrough"), "must be true when given"));
+        }
+        return Ok(Auth::Passthrough);
+    }
+    if config.none == Some(false) {
+        return Err(ConfigError::new(format!("{path}.none"), "must be true when given"));
+    }
+    Ok(Auth::None)
+}
+
+/// Compiles a callout endpoint; `default_path` applies when the operator gave none.
+pub fn compile_endpoint(
+    config: &EndpointConfig,
+    path: &str,
+    default_path: &str,
+    env: &dyn EnvLookup,
+) -> Result<Endpoint, ConfigError> {
+    if config.cluster.trim().is_empty() {
+        return Err(ConfigError::new(format!("{path}.cluster"), "must not be empty"));
+    }
+    let endpoint_path = config.path.clone().unwrap_or_else(|| default_path.to_string());
+    if !endpoint_path.starts_with('/') {
+        return Err(ConfigError::new(format!("{path}.path"), "must start with '/'"));
+    }
+    let timeout_ms = config.timeout_ms.unwrap_or(DEFAULT_CALLOUT_TIMEOUT_MS);
+    if timeout_ms == 0 {
+        return Err(ConfigError::new(format!("{path}.timeout_ms"), "must be greater than 0"));
+    }
+    let auth = match &config.auth {
+        Some(auth) => compile_auth(auth, &format!("{path}.auth"), env)?,
+        None => Auth::None,
+    };
+    if auth == Auth::Passthrough {
+        return Err(ConfigError::new(
+            format!("{path}.auth.passthrough"),
+            "callouts cannot forward the client's credential; use \"key\" or \"none\"",
+        ));
+    }
+    Ok(Endpoint {
+        cluster: config.cluster.clone(),
+        authority: config.authority.clone().unwrap_or_else(|| config.cluster.clone()),
+        path: endpoint_path,
+        timeout_ms,
+        auth,
+    })
+}

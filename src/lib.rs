@@ -1,0 +1,21 @@
+//! aigate: an AI gateway as one proxy-wasm filter for Envoy.
+//!
+//! Everything but `plugin` is plain Rust with no proxy-wasm dependency, so the whole request
+//! pipeline runs natively in tests through the `host::Host` trait.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod guards;
+pub mod host;
+pub mod limits;
+pub mod metrics;
+pub mod pipeline;
+pub mod providers;
+pub mod shaping;
+pub mod sse;
+pub mod transform;
+pub mod usage;
+
+#[cfg(target_arch = "wasm32")]
+mod plugin;

@@ -1,0 +1,524 @@
+//! The per-request state machine over Envoy's phases and the callouts stages ask for.
+//!
+//! Request: headers (route, method, size, upstream headers) → body (parse, shape, model,
+//! stages: limits, guards, transformer) → provider translation. Response: headers (mode) →
+//! body (JSON: translate, usage, response stages; stream: event by event) → accounting.
+//! Every host interaction goes through `Host`, so all of it runs natively in tests.
+
+pub mod matching;
+pub mod stage;
+pub mod stream;
+
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+
+use crate::api::{self, Operation};
+use crate::config::{Auth, Plan, Route};
+use crate::error::ApiError;
+use crate::host::{CalloutReply, Host};
+use crate::providers::{Exchange, CLIENT_CREDENTIAL_HEADERS};
+use crate::usage::Usage;
+use stage::{Notes, RequestCtx, ResponseCtx, ResponseOverride, Step};
+use stream::StreamProcessor;
+
+/// What the glue returns to Envoy from a phase callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Pause,
+}
+
+/// Filter-state keys (`%FILTER_STATE(wasm.aigate.<key>:PLAIN)%`).
+pub mod filter_state {
+    pub const ROUTE: &str = "aigate.route";
+    pub const PROVIDER: &str = "aigate.provider";
+    pub const MODEL: &str = "aigate.model";
+    pub const PROMPT_TOKENS: &str = "aigate.prompt_tokens";
+    pub const COMPLETION_TOKENS: &str = "aigate.completion_tokens";
+    pub const TOTAL_TOKENS: &str = "aigate.total_tokens";
+    pub const OUTCOME: &str = "aigate.outcome";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// No route matched, or the filter has nothing more to do: stay out of the way.
+    Passthrough,
+    /// A matched request whose body is being read.
+    ReadingRequest,
+    /// Waiting for the reply of a request stage's callout.
+    RequestCallout,
+    /// The request went upstream; the answer has not started.
+    Upstream,
+    /// Reading the answer.
+    Responding,
+    /// Waiting for the reply of a response stage's callout.
+    ResponseCallout,
+    /// The filter answered locally; ignore everything that follows.
+    Answered,
+}
+
+enum ResponseMode {
+    /// Bytes pass unchanged; a copy is kept to read usage at the end.
+    ObserveJson(Vec<u8>),
+    /// The whole answer is buffered and rewritten (translation, stages, synthesised stream).
+    BufferJson,
+    /// An upstream error, rewritten into the OpenAI error shape.
+    Error(u16),
+    Stream(Box<StreamProcessor>),
+}
+
+pub struct Flow {
+    plan: Rc<Plan>,
+    route: usize,
+    state: State,
+    operation: Operation,
+    request_headers: Vec<(String, String)>,
+    started_ms: u64,
+    request_body_size: usize,
+    body: Value,
+    exchange: Exchange,
+    notes: Notes,
+    next_stage: usize,
+    pending_token: Option<u32>,
+    response: Option<ResponseMode>,
+    response_body_size: usize,
+    response_override: ResponseOverride,
+    /// A response stage's verbatim replacement of the answer (a transformer's reply).
+    raw_response: Option<Vec<u8>>,
+    exchange_usage: Option<Usage>,
+    headers_held: bool,
+    first_byte_recorded: bool,
+    first_byte_ms: u64,
+    first_token_recorded: bool,
+    accounted: bool,
+}
+
+impl Flow {
+    pub fn new(plan: Rc<Plan>) -> Flow {
+        Flow {
+            plan,
+            route: 0,
+            state: State::Passthrough,
+            operation: Operation::ChatCompletions,
+            request_headers: Vec::new(),
+            started_ms: 0,
+            request_body_size: 0,
+            body: Value::Null,
+            exchange: Exchange::default(),
+            notes: Notes::default(),
+            next_stage: 0,
+            pending_token: None,
+            response: None,
+            response_body_size: 0,
+            response_override: ResponseOverride::default(),
+            raw_response: None,
+            exchange_usage: None,
+            headers_held: false,
+            first_byte_recorded: false,
+            first_byte_ms: 0,
+            first_token_recorded: false,
+            accounted: false,
+        }
+    }
+
+    fn route(&self) -> Option<&Route> {
+        self.plan.routes.get(self.route)
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.request_headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    // ---------------------------------------------------------------- request headers
+
+    pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
+        let mut headers = host.request_headers();
+        for (name, _) in &mut headers {
+            name.make_ascii_lowercase();
+        }
+        self.request_headers = headers;
+        let route_name = host
+            .property(&["xds", "route_name"])
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        let selected = {
+            let input = matching::MatchInput {
+                route_name: route_name.as_deref(),
+                authority: self.header(":authority").unwrap_or_default(),
+                path: self.header(":path").unwrap_or_default(),
+                headers: &self.request_headers,
+            };
+            matching::select_route(&self.plan, &input)
+        };
+        let Some(route_index) = selected else {
+            self.state = State::Passthrough;
+            return Action::Continue;
+        };
+        self.route = route_index;
+        self.started_ms = host.now_ms();
+        let plan = Rc::clone(&self.plan);
+        let Some(route) = plan.routes.get(route_index) else {
+            return Action::Continue;
+        };
+        host.set_filter_state(filter_state::ROUTE, &route.name);
+        host.set_filter_state(filter_state::PROVIDER, route.provider.kind.as_str());
+
+        let path = self.header(":path").unwrap_or_default().to_string();
+        let method = self.header(":method").unwrap_or_default().to_string();
+        let Some(operation) = Operation::from_path(&path) else {
+            return self.reject(
+                host,
+                ApiError::new(
+                    404,
+                    "invalid_request_error",
+                    "unknown_endpoint",
+                    format!("The gateway does not serve {} on this route.", path.split('?').next().unwrap_or_default()),
+                ),
+            );
+        };
+        self.operation = operation;
+        if method != operation.method() {
+            return self.reject(
+                host,
+                ApiError::invalid_request(
+                    "method_not_allowed",
+                    format!("{} {} is not supported; use {}.", method, operation.path_suffix(), operation.method()),
+                )
+                .with_header("allow", operation.method()),
+            );
+        }
+        if operation == Operation::ListModels {
+            let body = list_models(route);
+            host.send_response(200, &[("content-type".into(), "application/json".into())], &body);
+            self.state = State::Answered;
+            return Action::Pause;
+        }
+        if !route.provider.codec().supports(operation) {
+            return self.reject(
+                host,
+                ApiError::invalid_request(
+                    "unsupported_operation",
+                    format!(
+                        "Provider {} on route {} does not support {}.",
+                        route.provider.kind.as_str(),
+                        route.name,
+                        operation.path_suffix()
+                    ),
+                ),
+            );
+        }
+        let max = route.shaping.max_body_bytes;
+        if let Some(length) = self.header("content-length").and_then(|v| v.trim().parse::<u64>().ok()) {
+            if length > max {
+                return self.reject(host, body_too_large(max));
+            }
+        }
+        if end_of_stream {
+            return self.reject(
+                host,
+                ApiError::invalid_request("invalid_json", "The request body is empty; expected a JSON object."),
+            );
+        }
+        self.state = State::ReadingRequest;
+        if self.plan.allow_on_headers_stop_iteration {
+            // Headers are held until the body is read, so they may depend on it.
+            Action::Pause
+        } else {
+            self.write_upstream_headers(host, None, None);
+            Action::Continue
+        }
+    }
+
+    /// Authority, path, credential and provider headers for the upstream request.
+    fn write_upstream_headers(&self, host: &mut dyn Host, model: Option<&str>, stream: Option<bool>) {
+        let Some(route) = self.route() else { return };
+        let provider = &route.provider;
+        host.set_request_header(":authority", Some(&provider.authority));
+        let path = provider.upstream_path(self.operation, model, stream);
+        host.set_request_header(":path", Some(&path));
+        if provider.auth != Auth::Passthrough {
+            for name in CLIENT_CREDENTIAL_HEADERS {
+                host.set_request_header(name, None);
+            }
+        }
+        if let Some((name, value)) = provider.credential_header() {
+            host.set_request_header(name, Some(&value));
+        }
+        for (name, value) in provider.extra_headers() {
+            host.set_request_header(name, Some(&value));
+        }
+        // The body is rewritten, and the answer must be readable (not compressed).
+        host.set_request_header("content-length", None);
+        host.set_request_header("accept-encoding", None);
+        host.set_request_header("content-type", Some("application/json"));
+    }
+
+    // ---------------------------------------------------------------- request body
+
+    pub fn on_request_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) -> Action {
+        match self.state {
+            State::ReadingRequest => {}
+            State::Passthrough => return Action::Continue,
+            _ => return Action::Pause,
+        }
+        let Some(max) = self.route().map(|r| r.shaping.max_body_bytes) else {
+            return Action::Continue;
+        };
+        if body_size as u64 > max {
+            return self.reject(host, body_too_large(max));
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.request_body_size = body_size;
+        let bytes = host.request_body(body_size).unwrap_or_default();
+        match self.prepare_request(&bytes, host) {
+            Ok(()) => {}
+            Err(error) => return self.reject(host, error),
+        }
+        self.next_stage = 0;
+        match self.run_request_stages(host) {
+            Progress::Done => Action::Continue,
+            Progress::Waiting | Progress::Rejected => Action::Pause,
+        }
+    }
+
+    /// Parse, shape, validate and resolve the model: the synchronous part of the request.
+    fn prepare_request(&mut self, bytes: &[u8], host: &mut dyn Host) -> Result<(), ApiError> {
+        let plan = Rc::clone(&self.plan);
+        let route = plan.routes.get(self.route).ok_or_else(internal_error)?;
+        let mut body = api::parse_body(bytes)?;
+        route.shaping.apply(&mut body)?;
+        api::validate(self.operation, &body)?;
+        let requested = body.get("model").and_then(Value::as_str);
+        let model = route.provider.resolve_model(requested)?.unwrap_or_default();
+        if let Some(object) = body.as_object_mut() {
+            object.insert("model".into(), Value::String(model.clone()));
+        }
+        let client_stream = self.operation != Operation::Embeddings && api::is_stream(&body);
+        let upstream_stream = client_stream && !route.needs_whole_answer();
+        let now_ms = host.now_ms();
+        self.exchange = Exchange {
+            model: model.clone(),
+            client_stream,
+            upstream_stream,
+            client_wants_usage: api::wants_stream_usage(&body),
+            created: now_ms / 1000,
+            id: format!("chatcmpl-{}", random_hex(12)),
+            operation: self.operation,
+        };
+        host.set_filter_state(filter_state::MODEL, &model);
+        self.body = body;
+        Ok(())
+    }
+
+    fn run_request_stages(&mut self, host: &mut dyn Host) -> Progress {
+        let plan = Rc::clone(&self.plan);
+        let Some(route) = plan.routes.get(self.route) else {
+            return Progress::Done;
+        };
+        while let Some(stage) = route.request_stage(self.next_stage) {
+            let step = {
+                let mut ctx = RequestCtx {
+                    route_name: &route.name,
+                    request_headers: &self.request_headers,
+                    body: &mut self.body,
+                    exchange: &mut self.exchange,
+                    notes: &mut self.notes,
+                    host,
+                };
+                stage.start(&mut ctx)
+            };
+            match self.follow_request_step(host, route, step) {
+                Some(progress) => return progress,
+                None => self.next_stage += 1,
+            }
+        }
+        self.finish_request(host, route)
+    }
+
+    /// Carries out a stage's step; None means "go on with the next stage".
+    fn follow_request_step(&mut self, host: &mut dyn Host, route: &Route, mut step: Step) -> Option<Progress> {
+        loop {
+            match step {
+                Step::Next => return None,
+                Step::Reject(error) => {
+                    self.reject(host, error);
+                    return Some(Progress::Rejected);
+                }
+                Step::Call(callout) => match host.dispatch(&callout) {
+                    Ok(token) => {
+                        self.pending_token = Some(token);
+                        self.state = State::RequestCallout;
+                        return Some(Progress::Waiting);
+                    }
+                    Err(reason) => {
+                        log::warn!("aigate: route {}: callout to cluster {} failed: {reason}", route.name, callout.cluster);
+                        let reply = dispatch_failure_reply();
+                        let stage = route.request_stage(self.next_stage)?;
+                        let mut ctx = RequestCtx {
+                            route_name: &route.name,
+                            request_headers: &self.request_headers,
+                            body: &mut self.body,
+                            exchange: &mut self.exchange,
+                            notes: &mut self.notes,
+                            host,
+                        };
+                        step = stage.on_reply(&mut ctx, &reply);
+                    }
+                },
+            }
+        }
+    }
+
+    fn finish_request(&mut self, host: &mut dyn Host, route: &Route) -> Progress {
+        let encoded = match route.provider.encode_request(&self.body, &self.exchange) {
+            Ok(encoded) => encoded,
+            Err(error) => {
+                self.reject(host, error);
+                return Progress::Rejected;
+            }
+        };
+        let bytes = match serde_json::to_vec(&encoded) {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                self.reject(host, internal_error());
+                return Progress::Rejected;
+            }
+        };
+        host.replace_request_body(self.request_body_size, &bytes);
+        if self.plan.allow_on_headers_stop_iteration {
+            let model = self.exchange.model.clone();
+            self.write_upstream_headers(host, Some(&model), Some(self.exchange.upstream_stream));
+        }
+        self.state = State::Upstream;
+        Progress::Done
+    }
+
+    // ---------------------------------------------------------------- callouts
+
+    pub fn on_callout_reply(&mut self, host: &mut dyn Host, token: u32, reply: CalloutReply) {
+        if self.pending_token != Some(token) {
+            return; // a fire-and-forget call (limit report), or one for an ended request
+        }
+        self.pending_token = None;
+        let plan = Rc::clone(&self.plan);
+        let Some(route) = plan.routes.get(self.route) else { return };
+        match self.state {
+            State::RequestCallout => {
+                let Some(stage) = route.request_stage(self.next_stage) else { return };
+                let step = {
+                    let mut ctx = RequestCtx {
+                        route_name: &route.name,
+                        request_headers: &self.request_headers,
+                        body: &mut self.body,
+                        exchange: &mut self.exchange,
+                        notes: &mut self.notes,
+                        host,
+                    };
+                    stage.on_reply(&mut ctx, &reply)
+                };
+                self.state = State::ReadingRequest;
+                let progress = match self.follow_request_step(host, route, step) {
+                    Some(progress) => progress,
+                    None => {
+                        self.next_stage += 1;
+                        self.run_request_stages(host)
+                    }
+                };
+                if progress == Progress::Done {
+                    host.resume_request();
+                }
+            }
+            State::ResponseCallout => {
+                let Some(stage) = route.response_stage(self.next_stage) else { return };
+                let step = {
+                    let mut raw = None;
+                    let mut ctx = ResponseCtx {
+                        route_name: &route.name,
+                        request_headers: &self.request_headers,
+                        body: &mut self.body,
+                        raw_body: &mut raw,
+                        exchange: &self.exchange,
+                        notes: &mut self.notes,
+                        overrides: &mut self.response_override,
+                        host,
+                    };
+                    let step = stage.on_reply(&mut ctx, &reply);
+                    if raw.is_some() {
+                        self.raw_response = raw;
+                    }
+                    step
+                };
+                self.state = State::Responding;
+                let progress = match self.follow_response_step(host, route, step) {
+                    Some(progress) => progress,
+                    None => {
+                        self.next_stage += 1;
+                        self.run_response_stages(host)
+                    }
+                };
+                if progress != Progress::Waiting {
+                    host.resume_response();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    Done,
+    Waiting,
+    Rejected,
+}
+
+fn body_too_large(max: u64) -> ApiError {
+    ApiError::new(
+        413,
+        "invalid_request_error",
+        "request_too_large",
+        format!("The request body exceeds the limit of {max} bytes."),
+    )
+}
+
+fn internal_error() -> ApiError {
+    ApiError::new(500, "api_error", "internal_error", "The gateway failed to process the request.")
+}
+
+/// What a stage sees when Envoy refused to start its callout (for example an unknown cluster).
+fn dispatch_failure_reply() -> CalloutReply {
+    CalloutReply {
+        status: 503,
+        headers: Vec::new(),
+        body: b"callout could not be dispatched".to_vec(),
+        grpc_status: None,
+    }
+}
+
+fn list_models(route: &Route) -> Vec<u8> {
+    let owner = route.provider.kind.as_str();
+    let names: Vec<&str> = match (&route.provider.models, &route.provider.model) {
+        (Some(models), _) => models.keys().map(String::as_str).collect(),
+        (None, Some(model)) => vec![model.as_str()],
+        (None, None) => Vec::new(),
+    };
+    let data: Vec<Value> = names
+        .iter()
+        .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": owner}))
+        .collect();
+    json!({"object": "list", "data": data}).to_string().into_bytes()
+}
+
+/// Random hex for response ids; falls back to zeros if the host has no entropy.
+fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    let _ = getrandom::getrandom(&mut buffer);
+    buffer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+mod response;

@@ -1,0 +1,399 @@
+//! The response half of `Flow`: choosing how to treat the answer, translating it, running
+//! response stages, accounting usage, and local rejections.
+
+use std::rc::Rc;
+
+use serde_json::Value;
+
+use super::stage::{ResponseCtx, Step};
+use super::stream::{self, StreamProcessor};
+use super::{filter_state, Action, Flow, Progress, ResponseMode, State};
+use crate::config::Route;
+use crate::error::ApiError;
+use crate::host::Host;
+use crate::metrics;
+use crate::usage::{self, Usage};
+
+impl Flow {
+    /// Ends the request with an OpenAI-shaped error. Always returns `Pause`: Envoy must not
+    /// forward anything of the original request after a local reply.
+    pub(super) fn reject(&mut self, host: &mut dyn Host, error: ApiError) -> Action {
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        headers.extend(error.headers.iter().cloned());
+        headers.extend(self.notes.response_headers.iter().cloned());
+        host.send_response(error.status, &headers, &error.body());
+        host.set_filter_state(filter_state::OUTCOME, &error.code);
+        self.count_error(host, &error.code);
+        self.state = State::Answered;
+        Action::Pause
+    }
+
+    fn count_error(&self, host: &mut dyn Host, code: &str) {
+        if let Some(route) = self.route() {
+            host.counter_add(&metrics::name(metrics::ERRORS, &[("route", &route.name), ("code", code)]), 1);
+        }
+    }
+
+    // ---------------------------------------------------------------- response headers
+
+    pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
+        if self.state != State::Upstream {
+            return Action::Continue;
+        }
+        self.state = State::Responding;
+        let plan = Rc::clone(&self.plan);
+        let Some(route) = plan.routes.get(self.route) else {
+            return Action::Continue;
+        };
+        for (name, value) in &self.notes.response_headers {
+            host.set_response_header(name, Some(value));
+        }
+        let status = host
+            .response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        if !(200..300).contains(&status) {
+            self.response = Some(ResponseMode::Error(status));
+            host.set_response_header("content-length", None);
+            host.set_response_header("content-encoding", None);
+            host.set_response_header("content-type", Some("application/json"));
+            return if end_of_stream {
+                self.finish_error_response(host, status, &[]);
+                Action::Continue
+            } else {
+                Action::Continue
+            };
+        }
+        let is_event_stream = host
+            .response_header("content-type")
+            .is_some_and(|ct| ct.to_ascii_lowercase().contains("text/event-stream"));
+        if self.exchange.upstream_stream && is_event_stream {
+            let codec = route.provider.codec();
+            let filters = route.guards.stream.iter().map(|factory| factory.create()).collect();
+            let processor = StreamProcessor::new(
+                codec.stream_decoder(&self.exchange),
+                filters,
+                !self.exchange.client_wants_usage,
+            );
+            if !processor.is_passthrough() {
+                host.set_response_header("content-length", None);
+            }
+            host.set_response_header("content-type", Some("text/event-stream"));
+            self.response = Some(ResponseMode::Stream(Box::new(processor)));
+            if end_of_stream {
+                self.account(host);
+            }
+            return Action::Continue;
+        }
+        let changes_body = self.exchange.client_stream
+            || route.response_stage(0).is_some()
+            || route.provider.codec().translates_responses();
+        if !changes_body {
+            self.response = Some(ResponseMode::ObserveJson(Vec::new()));
+            if end_of_stream {
+                self.account(host);
+            }
+            return Action::Continue;
+        }
+        self.response = Some(ResponseMode::BufferJson);
+        host.set_response_header("content-length", None);
+        host.set_response_header(
+            "content-type",
+            Some(if self.exchange.client_stream { "text/event-stream" } else { "application/json" }),
+        );
+        if end_of_stream {
+            return Action::Continue;
+        }
+        if self.plan.allow_on_headers_stop_iteration && route.response_stage(0).is_some() {
+            // Response stages may still set status and headers: hold them until the body is done.
+            self.headers_held = true;
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
+    // ---------------------------------------------------------------- response body
+
+    pub fn on_response_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) -> Action {
+        if self.state != State::Responding {
+            return if self.state == State::ResponseCallout { Action::Pause } else { Action::Continue };
+        }
+        self.record_first_byte(host);
+        match self.response.take() {
+            Some(ResponseMode::ObserveJson(mut copy)) => {
+                if let Some(chunk) = host.response_body(0, body_size) {
+                    // Bounded: usage is near the end of small answers; a huge answer is not parsed.
+                    if copy.len() + chunk.len() <= OBSERVE_LIMIT {
+                        copy.extend_from_slice(&chunk);
+                    }
+                }
+                if end_of_stream {
+                    if let Some(found) = usage::from_json(&copy) {
+                        self.exchange_usage = Some(found);
+                    }
+                    self.account(host);
+                }
+                self.response = Some(ResponseMode::ObserveJson(copy));
+                Action::Continue
+            }
+            Some(ResponseMode::Stream(mut processor)) => {
+                let chunk = host.response_body(0, body_size).unwrap_or_default();
+                if let Some(out) = processor.push(&chunk, end_of_stream, host) {
+                    host.replace_response_body(0, body_size, &out);
+                }
+                if let Some(found) = processor.usage() {
+                    self.exchange_usage = Some(found);
+                }
+                if processor.saw_content() {
+                    self.record_first_token(host);
+                }
+                if end_of_stream {
+                    self.account(host);
+                }
+                self.response = Some(ResponseMode::Stream(processor));
+                Action::Continue
+            }
+            Some(ResponseMode::Error(status)) => {
+                self.response = Some(ResponseMode::Error(status));
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                let body = host.response_body(0, body_size).unwrap_or_default();
+                self.response_body_size = body_size;
+                self.finish_error_response(host, status, &body);
+                Action::Continue
+            }
+            Some(ResponseMode::BufferJson) => {
+                self.response = Some(ResponseMode::BufferJson);
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                self.response_body_size = body_size;
+                let body = host.response_body(0, body_size).unwrap_or_default();
+                match self.prepare_answer(&body) {
+                    Ok(()) => {}
+                    Err(error) => {
+                        self.replace_with_error(host, error);
+                        return Action::Continue;
+                    }
+                }
+                self.next_stage = 0;
+                match self.run_response_stages(host) {
+                    Progress::Waiting => Action::Pause,
+                    Progress::Done | Progress::Rejected => Action::Continue,
+                }
+            }
+            None => Action::Continue,
+        }
+    }
+
+    /// Translates the buffered answer to an OpenAI `chat.completion` and reads its usage.
+    fn prepare_answer(&mut self, body: &[u8]) -> Result<(), ApiError> {
+        let plan = Rc::clone(&self.plan);
+        let route = plan.routes.get(self.route).ok_or_else(super::internal_error)?;
+        let decoded = route.provider.codec().decode_response(body, &self.exchange)?;
+        let answer = match decoded {
+            Some(answer) => answer,
+            None => serde_json::from_slice::<Value>(body).map_err(|_| {
+                ApiError::new(502, "api_error", "invalid_upstream_response", "The provider's answer is not valid JSON.")
+            })?,
+        };
+        self.exchange_usage = answer
+            .get("usage")
+            .and_then(|u| serde_json::from_value::<Usage>(u.clone()).ok())
+            .map(Usage::normalised);
+        self.body = answer;
+        Ok(())
+    }
+
+    pub(super) fn run_response_stages(&mut self, host: &mut dyn Host) -> Progress {
+        let plan = Rc::clone(&self.plan);
+        let Some(route) = plan.routes.get(self.route) else {
+            return Progress::Done;
+        };
+        while let Some(stage) = route.response_stage(self.next_stage) {
+            let step = {
+                let mut raw = None;
+                let mut ctx = ResponseCtx {
+                    route_name: &route.name,
+                    request_headers: &self.request_headers,
+                    body: &mut self.body,
+                    raw_body: &mut raw,
+                    exchange: &self.exchange,
+                    notes: &mut self.notes,
+                    overrides: &mut self.response_override,
+                    host,
+                };
+                let step = stage.start(&mut ctx);
+                if raw.is_some() {
+                    self.raw_response = raw;
+                }
+                step
+            };
+            match self.follow_response_step(host, route, step) {
+                Some(progress) => return progress,
+                None => self.next_stage += 1,
+            }
+        }
+        self.finish_answer(host);
+        Progress::Done
+    }
+
+    pub(super) fn follow_response_step(&mut self, host: &mut dyn Host, route: &Route, mut step: Step) -> Option<Progress> {
+        loop {
+            match step {
+                Step::Next => return None,
+                Step::Reject(error) => {
+                    self.replace_with_error(host, error);
+                    return Some(Progress::Rejected);
+                }
+                Step::Call(callout) => match host.dispatch(&callout) {
+                    Ok(token) => {
+                        self.pending_token = Some(token);
+                        self.state = State::ResponseCallout;
+                        return Some(Progress::Waiting);
+                    }
+                    Err(reason) => {
+                        log::warn!("aigate: route {}: callout to cluster {} failed: {reason}", route.name, callout.cluster);
+                        let reply = super::dispatch_failure_reply();
+                        let stage = route.response_stage(self.next_stage)?;
+                        let mut raw = None;
+                        let mut ctx = ResponseCtx {
+                            route_name: &route.name,
+                            request_headers: &self.request_headers,
+                            body: &mut self.body,
+                            raw_body: &mut raw,
+                            exchange: &self.exchange,
+                            notes: &mut self.notes,
+                            overrides: &mut self.response_override,
+                            host,
+                        };
+                        step = stage.on_reply(&mut ctx, &reply);
+                        if raw.is_some() {
+                            self.raw_response = raw;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Writes the final answer: as JSON, or as a synthesised stream for a streaming client.
+    fn finish_answer(&mut self, host: &mut dyn Host) {
+        let bytes = match self.raw_response.take() {
+            Some(raw) => raw,
+            None if self.exchange.client_stream => stream::synthesize_stream(&self.body, self.exchange.client_wants_usage),
+            None => serde_json::to_vec(&self.body).unwrap_or_default(),
+        };
+        if self.headers_held {
+            if let Some(status) = self.response_override.status {
+                host.set_response_header(":status", Some(&status.to_string()));
+            }
+            for (name, value) in &self.response_override.headers {
+                host.set_response_header(name, Some(value));
+            }
+        }
+        host.replace_response_body(0, self.response_body_size, &bytes);
+        self.account(host);
+    }
+
+    /// A rejection after the answer arrived: in-band for streams, else status and body replaced
+    /// where headers are still held, else body replaced.
+    fn replace_with_error(&mut self, host: &mut dyn Host, error: ApiError) {
+        let bytes = if self.exchange.client_stream {
+            let mut out = Vec::new();
+            stream::write_error_event(&error, &mut out);
+            out
+        } else {
+            if self.headers_held {
+                host.set_response_header(":status", Some(&error.status.to_string()));
+                host.set_response_header("content-type", Some("application/json"));
+            }
+            error.body()
+        };
+        host.replace_response_body(0, self.response_body_size, &bytes);
+        host.set_filter_state(filter_state::OUTCOME, &error.code);
+        self.count_error(host, &error.code);
+        self.account(host);
+    }
+
+    fn finish_error_response(&mut self, host: &mut dyn Host, status: u16, body: &[u8]) {
+        let Some(route) = self.route() else { return };
+        let error = route.provider.codec().decode_error(status, body);
+        host.replace_response_body(0, body.len(), &error.body());
+        host.set_filter_state(filter_state::OUTCOME, &format!("upstream_{status}"));
+        self.count_error(host, &format!("upstream_{status}"));
+        self.account(host);
+    }
+
+    fn record_first_byte(&mut self, host: &mut dyn Host) {
+        if !self.first_byte_recorded {
+            self.first_byte_recorded = true;
+            self.first_byte_ms = host.now_ms();
+        }
+    }
+
+    fn record_first_token(&mut self, host: &mut dyn Host) {
+        if self.first_token_recorded {
+            return;
+        }
+        self.first_token_recorded = true;
+        let Some(route) = self.route() else { return };
+        let elapsed = host.now_ms().saturating_sub(self.started_ms);
+        let labels = self.model_labels(route);
+        host.histogram_record(&metrics::name(metrics::TIME_TO_FIRST_TOKEN_MS, &labels.as_refs()), elapsed);
+    }
+
+    fn model_labels(&self, route: &Route) -> Labels {
+        Labels(vec![
+            ("route", route.name.clone()),
+            ("provider", route.provider.kind.as_str().to_string()),
+            ("model", self.exchange.model.clone()),
+        ])
+    }
+
+    /// Once per answer: metrics, filter state, and budget charges.
+    pub(super) fn account(&mut self, host: &mut dyn Host) {
+        if self.accounted {
+            return;
+        }
+        self.accounted = true;
+        let plan = Rc::clone(&self.plan);
+        let Some(route) = plan.routes.get(self.route) else { return };
+        let labels = self.model_labels(route);
+        host.counter_add(&metrics::name(metrics::REQUESTS, &labels.as_refs()), 1);
+        let elapsed = host.now_ms().saturating_sub(self.started_ms);
+        host.histogram_record(&metrics::name(metrics::OPERATION_DURATION_MS, &labels.as_refs()), elapsed);
+        let Some(found) = self.exchange_usage else { return };
+        for (token_type, count) in [
+            ("input", found.prompt_tokens),
+            ("output", found.completion_tokens),
+            ("total", found.total_tokens),
+        ] {
+            let mut with_type = labels.as_refs();
+            with_type.push(("token_type", token_type));
+            host.counter_add(&metrics::name(metrics::TOKEN_USAGE, &with_type), count);
+        }
+        host.set_filter_state(filter_state::PROMPT_TOKENS, &found.prompt_tokens.to_string());
+        host.set_filter_state(filter_state::COMPLETION_TOKENS, &found.completion_tokens.to_string());
+        host.set_filter_state(filter_state::TOTAL_TOKENS, &found.total_tokens.to_string());
+        if let Some(limits) = &route.limits {
+            for callout in limits.charge(&self.notes, found, host) {
+                if let Err(reason) = host.dispatch(&callout) {
+                    log::warn!("aigate: route {}: usage report to {} failed: {reason}", route.name, callout.cluster);
+                }
+            }
+        }
+    }
+}
+
+/// A non-streamed answer bigger than this is passed on without reading its usage.
+const OBSERVE_LIMIT: usize = 8 * 1024 * 1024;
+
+struct Labels(Vec<(&'static str, String)>);
+
+impl Labels {
+    fn as_refs(&self) -> Vec<(&str, &str)> {
+        self.0.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+}

@@ -1,0 +1,93 @@
+//! Request and response stages. A stage either finishes at once or asks for one callout
+//! and finishes when its reply comes; the flow (`pipeline::Flow`) drives them in order.
+
+use std::fmt::Debug;
+
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::host::{Callout, CalloutReply, Host};
+use crate::providers::Exchange;
+use crate::sse::SseEvent;
+
+/// What a stage wants next.
+#[derive(Debug)]
+pub enum Step {
+    /// Done: go on with the next stage.
+    Next,
+    /// Dispatch this callout and call the stage's `on_reply` with the answer.
+    Call(Callout),
+    /// End the request with this error.
+    Reject(ApiError),
+}
+
+/// Per-request facts that stages record for later phases (response headers, logs, limits).
+#[derive(Debug, Default)]
+pub struct Notes {
+    /// Headers to add to the client's response (for example `x-ratelimit-*`).
+    pub response_headers: Vec<(String, String)>,
+    /// Budget keys that were checked, to charge once usage is known: (limit index, key).
+    pub limit_keys: Vec<(usize, String)>,
+}
+
+/// Everything a request stage may look at or change.
+pub struct RequestCtx<'a> {
+    pub route_name: &'a str,
+    /// The client's request headers, names lower-cased, as they were in the headers phase.
+    pub request_headers: &'a [(String, String)],
+    /// The request body (an OpenAI request), as shaped so far.
+    pub body: &'a mut Value,
+    pub exchange: &'a mut Exchange,
+    pub notes: &'a mut Notes,
+    pub host: &'a mut dyn Host,
+}
+
+pub trait RequestStage: Debug {
+    fn start(&self, ctx: &mut RequestCtx<'_>) -> Step;
+    fn on_reply(&self, _ctx: &mut RequestCtx<'_>, _reply: &CalloutReply) -> Step {
+        Step::Next
+    }
+}
+
+/// What a response stage may change beyond the body: status and headers, honoured where the
+/// response headers are still held (see `Flow`).
+#[derive(Debug, Default, Clone)]
+pub struct ResponseOverride {
+    pub status: Option<u16>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Everything a response stage may look at or change, on a whole (non-streamed) answer.
+pub struct ResponseCtx<'a> {
+    pub route_name: &'a str,
+    pub request_headers: &'a [(String, String)],
+    /// The answer as an OpenAI `chat.completion` (already translated from the provider).
+    pub body: &'a mut Value,
+    /// When set, replaces the serialised body verbatim (a transformer's raw reply).
+    pub raw_body: &'a mut Option<Vec<u8>>,
+    pub exchange: &'a Exchange,
+    pub notes: &'a mut Notes,
+    pub overrides: &'a mut ResponseOverride,
+    pub host: &'a mut dyn Host,
+}
+
+pub trait ResponseStage: Debug {
+    fn start(&self, ctx: &mut ResponseCtx<'_>) -> Step;
+    fn on_reply(&self, _ctx: &mut ResponseCtx<'_>, _reply: &CalloutReply) -> Step {
+        Step::Next
+    }
+    /// True when this stage can only work on a whole answer (callouts); a streamed request
+    /// is then sent upstream without streaming and re-streamed to the client.
+    fn needs_whole_answer(&self) -> bool;
+    /// True when the stage may change the status (a rejection, or a transformer's
+    /// instructions). Needs the response headers held, which only
+    /// `allow_on_headers_stop_iteration` allows; without it the config is refused.
+    fn sets_status(&self) -> bool;
+}
+
+/// Works on a stream event by event (OpenAI `chat.completion.chunk` events), for example a
+/// response guard that masks text as it flows. An `Err` ends the stream with an error event.
+pub trait EventFilter {
+    fn on_event(&mut self, event: SseEvent, out: &mut Vec<SseEvent>, host: &mut dyn Host) -> Result<(), ApiError>;
+    fn finish(&mut self, out: &mut Vec<SseEvent>, host: &mut dyn Host) -> Result<(), ApiError>;
+}

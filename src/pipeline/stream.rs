@@ -1,0 +1,226 @@
+//! The streamed-answer path: frame SSE events across chunks, translate them to OpenAI
+//! chunks, read usage, let event filters (response guards) work, and re-serialise only when
+//! something may change. A plain OpenAI stream passes byte for byte.
+
+use serde_json::{json, Value};
+
+use super::stage::EventFilter;
+use crate::error::ApiError;
+use crate::host::Host;
+use crate::providers::StreamDecoder;
+use crate::sse::{SseEvent, SseParser};
+use crate::usage::{self, Usage};
+
+pub struct StreamProcessor {
+    parser: SseParser,
+    decoder: Option<Box<dyn StreamDecoder>>,
+    filters: Vec<Box<dyn EventFilter>>,
+    /// The filter asked upstream for the usage chunk; the client did not, so it is dropped.
+    strip_usage_chunk: bool,
+    usage: Option<Usage>,
+    /// After an in-band error the rest of the upstream stream is dropped.
+    ended_with_error: bool,
+    saw_content: bool,
+    events: Vec<SseEvent>,
+    openai_events: Vec<SseEvent>,
+}
+
+impl StreamProcessor {
+    pub fn new(decoder: Option<Box<dyn StreamDecoder>>, filters: Vec<Box<dyn EventFilter>>, strip_usage_chunk: bool) -> Self {
+        StreamProcessor {
+            parser: SseParser::new(),
+            decoder,
+            filters,
+            strip_usage_chunk,
+            usage: None,
+            ended_with_error: false,
+            saw_content: false,
+            events: Vec::new(),
+            openai_events: Vec::new(),
+        }
+    }
+
+    /// True when the stream's bytes pass unchanged and are only observed.
+    pub fn is_passthrough(&self) -> bool {
+        self.decoder.is_none() && self.filters.is_empty() && !self.strip_usage_chunk
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// True once an event with generated content was seen (time to first token).
+    pub fn saw_content(&self) -> bool {
+        self.saw_content
+    }
+
+    /// Feeds one upstream chunk. Returns the bytes to send instead, or None to send the chunk
+    /// unchanged (passthrough).
+    pub fn push(&mut self, chunk: &[u8], end_of_stream: bool, host: &mut dyn Host) -> Option<Vec<u8>> {
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        self.parser.push(chunk, &mut events);
+        if end_of_stream {
+            self.parser.finish(&mut events);
+        }
+        if self.is_passthrough() {
+            for event in &events {
+                self.observe(event);
+            }
+            self.events = events;
+            return None;
+        }
+        let mut out = Vec::with_capacity(chunk.len() + 64);
+        if self.ended_with_error {
+            self.events = events;
+            return Some(out);
+        }
+        let mut openai_events = std::mem::take(&mut self.openai_events);
+        openai_events.clear();
+        let mut result = Ok(());
+        for event in events.drain(..) {
+            result = match &mut self.decoder {
+                Some(decoder) => decoder.on_event(&event, &mut openai_events),
+                None => {
+                    openai_events.push(event);
+                    Ok(())
+                }
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() && end_of_stream {
+            if let Some(decoder) = &mut self.decoder {
+                decoder.finish(&mut openai_events);
+            }
+        }
+        if result.is_ok() {
+            result = self.filter_and_write(&mut openai_events, end_of_stream, &mut out, host);
+        }
+        if let Err(error) = result {
+            write_error_event(&error, &mut out);
+            self.ended_with_error = true;
+        }
+        self.events = events;
+        self.openai_events = openai_events;
+        Some(out)
+    }
+
+    fn filter_and_write(
+        &mut self,
+        openai_events: &mut Vec<SseEvent>,
+        end_of_stream: bool,
+        out: &mut Vec<u8>,
+        host: &mut dyn Host,
+    ) -> Result<(), ApiError> {
+        let mut current: Vec<SseEvent> = Vec::with_capacity(openai_events.len());
+        for event in openai_events.drain(..) {
+            self.observe(&event);
+            if self.strip_usage_chunk && is_usage_only_chunk(&event) {
+                continue;
+            }
+            current.push(event);
+        }
+        for filter in &mut self.filters {
+            let mut next = Vec::with_capacity(current.len());
+            for event in current.drain(..) {
+                filter.on_event(event, &mut next, host)?;
+            }
+            if end_of_stream {
+                filter.finish(&mut next, host)?;
+            }
+            current = next;
+        }
+        for event in &current {
+            event.write_to(out);
+        }
+        Ok(())
+    }
+
+    fn observe(&mut self, event: &SseEvent) {
+        if let Some(found) = usage::from_stream_event(&event.data) {
+            self.usage = Some(found);
+        }
+        if !self.saw_content && event.data.contains("\"delta\"") {
+            self.saw_content = true;
+        }
+    }
+}
+
+/// A chunk that carries only usage (`choices: []`), as OpenAI sends for `include_usage`.
+fn is_usage_only_chunk(event: &SseEvent) -> bool {
+    if !event.data.contains("\"usage\"") {
+        return false;
+    }
+    serde_json::from_str::<Value>(&event.data)
+        .ok()
+        .is_some_and(|v| v.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty))
+}
+
+/// Ends a stream in-band: OpenAI clients raise an error when an event carries `error`.
+pub fn write_error_event(error: &ApiError, out: &mut Vec<u8>) {
+    let body = String::from_utf8_lossy(&error.body()).into_owned();
+    SseEvent::data(body).write_to(out);
+    SseEvent::data("[DONE]").write_to(out);
+}
+
+/// Turns a whole `chat.completion` into the SSE stream a streaming client expects: one
+/// content chunk, a usage chunk when asked for, and `[DONE]`.
+pub fn synthesize_stream(completion: &Value, include_usage: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let id = completion.get("id").cloned().unwrap_or(Value::Null);
+    let created = completion.get("created").cloned().unwrap_or(Value::Null);
+    let model = completion.get("model").cloned().unwrap_or(Value::Null);
+    let choices: Vec<Value> = completion
+        .get("choices")
+        .and_then(Value::as_array)
+        .map(|choices| {
+            choices
+                .iter()
+                .enumerate()
+                .map(|(index, choice)| {
+                    let message = choice.get("message").cloned().unwrap_or_else(|| json!({}));
+                    let mut delta = serde_json::Map::new();
+                    delta.insert("role".into(), message.get("role").cloned().unwrap_or_else(|| json!("assistant")));
+                    delta.insert("content".into(), message.get("content").cloned().unwrap_or(Value::Null));
+                    if let Some(tool_calls) = message.get("tool_calls").and_then(Value::as_array) {
+                        let indexed: Vec<Value> = tool_calls
+                            .iter()
+                            .enumerate()
+                            .map(|(i, call)| {
+                                let mut call = call.clone();
+                                if let Some(object) = call.as_object_mut() {
+                                    object.insert("index".into(), json!(i));
+                                }
+                                call
+                            })
+                            .collect();
+                        delta.insert("tool_calls".into(), Value::Array(indexed));
+                    }
+                    json!({
+                        "index": choice.get("index").cloned().unwrap_or_else(|| json!(index)),
+                        "delta": delta,
+                        "finish_reason": choice.get("finish_reason").cloned().unwrap_or(Value::Null),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let chunk = json!({
+        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": choices,
+    });
+    SseEvent::data(chunk.to_string()).write_to(&mut out);
+    if include_usage {
+        if let Some(usage) = completion.get("usage") {
+            let chunk = json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [], "usage": usage,
+            });
+            SseEvent::data(chunk.to_string()).write_to(&mut out);
+        }
+    }
+    SseEvent::data("[DONE]").write_to(&mut out);
+    out
+}

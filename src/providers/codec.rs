@@ -1,0 +1,105 @@
+//! The seam between the OpenAI chat-completions API the clients speak and each provider's
+//! wire format. One implementation per format; `openai` is the identity with small fixes.
+
+use serde_json::Value;
+
+use super::Provider;
+use crate::api::Operation;
+use crate::config::model::ProviderKind;
+use crate::error::ApiError;
+use crate::sse::SseEvent;
+
+/// What the filter knows about one request/answer exchange while translating.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// The model sent upstream (after mapping).
+    pub model: String,
+    /// The client asked for a stream.
+    pub client_stream: bool,
+    /// The upstream is asked for a stream (differs from `client_stream` when the filter
+    /// needs the whole answer first, for example for a response transformer).
+    pub upstream_stream: bool,
+    /// The client asked for `stream_options.include_usage`.
+    pub client_wants_usage: bool,
+    /// Seconds since the epoch, for `created` in synthesised answers.
+    pub created: u64,
+    /// A `chatcmpl-...` id for synthesised answers.
+    pub id: String,
+    pub operation: Operation,
+}
+
+pub trait Codec: Sync {
+    /// Whether the provider serves this operation at all (chat is universal).
+    fn supports(&self, operation: Operation) -> bool {
+        operation == Operation::ChatCompletions
+    }
+
+    /// Whether non-streamed answers need `decode_response` (the answer is buffered then).
+    fn translates_responses(&self) -> bool;
+
+    /// Turns the shaped OpenAI chat request (model already resolved) into the native body.
+    fn encode_request(&self, request: &Value, provider: &Provider, exchange: &Exchange) -> Result<Value, ApiError>;
+
+    /// Turns a native non-streamed answer into an OpenAI `chat.completion`. `None` means the
+    /// answer already is one and may pass as it is.
+    fn decode_response(&self, body: &[u8], exchange: &Exchange) -> Result<Option<Value>, ApiError>;
+
+    /// A translator for the native event stream; `None` means the stream already is OpenAI SSE.
+    fn stream_decoder(&self, exchange: &Exchange) -> Option<Box<dyn StreamDecoder>>;
+
+    /// Turns a native error answer into the OpenAI error shape, keeping the status.
+    fn decode_error(&self, status: u16, body: &[u8]) -> ApiError {
+        crate::error::upstream_error(status, body, "upstream")
+    }
+
+    fn extra_headers(&self, _provider: &Provider) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    /// Replaces `{method}` in a path template (Gemini's `generateContent`/`streamGenerateContent`).
+    fn stream_method(&self, _stream: Option<bool>) -> &'static str {
+        ""
+    }
+
+    /// A query parameter the upstream needs for streams (Gemini's `alt=sse`).
+    fn stream_query(&self, _stream: Option<bool>) -> Option<&'static str> {
+        None
+    }
+}
+
+/// Translates one native stream event into zero or more OpenAI `chat.completion.chunk` events.
+pub trait StreamDecoder {
+    fn on_event(&mut self, event: &SseEvent, out: &mut Vec<SseEvent>) -> Result<(), ApiError>;
+    /// End of the upstream stream: emit whatever is still owed (final usage chunk, `[DONE]`).
+    fn finish(&mut self, out: &mut Vec<SseEvent>);
+}
+
+static OPENAI_CODEC: super::openai::OpenAiCodec = super::openai::OpenAiCodec;
+
+pub fn for_kind(kind: ProviderKind) -> &'static dyn Codec {
+    match kind {
+        ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::OpenaiCompatible => &OPENAI_CODEC,
+        ProviderKind::Anthropic | ProviderKind::Gemini => &OPENAI_CODEC,
+    }
+}
+
+pub fn is_available(kind: ProviderKind) -> bool {
+    matches!(
+        kind,
+        ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::OpenaiCompatible
+    )
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Exchange {
+            model: String::new(),
+            client_stream: false,
+            upstream_stream: false,
+            client_wants_usage: false,
+            created: 0,
+            id: String::new(),
+            operation: Operation::ChatCompletions,
+        }
+    }
+}
