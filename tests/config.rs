@@ -1,4 +1,5 @@
 //! Invalid plugin configs are refused with the JSON path of the fault, as Envoy logs it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use aigate::config::parse_and_compile;
 use serde_json::json;

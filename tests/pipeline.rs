@@ -1,4 +1,5 @@
 //! The whole request pipeline driven natively through `RecordingHost`, phase by phase, as
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Envoy would call it.
 
 use std::rc::Rc;
