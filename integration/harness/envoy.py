@@ -206,6 +206,19 @@ def access_log_format() -> dict[str, str]:
     return fmt
 
 
+# Label keys the filter encodes into its metric names (`aigate.<key>.<value>...<metric>`, see
+# src/metrics.rs). Each becomes a Prometheus label through a `stats_tags` rule; envoy/*.yaml
+# carry the same rules (test_envoy_configs checks they agree).
+METRIC_LABELS = ("route", "provider", "model", "token_type", "guard", "outcome", "code", "transformer", "limit")
+
+
+def aigate_stats_tags() -> list[dict[str, str]]:
+    return [
+        {"tag_name": key, "regex": rf"^wasmcustom\.aigate\.(?:[a-z_]+\.[^.]+\.)*?({key}\.([^.]+)\.)"}
+        for key in METRIC_LABELS
+    ]
+
+
 def render_bootstrap(
     *,
     clusters: Mapping[str, ClusterSpec],
@@ -294,6 +307,7 @@ def render_bootstrap(
 
     bootstrap: dict[str, Any] = {
         "admin": {"address": _socket_address("127.0.0.1", admin_port)},
+        "stats_config": {"stats_tags": aigate_stats_tags()},
         "static_resources": {
             "listeners": [
                 {
