@@ -5,9 +5,11 @@
 
 pub mod api;
 pub mod config;
+pub mod counting_host;
 pub mod error;
 pub mod guards;
 pub mod host;
+pub mod json;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;

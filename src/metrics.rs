@@ -32,6 +32,11 @@ fn push_sanitised(out: &mut String, value: &str) {
         out.push_str("none");
         return;
     }
+    let clean = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    if value.len() <= 96 && value.bytes().all(clean) {
+        out.push_str(value); // the usual case, without a push per character
+        return;
+    }
     for c in value.chars().take(96) {
         if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
             out.push(c);

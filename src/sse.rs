@@ -72,6 +72,15 @@ impl SseParser {
         self.overflowed
     }
 
+    /// True between events: no partial line or event is held, so the next byte starts a new
+    /// event and the bytes fed so far were whole events.
+    pub fn at_event_boundary(&self) -> bool {
+        self.pending.is_empty()
+            && self.event.is_none()
+            && self.data.is_none()
+            && !self.skip_leading_lf
+    }
+
     /// Feeds a chunk and appends every event it completes to `events`.
     pub fn push(&mut self, mut chunk: &[u8], events: &mut Vec<SseEvent>) {
         if self.skip_leading_lf && !chunk.is_empty() {

@@ -259,24 +259,42 @@ impl Flow {
     ) {
         let Some(route) = self.route() else { return };
         let provider = &route.provider;
-        host.set_request_header(":authority", Some(&provider.authority));
-        let path = provider.upstream_path(self.operation, model, stream);
-        host.set_request_header(":path", Some(&path));
-        if provider.auth != Auth::Passthrough {
-            for name in CLIENT_CREDENTIAL_HEADERS {
+        // Each header call is a round trip out of the VM: change only what differs from the
+        // headers read in the headers phase (the filter is the only one changing them since).
+        let set = |host: &mut dyn Host, name: &str, value: &str| {
+            let mut sent = self.request_headers.iter().filter(|(key, _)| key == name);
+            let already = sent.next().is_some_and(|(_, v)| v == value) && sent.next().is_none();
+            if !already {
+                host.set_request_header(name, Some(value));
+            }
+        };
+        let remove = |host: &mut dyn Host, name: &str| {
+            if self.header(name).is_some() {
                 host.set_request_header(name, None);
             }
+        };
+        set(host, ":authority", &provider.authority);
+        let path = provider.upstream_path(self.operation, model, stream);
+        set(host, ":path", &path);
+        let credential = provider.credential_header();
+        if provider.auth != Auth::Passthrough {
+            for name in CLIENT_CREDENTIAL_HEADERS {
+                // Setting the provider's own header replaces what the client sent in it.
+                if credential.as_ref().map(|(header, _)| *header) != Some(name) {
+                    remove(host, name);
+                }
+            }
         }
-        if let Some((name, value)) = provider.credential_header() {
-            host.set_request_header(name, Some(&value));
+        if let Some((name, value)) = &credential {
+            host.set_request_header(name, Some(value));
         }
         for (name, value) in provider.extra_headers() {
             host.set_request_header(name, Some(&value));
         }
         // The body is rewritten, and the answer must be readable (not compressed).
-        host.set_request_header("content-length", None);
-        host.set_request_header("accept-encoding", None);
-        host.set_request_header("content-type", Some("application/json"));
+        remove(host, "content-length");
+        remove(host, "accept-encoding");
+        set(host, "content-type", "application/json");
     }
 
     // ---------------------------------------------------------------- request body
@@ -328,7 +346,7 @@ impl Flow {
         }
         let client_stream = self.operation != Operation::Embeddings && api::is_stream(&body);
         let upstream_stream = client_stream && !route.needs_whole_answer();
-        let now_ms = host.now_ms();
+        let now_ms = self.started_ms; // read in the headers phase: one clock read fewer
         self.exchange = Exchange {
             model: model.clone(),
             client_stream,
@@ -419,13 +437,7 @@ impl Flow {
                 return Progress::Rejected;
             }
         };
-        let bytes = match serde_json::to_vec(&encoded) {
-            Ok(bytes) => bytes,
-            Err(_) => {
-                self.reject(host, internal_error());
-                return Progress::Rejected;
-            }
-        };
+        let bytes = crate::json::to_vec(&encoded, self.request_body_size + 64);
         host.replace_request_body(self.request_body_size, &bytes);
         if self.plan.allow_on_headers_stop_iteration {
             let model = self.exchange.model.clone();
@@ -564,11 +576,50 @@ fn list_models(route: &Route) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Random hex for response ids; falls back to zeros if the host has no entropy.
+/// Random hex for response ids. Ids must be unique, not secret: a per-VM splitmix64 seeded
+/// once from the host's entropy spares every request a host call (and `format!` per byte).
 fn random_hex(bytes: usize) -> String {
-    let mut buffer = vec![0u8; bytes];
-    let _ = getrandom::getrandom(&mut buffer);
-    buffer.iter().map(|b| format!("{b:02x}")).collect()
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    STATE.with(|state| {
+        if state.get() == 0 {
+            let mut seed = [0u8; 8];
+            let _ = getrandom::getrandom(&mut seed);
+            state.set(u64::from_le_bytes(seed) | 1);
+        }
+        let mut out = String::with_capacity(bytes * 2);
+        while out.len() < bytes * 2 {
+            let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            state.set(next);
+            let mut z = next;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            for byte in z.to_le_bytes().into_iter().take(bytes - out.len() / 2) {
+                out.push(char::from(HEX[usize::from(byte >> 4)]));
+                out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+            }
+        }
+        out
+    })
 }
 
 mod response;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_are_hex_and_distinct() {
+        let a = super::random_hex(12);
+        let b = super::random_hex(12);
+        assert_eq!(a.len(), 24);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, b);
+        assert_eq!(super::random_hex(3).len(), 6);
+        assert_eq!(super::random_hex(0), "");
+    }
+}

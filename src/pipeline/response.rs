@@ -67,8 +67,14 @@ impl Flow {
                 Action::Continue
             };
         }
-        let is_event_stream = host
-            .response_header("content-type")
+        // Only a stream the filter asked for is treated as one: skip the header read otherwise.
+        let content_type = if self.exchange.upstream_stream {
+            host.response_header("content-type")
+        } else {
+            None
+        };
+        let is_event_stream = content_type
+            .as_deref()
             .is_some_and(|ct| ct.to_ascii_lowercase().contains("text/event-stream"));
         if self.exchange.upstream_stream && is_event_stream {
             let codec = route.provider.codec();
@@ -86,7 +92,9 @@ impl Flow {
             if !processor.is_passthrough() {
                 host.set_response_header("content-length", None);
             }
-            host.set_response_header("content-type", Some("text/event-stream"));
+            if content_type.as_deref() != Some("text/event-stream") {
+                host.set_response_header("content-type", Some("text/event-stream"));
+            }
             self.response = Some(ResponseMode::Stream(Box::new(processor)));
             if end_of_stream {
                 self.account(host);
@@ -142,7 +150,11 @@ impl Flow {
         self.record_first_byte(host);
         match self.response.take() {
             Some(ResponseMode::ObserveJson(mut copy)) => {
-                if let Some(chunk) = host.response_body(0, body_size) {
+                // An empty end-of-stream call has nothing to read: spare the host call.
+                let chunk = (body_size > 0)
+                    .then(|| host.response_body(0, body_size))
+                    .flatten();
+                if let Some(chunk) = chunk {
                     // Bounded: usage is near the end of small answers; a huge answer is not parsed.
                     if copy.len() + chunk.len() <= OBSERVE_LIMIT {
                         copy.extend_from_slice(&chunk);
@@ -158,7 +170,10 @@ impl Flow {
                 Action::Continue
             }
             Some(ResponseMode::Stream(mut processor)) => {
-                let chunk = host.response_body(0, body_size).unwrap_or_default();
+                let chunk = (body_size > 0)
+                    .then(|| host.response_body(0, body_size))
+                    .flatten()
+                    .unwrap_or_default();
                 if let Some(out) = processor.push(&chunk, end_of_stream, host) {
                     host.replace_response_body(0, body_size, &out);
                 }
@@ -326,7 +341,7 @@ impl Flow {
             None if self.exchange.client_stream => {
                 stream::synthesize_stream(&self.body, self.exchange.client_wants_usage)
             }
-            None => serde_json::to_vec(&self.body).unwrap_or_default(),
+            None => crate::json::to_vec(&self.body, self.response_body_size + 64),
         };
         if self.headers_held {
             if let Some(status) = self.response_override.status {

@@ -76,11 +76,13 @@ impl StreamProcessor {
     ) -> Option<Vec<u8>> {
         let mut events = std::mem::take(&mut self.events);
         events.clear();
+        let whole_before = self.parser.at_event_boundary();
         self.parser.push(chunk, &mut events);
+        let whole_after = self.parser.at_event_boundary();
         if end_of_stream {
             self.parser.finish(&mut events);
         }
-        if self.is_passthrough() {
+        if self.is_passthrough() || self.chunk_passes(whole_before && whole_after, &events) {
             for event in &events {
                 self.observe(event);
             }
@@ -122,6 +124,17 @@ impl StreamProcessor {
         self.events = events;
         self.openai_events = openai_events;
         Some(out)
+    }
+
+    /// When only the usage chunk may have to go, a chunk of whole events none of which is
+    /// dropped passes as it is: no re-serialisation and no body rewrite for almost every
+    /// chunk of a plain OpenAI stream.
+    fn chunk_passes(&self, whole_events: bool, events: &[SseEvent]) -> bool {
+        whole_events
+            && self.decoder.is_none()
+            && self.filters.is_empty()
+            && !self.ended_with_error
+            && !(self.strip_usage_chunk && events.iter().any(is_usage_only_chunk))
     }
 
     fn filter_and_write(
