@@ -3,6 +3,7 @@
 #   make test        toolchain + lint + unit + e2e (what CI runs)
 #   make run         mock provider on :8001 + Envoy with the filter on :10000
 #   make e2e PYTEST_ARGS='-k smoke -x'
+#   make bench       plain Envoy vs Envoy + aigate, side by side (BENCH_QUICK=1: ~1 minute)
 #
 # Python tooling lives in .venv (created from integration/requirements.txt).
 
@@ -19,7 +20,9 @@ WASM_TARGET  := wasm32-wasip1
 WASM         := target/$(WASM_TARGET)/release/aigate.wasm
 PYTEST_ARGS  ?=
 
-.PHONY: venv toolchain wasm lint unit e2e test run
+BENCH_TARGET := target/bench
+
+.PHONY: venv toolchain wasm lint unit e2e test run bench bench-tools wrk
 
 ## venv: .venv with the e2e requirements (re-installs only when they change)
 venv: $(VENV_STAMP)
@@ -51,7 +54,7 @@ unit:
 	cargo test
 
 ## e2e: real Envoy + mocks + real clients
-e2e: venv wasm
+e2e: venv wasm bench-tools
 	$(VENV_PY) -m pytest integration/tests -q $(PYTEST_ARGS)
 
 ## test: everything, in order
@@ -91,3 +94,20 @@ run: venv wasm
 	  sleep 0.1; \
 	done; \
 	$(VENV)/bin/envoy -c envoy/envoy.yaml --concurrency 2 --log-level info --component-log-level wasm:info
+
+## bench-tools: the do-nothing Wasm filter and the upstream server of the benchmark
+bench-tools:
+	cargo build --release --target $(WASM_TARGET) --manifest-path integration/bench/noop/Cargo.toml --target-dir $(BENCH_TARGET)
+	cargo build --release --manifest-path integration/bench/upstream/Cargo.toml --target-dir $(BENCH_TARGET)
+
+## wrk: the load generator, from Debian's packages when missing
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "bench: installing wrk"; \
+	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends wrk; }
+
+## bench: the filter's cost against plain Envoy; prints the tables and updates BENCHMARKS.md
+##   (knobs: BENCH_QUICK=1, BENCH_ROUTE=..., BENCH_ROUNDS=..., see integration/bench/run.py)
+bench: venv wasm bench-tools wrk
+	$(VENV_PY) -m integration.bench
