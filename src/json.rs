@@ -68,10 +68,8 @@ fn write_str(text: &str, out: &mut Vec<u8>) {
     let mut start = 0;
     let mut index = 0;
     while index < bytes.len() {
-        if let Some(word) = bytes.get(index..index + 8) {
-            let mut eight = [0u8; 8];
-            eight.copy_from_slice(word);
-            if !needs_escape(u64::from_le_bytes(eight)) {
+        if let Some(word) = crate::find::word_at(bytes, index) {
+            if !needs_escape(word) {
                 index += 8;
                 continue;
             }

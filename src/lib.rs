@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod counting_host;
 pub mod error;
+pub mod find;
 pub mod guards;
 pub mod host;
 pub mod json;

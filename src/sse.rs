@@ -90,28 +90,24 @@ impl SseParser {
             self.skip_leading_lf = false;
         }
         let mut start = 0;
-        let mut index = 0;
-        while index < chunk.len() {
-            let byte = chunk.get(index).copied().unwrap_or(b'\n');
-            if byte == b'\n' || byte == b'\r' {
-                let line_part = chunk.get(start..index).unwrap_or_default();
-                if self.pending.is_empty() {
-                    self.take_line(line_part, events);
-                } else {
-                    let mut line = std::mem::take(&mut self.pending);
-                    line.extend_from_slice(line_part);
-                    self.take_line(&line, events);
-                }
-                if byte == b'\r' {
-                    match chunk.get(index + 1) {
-                        Some(b'\n') => index += 1,
-                        None => self.skip_leading_lf = true,
-                        Some(_) => {}
-                    }
-                }
-                start = index + 1;
+        while let Some(found) = chunk.get(start..).and_then(crate::find::line_end) {
+            let index = start + found;
+            let line_part = chunk.get(start..index).unwrap_or_default();
+            if self.pending.is_empty() {
+                self.take_line(line_part, events);
+            } else {
+                let mut line = std::mem::take(&mut self.pending);
+                line.extend_from_slice(line_part);
+                self.take_line(&line, events);
             }
-            index += 1;
+            start = index + 1;
+            if chunk.get(index) == Some(&b'\r') {
+                match chunk.get(index + 1) {
+                    Some(b'\n') => start += 1,
+                    None => self.skip_leading_lf = true,
+                    Some(_) => {}
+                }
+            }
         }
         let rest = chunk.get(start..).unwrap_or_default();
         if self.pending.len() + rest.len() > self.max_line_bytes {
@@ -139,7 +135,7 @@ impl SseParser {
         if line.first() == Some(&b':') {
             return; // comment
         }
-        let (field, value) = match line.iter().position(|b| *b == b':') {
+        let (field, value) = match crate::find::byte(line, b':') {
             Some(colon) => {
                 let value = line.get(colon + 1..).unwrap_or_default();
                 let value = value.strip_prefix(b" ").unwrap_or(value);
@@ -147,7 +143,12 @@ impl SseParser {
             }
             None => (line, &b""[..]),
         };
-        let value = String::from_utf8_lossy(value);
+        // Valid UTF-8 (the normal case) is checked word by word; only invalid input pays
+        // for the lossy conversion.
+        let value = match std::str::from_utf8(value) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(value),
+        };
         match field {
             b"data" => match &mut self.data {
                 Some(data) => {

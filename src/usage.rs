@@ -58,7 +58,7 @@ pub fn from_json(body: &[u8]) -> Option<Usage> {
 /// Cheap pre-check for stream events: most chunks carry no usage, and skipping them avoids
 /// a JSON parse per event.
 pub fn from_stream_event(data: &str) -> Option<Usage> {
-    if !data.contains("\"usage\"") {
+    if !crate::find::contains(data, "\"usage\"") {
         return None;
     }
     from_json(data.as_bytes())

@@ -176,7 +176,7 @@ impl StreamProcessor {
         if let Some(found) = usage::from_stream_event(&event.data) {
             self.usage = Some(found);
         }
-        if !self.saw_content && event.data.contains("\"delta\"") {
+        if !self.saw_content && crate::find::contains(&event.data, "\"delta\"") {
             self.saw_content = true;
         }
     }
@@ -184,7 +184,7 @@ impl StreamProcessor {
 
 /// A chunk that carries only usage (`choices: []`), as OpenAI sends for `include_usage`.
 fn is_usage_only_chunk(event: &SseEvent) -> bool {
-    if !event.data.contains("\"usage\"") {
+    if !crate::find::contains(&event.data, "\"usage\"") {
         return false;
     }
     serde_json::from_str::<Value>(&event.data)

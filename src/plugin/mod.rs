@@ -2,6 +2,7 @@
 //! the panic-free ABI wrappers in `abi`. Everything else is plain Rust.
 
 mod abi;
+mod profile;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -133,38 +134,54 @@ impl Context for Stream {
     }
 }
 
+impl Stream {
+    /// Runs one phase of the flow (timed when built with the `phase-profile` feature).
+    fn run(
+        &mut self,
+        phase: profile::Phase,
+        step: impl FnOnce(&mut Flow, &mut dyn Host) -> Action,
+    ) -> WasmAction {
+        let Some(flow) = &mut self.flow else {
+            return WasmAction::Continue;
+        };
+        to_wasm(profile::phase(phase, &mut self.host, |host| {
+            step(flow, host)
+        }))
+    }
+}
+
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> WasmAction {
-        match &mut self.flow {
-            Some(flow) => to_wasm(flow.on_request_headers(&mut self.host, end_of_stream)),
-            None => WasmAction::Continue,
-        }
+        self.run(profile::Phase::RequestHeaders, |flow, host| {
+            flow.on_request_headers(host, end_of_stream)
+        })
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
-        match &mut self.flow {
-            Some(flow) => to_wasm(flow.on_request_body(&mut self.host, body_size, end_of_stream)),
-            None => WasmAction::Continue,
-        }
+        self.run(profile::Phase::RequestBody, |flow, host| {
+            flow.on_request_body(host, body_size, end_of_stream)
+        })
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> WasmAction {
-        match &mut self.flow {
-            Some(flow) => to_wasm(flow.on_response_headers(&mut self.host, end_of_stream)),
-            None => WasmAction::Continue,
-        }
+        self.run(profile::Phase::ResponseHeaders, |flow, host| {
+            flow.on_response_headers(host, end_of_stream)
+        })
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
-        match &mut self.flow {
-            Some(flow) => to_wasm(flow.on_response_body(&mut self.host, body_size, end_of_stream)),
-            None => WasmAction::Continue,
-        }
+        self.run(profile::Phase::ResponseBody, |flow, host| {
+            flow.on_response_body(host, body_size, end_of_stream)
+        })
     }
 
     fn on_log(&mut self) {
-        if let Some(flow) = &mut self.flow {
-            flow.on_log(&mut self.host);
+        if self.flow.is_some() {
+            self.run(profile::Phase::Log, |flow, host| {
+                flow.on_log(host);
+                Action::Continue
+            });
+            profile::request_done();
         }
     }
 }
