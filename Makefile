@@ -22,7 +22,7 @@ PYTEST_ARGS  ?=
 
 BENCH_TARGET := target/bench
 
-.PHONY: venv toolchain wasm lint unit e2e test run bench bench-tools wrk
+.PHONY: venv toolchain wasm lint unit e2e test run bench bench-tools bench-profile wrk
 
 ## venv: .venv with the e2e requirements (re-installs only when they change)
 venv: $(VENV_STAMP)
@@ -100,6 +100,10 @@ bench-tools:
 	cargo build --release --target $(WASM_TARGET) --manifest-path integration/bench/noop/Cargo.toml --target-dir $(BENCH_TARGET)
 	cargo build --release --manifest-path integration/bench/upstream/Cargo.toml --target-dir $(BENCH_TARGET)
 
+## bench-profile: aigate with per-phase timing inside the VM (the bench's "where the time goes" pass)
+bench-profile:
+	cargo build --release --target $(WASM_TARGET) --features phase-profile --target-dir $(BENCH_TARGET)/profile
+
 ## wrk: the load generator, from Debian's packages when missing
 wrk:
 	@command -v wrk >/dev/null 2>&1 || { \
@@ -109,5 +113,5 @@ wrk:
 
 ## bench: the filter's cost against plain Envoy; prints the tables and updates BENCHMARKS.md
 ##   (knobs: BENCH_QUICK=1, BENCH_ROUTE=..., BENCH_ROUNDS=..., see integration/bench/run.py)
-bench: venv wasm bench-tools wrk
+bench: venv wasm bench-tools bench-profile wrk
 	$(VENV_PY) -m integration.bench

@@ -24,6 +24,8 @@ ROUTE_NO_GUARDS = BENCH_DIR / "route-noguards.json"
 TARGET_DIR = REPO_ROOT / "target" / "bench"
 NOOP_WASM = TARGET_DIR / "wasm32-wasip1" / "release" / "aigate_bench_noop.wasm"
 UPSTREAM_BIN = TARGET_DIR / "release" / "bench-upstream"
+# aigate built with `--features phase-profile` (make bench-profile).
+PROFILE_WASM = TARGET_DIR / "profile" / "wasm32-wasip1" / "release" / "aigate.wasm"
 
 # Side name -> listener name (the harness' Envoy class looks for a listener called "main").
 SIDES = ("plain", "noop", "filter")
@@ -90,8 +92,8 @@ def render(
     sides: tuple[str, ...] = SIDES,
 ) -> dict[str, Any]:
     """The bootstrap with a listener for each of `sides` (all three by default; one alone
-    for the memory runs)."""
-    filters = {
+    for the memory and profile runs)."""
+    filters: dict[str, list[dict[str, Any]]] = {
         "plain": [],
         "noop": [noop_filter(noop_wasm)],
         "filter": [aigate_filter(route_config, aigate_wasm)],

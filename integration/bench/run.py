@@ -6,7 +6,9 @@ throughput run (`BENCH_CONNECTIONS` connections, saturating the one worker; Envo
 request from /proc/<pid>/stat) and a latency run (one connection: the time a request takes
 when nothing queues). The order of the sides rotates every round. Then time to first byte
 of streams (a client that timestamps the first event, with a pause in the upstream after
-that event, so a filter that holds the stream back shows), and memory of one Envoy per side.
+that event, so a filter that holds the stream back shows), memory of one Envoy per side, and
+where the time goes: the filter built with `phase-profile` logs its time inside the VM per
+phase and per host call.
 
 Knobs (environment): BENCH_QUICK=1 (about a minute), BENCH_ROUNDS, BENCH_DURATION (seconds
 per throughput run), BENCH_LATENCY_DURATION, BENCH_CONNECTIONS, BENCH_TTFB_SAMPLES,
@@ -22,9 +24,10 @@ import datetime as dt
 import json
 import os
 import platform
+import re
+import shlex
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +35,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from integration.harness import REPO_ROOT, Envoy, EnvoyStartError, envoy_binary, wasm_path
 
@@ -63,6 +66,7 @@ class Settings:
     ttfb_samples: int
     ttfb_gap_ms: int
     rss_load_s: int
+    profile_s: int
     route_path: Path
     route_explicit: bool
     scenarios: tuple[Scenario, ...]
@@ -93,6 +97,7 @@ class Settings:
             ttfb_samples=_env_int("BENCH_TTFB_SAMPLES", 15 if quick else 100),
             ttfb_gap_ms=20,
             rss_load_s=1 if quick else 3,
+            profile_s=2 if quick else 4,
             route_path=route_path,
             route_explicit=bool(route),
             scenarios=scenarios,
@@ -182,9 +187,13 @@ def start_envoy(
     workdir: Path,
     sides: tuple[str, ...] = config.SIDES,
     name: str = "bench",
+    aigate_wasm: Path | None = None,
 ) -> tuple[Envoy, dict[str, int]]:
     bootstrap = config.render(
-        upstream_port=upstream.port, route_config=route_config, aigate_wasm=wasm_path(), sides=sides
+        upstream_port=upstream.port,
+        route_config=route_config,
+        aigate_wasm=aigate_wasm or wasm_path(),
+        sides=sides,
     )
     envoy = Envoy(
         bootstrap,
@@ -387,14 +396,6 @@ def ttfb_sample(port: int, body: bytes, events: int, gap_ms: int) -> tuple[float
     return (first - start) / 1e3, (end - start) / 1e3
 
 
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(0, min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1))))
-    return ordered[rank]
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -437,7 +438,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def command_line() -> str:
-    knobs = [f"{k}={os.environ[k]}" for k in sorted(os.environ) if k.startswith("BENCH_")]
+    knobs = [f"{k}={shlex.quote(os.environ[k])}" for k in sorted(os.environ) if k.startswith("BENCH_")]
     return " ".join(["make bench", *knobs]) if knobs else "make bench"
 
 
@@ -535,6 +536,7 @@ def main() -> int:
         envoy.stop()
         envoy = None
         memory = measure_memory(settings, placement, upstream, config.load_route_config(route_path), workdir, bodies)
+        profile = measure_profile(settings, placement, upstream, config.load_route_config(route_path), workdir, bodies)
     finally:
         if envoy is not None:
             envoy.stop()
@@ -563,6 +565,7 @@ def main() -> int:
         "runs": runs,
         "ttfb": ttfb,
         "memory": memory,
+        "profile": profile,
         "elapsed_s": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds()),
     }
     config.TARGET_DIR.mkdir(parents=True, exist_ok=True)
@@ -626,6 +629,63 @@ def measure_memory(
             out[side] = {"idle_rss_kib": idle["VmRSS"], "loaded_rss_kib": loaded["VmRSS"], "peak_rss_kib": loaded["VmHWM"]}
         finally:
             envoy.stop()
+    return out
+
+
+PROFILE_LINE = re.compile(
+    r"aigate profile: (?P<requests>\d+) requests, clock read (?P<clock>[\d.]+) us; "
+    r"in-VM us/request: total (?P<total>[\d.]+), (?P<phases>.*?); host us/call: (?P<host>.*)$"
+)
+
+
+def parse_profile_line(line: str) -> dict[str, Any] | None:
+    """The numbers of one `aigate profile:` log line (see src/plugin/profile.rs)."""
+    match = PROFILE_LINE.search(line)
+    if not match:
+        return None
+    phases = {}
+    for part in match["phases"].split(", "):
+        phase = re.match(r"(\w+) ([\d.]+) \(([\d.]+) host calls\)", part)
+        if phase:
+            phases[phase[1]] = {"us": float(phase[2]), "host_calls": float(phase[3])}
+    host = {}
+    for part in match["host"].split(", "):
+        call = re.match(r"(\w+) ([\d.]+)x([\d.]+)", part)
+        if call:
+            host[call[1]] = {"per_request": float(call[2]), "us_per_call": float(call[3])}
+    return {"requests": int(match["requests"]), "total_us": float(match["total"]), "phases": phases, "host": host}
+
+
+def measure_profile(
+    settings: Settings,
+    placement: Placement,
+    upstream: Upstream,
+    route_config: dict[str, Any],
+    workdir: Path,
+    bodies: dict[str, Path],
+) -> dict[str, Any]:
+    """aigate built with `phase-profile` alone in an Envoy: time inside the VM per phase and
+    per host call, for each scenario."""
+    if not config.PROFILE_WASM.exists():
+        _log(f"bench: no profile pass ({config.PROFILE_WASM} missing: make bench-profile)")
+        return {}
+    _log("bench: where the time goes (phase-profile build)")
+    envoy, ports = start_envoy(
+        settings, placement, upstream, route_config, workdir, sides=("filter",), name="profile",
+        aigate_wasm=config.PROFILE_WASM,
+    )
+    out: dict[str, Any] = {}
+    try:
+        for scenario in settings.scenarios:
+            seen = len(envoy.log_text().splitlines())
+            run_wrk(placement, ports["filter"], bodies[scenario.name], _headers(scenario), settings.connections, settings.profile_s)
+            time.sleep(0.2)
+            lines = [line for line in envoy.log_text().splitlines()[seen:] if "aigate profile:" in line]
+            parsed = [p for p in map(parse_profile_line, lines) if p]
+            if parsed:
+                out[scenario.name] = parsed[-1]
+    finally:
+        envoy.stop()
     return out
 
 
