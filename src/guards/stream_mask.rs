@@ -120,7 +120,13 @@ fn cut_point(scanner: &Scanner, buf: &str, off: usize, hits: &[Hit]) -> usize {
 /// Start of the trailing run of `alphabet` characters, at most `limit` of them.
 fn run_start(buf: &str, off: usize, alphabet: fn(char) -> bool, limit: usize) -> usize {
     let mut start = buf.len();
-    for (count, (index, c)) in buf.get(off..).unwrap_or_default().char_indices().rev().enumerate() {
+    for (count, (index, c)) in buf
+        .get(off..)
+        .unwrap_or_default()
+        .char_indices()
+        .rev()
+        .enumerate()
+    {
         if count == limit || !alphabet(c) {
             break;
         }
