@@ -775,3 +775,50 @@ fn response_moderation_rejects_in_mode_a_and_fails_closed() {
         assert_eq!(host.resumed_response, 1);
     }
 }
+
+#[test]
+fn regex_reject_on_a_stream_keeps_what_was_released_before_the_error() {
+    let mut flow = flow(
+        json!({"response": [{"regex": {"builtins": ["ssn"], "action": "reject"}}]}),
+        true,
+    );
+    let mut host = RecordingHost::new();
+    let mut request = chat(json!("ssn?"));
+    request["stream"] = json!(true);
+    send(&mut flow, &mut host, &request, "application/json");
+    host.response_headers = vec![
+        (":status".into(), "200".into()),
+        ("content-type".into(), "text/event-stream".into()),
+    ];
+    assert_eq!(flow.on_response_headers(&mut host, false), Action::Continue);
+    let event = |piece: &str| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]})
+        )
+    };
+    // Both events in one upstream chunk: the first one's clean text must still be sent.
+    let chunk = format!(
+        "{}{}",
+        event("Fine so far. The SSN is 123-4"),
+        event("5-6789 and more.")
+    );
+    host.response_body = chunk.clone().into_bytes();
+    flow.on_response_body(&mut host, chunk.len(), false);
+    let client = String::from_utf8(host.response_body.clone()).unwrap();
+    assert!(client.contains("Fine so far. The SSN is"), "{client}");
+    assert!(
+        !client.contains("123-4") && !client.contains("6789"),
+        "{client}"
+    );
+    assert!(
+        client.contains("\"code\":\"regex\"") && client.ends_with("data: [DONE]\n\n"),
+        "{client}"
+    );
+    // The rest of the upstream stream is dropped.
+    host.response_body = event("more").into_bytes();
+    let size = host.response_body.len();
+    flow.on_response_body(&mut host, size, true);
+    assert!(host.response_body.is_empty());
+}

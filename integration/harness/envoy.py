@@ -209,7 +209,7 @@ def access_log_format() -> dict[str, str]:
 # Label keys the filter encodes into its metric names (`aigate.<key>.<value>...<metric>`, see
 # src/metrics.rs). Each becomes a Prometheus label through a `stats_tags` rule; envoy/*.yaml
 # carry the same rules (test_envoy_configs checks they agree).
-METRIC_LABELS = ("route", "provider", "model", "token_type", "guard", "outcome", "code", "transformer", "limit")
+METRIC_LABELS = ("route", "provider", "model", "token_type", "guard", "side", "outcome", "code", "transformer", "limit")
 
 
 def aigate_stats_tags() -> list[dict[str, str]]:

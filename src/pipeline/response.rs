@@ -343,7 +343,9 @@ impl Flow {
     /// A rejection after the answer arrived: in-band for streams, else status and body replaced
     /// where headers are still held, else body replaced.
     fn replace_with_error(&mut self, host: &mut dyn Host, error: ApiError) {
-        let bytes = if self.exchange.client_stream {
+        // A streaming client whose answer has not started (headers still held) gets a plain
+        // error status, which SDKs raise before reading any stream.
+        let bytes = if self.exchange.client_stream && !self.headers_held {
             let mut out = Vec::new();
             stream::write_error_event(&error, &mut out);
             out
