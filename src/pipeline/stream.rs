@@ -26,7 +26,11 @@ pub struct StreamProcessor {
 }
 
 impl StreamProcessor {
-    pub fn new(decoder: Option<Box<dyn StreamDecoder>>, filters: Vec<Box<dyn EventFilter>>, strip_usage_chunk: bool) -> Self {
+    pub fn new(
+        decoder: Option<Box<dyn StreamDecoder>>,
+        filters: Vec<Box<dyn EventFilter>>,
+        strip_usage_chunk: bool,
+    ) -> Self {
         StreamProcessor {
             parser: SseParser::new(),
             decoder,
@@ -56,7 +60,12 @@ impl StreamProcessor {
 
     /// Feeds one upstream chunk. Returns the bytes to send instead, or None to send the chunk
     /// unchanged (passthrough).
-    pub fn push(&mut self, chunk: &[u8], end_of_stream: bool, host: &mut dyn Host) -> Option<Vec<u8>> {
+    pub fn push(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
+        host: &mut dyn Host,
+    ) -> Option<Vec<u8>> {
         let mut events = std::mem::take(&mut self.events);
         events.clear();
         self.parser.push(chunk, &mut events);
@@ -155,7 +164,11 @@ fn is_usage_only_chunk(event: &SseEvent) -> bool {
     }
     serde_json::from_str::<Value>(&event.data)
         .ok()
-        .is_some_and(|v| v.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty))
+        .is_some_and(|v| {
+            v.get("choices")
+                .and_then(Value::as_array)
+                .is_some_and(Vec::is_empty)
+        })
 }
 
 /// Ends a stream in-band: OpenAI clients raise an error when an event carries `error`.
