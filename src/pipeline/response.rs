@@ -175,7 +175,7 @@ impl Flow {
                 if processor.saw_content() {
                     self.record_first_token(host);
                 }
-                if end_of_stream {
+                if end_of_stream || processor.saw_done() {
                     self.account(host);
                 }
                 self.response = Some(ResponseMode::Stream(processor));
@@ -390,6 +390,13 @@ impl Flow {
         host.set_filter_state(filter_state::OUTCOME, &format!("upstream_{status}"));
         self.count_error(host, &format!("upstream_{status}"));
         self.account(host);
+    }
+
+    /// Envoy's last call for the stream: account an answer the client hung up on early.
+    pub fn on_log(&mut self, host: &mut dyn Host) {
+        if matches!(self.state, State::Responding | State::ResponseCallout) {
+            self.account(host);
+        }
     }
 
     fn record_first_byte(&mut self, host: &mut dyn Host) {

@@ -161,6 +161,12 @@ impl HttpContext for Stream {
             None => WasmAction::Continue,
         }
     }
+
+    fn on_log(&mut self) {
+        if let Some(flow) = &mut self.flow {
+            flow.on_log(&mut self.host);
+        }
+    }
 }
 
 struct WasmHost {
