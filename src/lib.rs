@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod config;
+pub mod encoding;
 pub mod error;
 pub mod guards;
 pub mod host;

@@ -37,6 +37,16 @@ impl Regex {
         self.0.is_match(text)
     }
 
+    /// The first match: its first capture group if that took part in the match, else the
+    /// whole match (transformers' `extract_pattern`).
+    pub fn first_group_or_match<'t>(&self, text: &'t str) -> Option<&'t str> {
+        let captures = self.0.captures(text)?;
+        captures
+            .get(1)
+            .or_else(|| captures.get(0))
+            .map(|found| found.as_str())
+    }
+
     /// The leftmost match starting at or after byte `start` (a char boundary), as byte offsets.
     /// Assertions such as `\b` see the text before `start`.
     pub fn find_at(&self, text: &str, start: usize) -> Option<(usize, usize)> {
@@ -125,6 +135,14 @@ mod tests {
         assert_eq!(re.find_at("xfalcon falcon", 1), Some((8, 14)));
         assert_eq!(re.find_at("falcon", 7), None);
         assert!(re.is_match("the falcon"));
+    }
+
+    #[test]
+    fn first_group_or_whole_match() {
+        let re = Regex::new("a(b)?").unwrap();
+        assert_eq!(re.first_group_or_match("xab"), Some("b"));
+        assert_eq!(re.first_group_or_match("xa"), Some("a"));
+        assert_eq!(re.first_group_or_match("x"), None);
     }
 
     #[test]
