@@ -110,11 +110,7 @@ impl Scanner {
     /// after each hit every detector searches again from its end. Text before `from` is
     /// context only (for validators and assertions such as `\b`).
     pub fn scan(&self, text: &str, from: usize, hits: &mut Vec<Hit>) {
-        let mut candidates = Vec::new();
-        self.set.candidates(text, from, &mut candidates);
-        if candidates.is_empty() {
-            return;
-        }
+        let candidates: Vec<usize> = (0..self.set.len()).collect();
         let mut next: Vec<Option<Hit>> = candidates
             .iter()
             .map(|&i| self.next_valid(i, text, from))
