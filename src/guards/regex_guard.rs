@@ -88,8 +88,6 @@ impl Scanner {
                     "must be non-empty ASCII letters, digits, '_' or '-' (it becomes the <NAME> placeholder)",
                 ));
             }
-            super::engine::Regex::new(&pattern.pattern)
-                .map_err(|err| ConfigError::new(format!("{at}.pattern"), err))?;
             patterns.push(pattern.pattern.clone());
             detectors.push(Detector {
                 name: pattern.name.clone(),
@@ -98,7 +96,14 @@ impl Scanner {
                 validate: None,
             });
         }
-        let set = PatternSet::new(&patterns).map_err(|(_, err)| ConfigError::new(path, err))?;
+        let builtin_count = config.builtins.len();
+        let set = PatternSet::new(&patterns).map_err(|(index, err)| {
+            let at = match index.checked_sub(builtin_count) {
+                Some(custom) => format!("{path}.patterns[{custom}].pattern"),
+                None => format!("{path}.builtins[{index}]"),
+            };
+            ConfigError::new(at, err)
+        })?;
         Ok(Scanner { set, detectors })
     }
 
@@ -110,6 +115,10 @@ impl Scanner {
     /// after each hit every detector searches again from its end. Text before `from` is
     /// context only (for validators and assertions such as `\b`).
     pub fn scan(&self, text: &str, from: usize, hits: &mut Vec<Hit>) {
+        self.scan_up_to(text, from, hits, usize::MAX);
+    }
+
+    fn scan_up_to(&self, text: &str, from: usize, hits: &mut Vec<Hit>, limit: usize) {
         let candidates: Vec<usize> = (0..self.set.len()).collect();
         let mut next: Vec<Option<Hit>> = candidates
             .iter()
@@ -122,6 +131,9 @@ impl Scanner {
             .copied()
         {
             hits.push(best);
+            if hits.len() >= limit {
+                return;
+            }
             for (slot, &index) in next.iter_mut().zip(&candidates) {
                 if slot.is_some_and(|hit| hit.start < best.end) {
                     *slot = self.next_valid(index, text, best.end);
@@ -158,7 +170,7 @@ impl Scanner {
 
     pub fn has_hit(&self, text: &str) -> bool {
         let mut hits = Vec::new();
-        self.scan(text, 0, &mut hits);
+        self.scan_up_to(text, 0, &mut hits, 1);
         !hits.is_empty()
     }
 
