@@ -55,7 +55,10 @@ impl Flow {
             .response_header(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
-        if !(200..300).contains(&status) {
+        if (200..300).contains(&status) {
+            // Replaced by an error code if the answer is rejected or cut short later.
+            host.set_filter_state(filter_state::OUTCOME, "ok");
+        } else {
             self.response = Some(ResponseMode::Error(status));
             host.set_response_header("content-length", None);
             host.set_response_header("content-encoding", None);
@@ -398,6 +401,29 @@ impl Flow {
         ])
     }
 
+    /// Charges the budgets the request was admitted against with the usage seen so far (none
+    /// if the answer carried no usage): this also releases what the request held. Usage
+    /// reports to a rate limit service are sent without waiting for their replies.
+    pub(super) fn charge_limits(&mut self, host: &mut dyn Host) {
+        let plan = Rc::clone(&self.plan);
+        let Some(route) = plan.routes.get(self.route) else {
+            return;
+        };
+        let Some(limits) = &route.limits else {
+            return;
+        };
+        let usage = self.exchange_usage.unwrap_or_default();
+        for callout in limits.charge(&mut self.notes, usage, host) {
+            if let Err(reason) = host.dispatch_detached(&callout) {
+                log::warn!(
+                    "aigate: route {}: usage report to {} failed: {reason}",
+                    route.name,
+                    callout.cluster
+                );
+            }
+        }
+    }
+
     /// Once per answer: metrics, filter state, and budget charges.
     pub(super) fn account(&mut self, host: &mut dyn Host) {
         if self.accounted {
@@ -415,6 +441,7 @@ impl Flow {
             &metrics::name(metrics::OPERATION_DURATION_MS, &labels.as_refs()),
             elapsed,
         );
+        self.charge_limits(host);
         let Some(found) = self.exchange_usage else {
             return;
         };
@@ -436,17 +463,6 @@ impl Flow {
             &found.completion_tokens.to_string(),
         );
         host.set_filter_state(filter_state::TOTAL_TOKENS, &found.total_tokens.to_string());
-        if let Some(limits) = &route.limits {
-            for callout in limits.charge(&self.notes, found, host) {
-                if let Err(reason) = host.dispatch(&callout) {
-                    log::warn!(
-                        "aigate: route {}: usage report to {} failed: {reason}",
-                        route.name,
-                        callout.cluster
-                    );
-                }
-            }
-        }
     }
 }
 

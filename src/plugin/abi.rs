@@ -72,6 +72,7 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
         path_size: usize,
@@ -211,6 +212,12 @@ pub fn send_local_response(
 
 pub fn continue_stream(stream_type: u32) -> Result<(), u32> {
     status(unsafe { proxy_continue_stream(stream_type) })
+}
+
+/// Makes the following host calls act for context `context_id` (for example, start a
+/// callout that belongs to the root context and so outlives the current stream).
+pub fn set_effective_context(context_id: u32) -> Result<(), u32> {
+    status(unsafe { proxy_set_effective_context(context_id) })
 }
 
 fn serialize_path(path: &[&str]) -> Vec<u8> {

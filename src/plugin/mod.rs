@@ -17,7 +17,12 @@ use crate::pipeline::{Action, Flow};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root {
+            id: context_id,
+            ..Root::default()
+        })
+    });
 }}
 
 /// Metric ids are per VM (per worker); defining a metric is cached by name.
@@ -25,6 +30,7 @@ type MetricIds = Rc<RefCell<HashMap<String, u32>>>;
 
 #[derive(Default)]
 struct Root {
+    id: u32,
     plan: Option<Rc<Plan>>,
     metrics: MetricIds,
 }
@@ -49,6 +55,14 @@ impl RootContext for Root {
         match config::parse_and_compile(&bytes, &env) {
             Ok(plan) => {
                 log::info!("aigate: configured {} route(s)", plan.routes.len());
+                let mut host = WasmHost {
+                    metrics: Rc::clone(&self.metrics),
+                    root_id: self.id,
+                    stream_id: self.id,
+                };
+                for limits in plan.routes.iter().filter_map(|route| route.limits.as_ref()) {
+                    limits.prepare(&mut host);
+                }
                 self.plan = Some(Rc::new(plan));
                 true
             }
@@ -59,11 +73,13 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Stream {
             flow: self.plan.as_ref().map(|plan| Flow::new(Rc::clone(plan))),
             host: WasmHost {
                 metrics: Rc::clone(&self.metrics),
+                root_id: self.id,
+                stream_id: context_id,
             },
         }))
     }
@@ -161,10 +177,21 @@ impl HttpContext for Stream {
             None => WasmAction::Continue,
         }
     }
+
+    fn on_log(&mut self) {
+        if let Some(flow) = &mut self.flow {
+            flow.on_stream_end(&mut self.host);
+        }
+    }
 }
 
 struct WasmHost {
     metrics: MetricIds,
+    /// The root context of this VM: it lives as long as the VM, so callouts started for it
+    /// survive the stream that asked for them.
+    root_id: u32,
+    /// The stream this host acts for (the root's own id at configure time).
+    stream_id: u32,
 }
 
 impl WasmHost {
@@ -282,6 +309,17 @@ impl Host for WasmHost {
                 .map_err(|status| format!("{status:?}"))
             }
         }
+    }
+
+    fn dispatch_detached(&mut self, callout: &Callout) -> Result<(), String> {
+        if self.root_id == self.stream_id || abi::set_effective_context(self.root_id).is_err() {
+            return self.dispatch(callout).map(|_| ());
+        }
+        let result = self.dispatch(callout).map(|_| ());
+        if let Err(status) = abi::set_effective_context(self.stream_id) {
+            log::warn!("aigate: cannot return to the stream context after a detached callout (host status {status})");
+        }
+        result
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
