@@ -36,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WASM = "target/wasm32-wasip1/release/aigate.wasm"
 
 # Names of the filter-state values the filter sets (CONFIG/DESIGN: readable by access logs).
-FILTER_STATE_KEYS = ("route", "provider", "model", "prompt_tokens", "completion_tokens", "total_tokens")
+FILTER_STATE_KEYS = ("route", "provider", "model", "prompt_tokens", "completion_tokens", "total_tokens", "outcome")
 
 # Every Envoy started by this module and not yet stopped (for failure reports).
 LIVE_ENVOYS: "weakref.WeakSet[Envoy]" = weakref.WeakSet()
@@ -206,6 +206,15 @@ def access_log_format() -> dict[str, str]:
     return fmt
 
 
+def repo_stats_config() -> dict[str, Any]:
+    """`stats_config` of envoy/envoy.yaml (the `stats_tags` that turn the filter's encoded
+    metric labels into Prometheus labels), so every test runs with the shipped rules."""
+    import yaml  # pyyaml, from integration/requirements.txt
+
+    with open(REPO_ROOT / "envoy" / "envoy.yaml", encoding="utf-8") as f:
+        return copy.deepcopy(yaml.safe_load(f)["stats_config"])
+
+
 def render_bootstrap(
     *,
     clusters: Mapping[str, ClusterSpec],
@@ -224,6 +233,7 @@ def render_bootstrap(
     vm_id: str = "aigate",
     root_id: str = "aigate",
     access_log_path: str | Path | None = None,
+    stats_tags: bool = True,
     listener_port: int = 0,
     admin_port: int = 0,
     patch: Callable[[dict[str, Any]], None] | None = None,
@@ -237,6 +247,7 @@ def render_bootstrap(
     - HTTP filters: `http_filters_before` (e.g. a test-only header mutation), then the
       aigate Wasm filter if `with_filter`, then the router.
     - `clusters`: name -> port | Cluster | object with `.port` (a MockServer).
+    - `stats_tags`: use the `stats_config` of envoy/envoy.yaml (Prometheus labels).
     - `patch(bootstrap)` runs last, for anything else.
     """
     if not clusters:
@@ -307,6 +318,8 @@ def render_bootstrap(
             "clusters": [render_cluster(name, spec) for name, spec in clusters.items()],
         },
     }
+    if stats_tags:
+        bootstrap["stats_config"] = repo_stats_config()
     if patch is not None:
         patch(bootstrap)
     return bootstrap
