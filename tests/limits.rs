@@ -88,7 +88,7 @@ fn respond(flow: &mut Flow, host: &mut RecordingHost, content_type: &str, body: 
     flow.on_response_headers(host, false);
     host.response_body = body.to_vec();
     flow.on_response_body(host, body.len(), true);
-    flow.on_stream_end(host);
+    flow.on_log(host);
 }
 
 fn used(shared: &RecordingHost, user: &str) -> u64 {
@@ -116,7 +116,7 @@ fn exchange(
     if send(&mut flow, &mut host) == Action::Continue {
         respond(&mut flow, &mut host, answer.0, answer.1);
     } else {
-        flow.on_stream_end(&mut host);
+        flow.on_log(&mut host);
     }
     shared.shared = host.shared.clone();
     host
@@ -295,7 +295,7 @@ fn a_request_that_ends_unanswered_releases_its_hold() {
     let mut host = request("alice", &chat(), &shared);
     assert_eq!(send(&mut flow, &mut host), Action::Continue);
     // The client goes away before any answer: only the log phase runs.
-    flow.on_stream_end(&mut host);
+    flow.on_log(&mut host);
     let mut next = Flow::new(Rc::clone(&plan));
     let mut next_host = request("alice", &chat(), &host);
     assert_eq!(send(&mut next, &mut next_host), Action::Continue);
@@ -463,7 +463,7 @@ fn rls_checks_with_zero_hits_then_reports_the_answer_s_tokens() {
         report.body,
         proto::encode_request("aigate", &descriptors, 18)
     );
-    flow.on_stream_end(&mut host);
+    flow.on_log(&mut host);
     assert_eq!(host.callouts.len(), 2);
 }
 
@@ -489,7 +489,7 @@ fn rls_over_limit_is_a_429_and_charges_nothing() {
         .contains(&("x-ratelimit-remaining-tokens".to_string(), "0".to_string())));
     assert!(String::from_utf8_lossy(&reply.body).contains("per-user"));
     assert_eq!(outcome(&host, "per-user", "over_limit"), 1);
-    flow.on_stream_end(&mut host);
+    flow.on_log(&mut host);
     assert_eq!(
         host.callouts.len(),
         1,

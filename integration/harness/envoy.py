@@ -206,13 +206,17 @@ def access_log_format() -> dict[str, str]:
     return fmt
 
 
-def repo_stats_config() -> dict[str, Any]:
-    """`stats_config` of envoy/envoy.yaml (the `stats_tags` that turn the filter's encoded
-    metric labels into Prometheus labels), so every test runs with the shipped rules."""
-    import yaml  # pyyaml, from integration/requirements.txt
+# Label keys the filter encodes into its metric names (`aigate.<key>.<value>...<metric>`, see
+# src/metrics.rs). Each becomes a Prometheus label through a `stats_tags` rule; envoy/*.yaml
+# carry the same rules (test_envoy_configs checks they agree).
+METRIC_LABELS = ("route", "provider", "model", "token_type", "guard", "outcome", "code", "transformer", "limit")
 
-    with open(REPO_ROOT / "envoy" / "envoy.yaml", encoding="utf-8") as f:
-        return copy.deepcopy(yaml.safe_load(f)["stats_config"])
+
+def aigate_stats_tags() -> list[dict[str, str]]:
+    return [
+        {"tag_name": key, "regex": rf"^wasmcustom\.aigate\.(?:[a-z_]+\.[^.]+\.)*?({key}\.([^.]+)\.)"}
+        for key in METRIC_LABELS
+    ]
 
 
 def render_bootstrap(
@@ -233,7 +237,6 @@ def render_bootstrap(
     vm_id: str = "aigate",
     root_id: str = "aigate",
     access_log_path: str | Path | None = None,
-    stats_tags: bool = True,
     listener_port: int = 0,
     admin_port: int = 0,
     patch: Callable[[dict[str, Any]], None] | None = None,
@@ -247,7 +250,6 @@ def render_bootstrap(
     - HTTP filters: `http_filters_before` (e.g. a test-only header mutation), then the
       aigate Wasm filter if `with_filter`, then the router.
     - `clusters`: name -> port | Cluster | object with `.port` (a MockServer).
-    - `stats_tags`: use the `stats_config` of envoy/envoy.yaml (Prometheus labels).
     - `patch(bootstrap)` runs last, for anything else.
     """
     if not clusters:
@@ -305,6 +307,7 @@ def render_bootstrap(
 
     bootstrap: dict[str, Any] = {
         "admin": {"address": _socket_address("127.0.0.1", admin_port)},
+        "stats_config": {"stats_tags": aigate_stats_tags()},
         "static_resources": {
             "listeners": [
                 {
@@ -318,8 +321,6 @@ def render_bootstrap(
             "clusters": [render_cluster(name, spec) for name, spec in clusters.items()],
         },
     }
-    if stats_tags:
-        bootstrap["stats_config"] = repo_stats_config()
     if patch is not None:
         patch(bootstrap)
     return bootstrap

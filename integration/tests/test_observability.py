@@ -106,13 +106,24 @@ def test_statuses_of_the_sequence(sequence: list[httpx.Response]) -> None:
     assert [r.status_code for r in sequence] == [200, 200, 200, 500, 400, 200, 429]
 
 
+SERIES = re.compile(r"^(?P<name>aigate_[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+
+
+def series(text: str) -> str:
+    """`name{labels}` with its labels sorted: Envoy does not promise an order."""
+    m = re.match(r"^([^{]+)\{(.*)\}$", text)
+    assert m, text
+    labels = sorted(re.findall(r'[a-z_]+="[^"]*"', m.group(2)))
+    return f"{m.group(1)}{{{','.join(labels)}}}"
+
+
 def prometheus(envoy: Envoy) -> dict[str, float]:
-    """`name{labels}` -> value for the filter's series."""
+    """`name{labels}` (labels sorted) -> value for the filter's series."""
     out = {}
     for line in envoy.stats_prometheus().splitlines():
-        if line.startswith("aigate_"):
-            series, _, value = line.rpartition(" ")
-            out[series] = float(value)
+        m = SERIES.match(line)
+        if m:
+            out[series(f"{m['name']}{{{m['labels']}}}")] = float(m["value"])
     return out
 
 
@@ -126,7 +137,7 @@ def wait_for(envoy: Envoy, series: str, value: float, timeout_s: float = 5.0) ->
 
 
 def test_metrics_have_prometheus_labels_and_the_expected_values(envoy: Envoy, sequence: list[httpx.Response]) -> None:
-    duration_count = f"aigate_gen_ai_client_operation_duration_ms_count{{{LABELS}}}"
+    duration_count = series(f"aigate_gen_ai_client_operation_duration_ms_count{{{LABELS}}}")
     metrics = wait_for(envoy, duration_count, 5)
     expected = {
         # answers from upstream: 1, 2, 3, 4 (the 500), 6
@@ -142,8 +153,9 @@ def test_metrics_have_prometheus_labels_and_the_expected_values(envoy: Envoy, se
         'aigate_limit_outcomes{route="obs",limit="budget",outcome="allowed"}': 5,
         'aigate_limit_outcomes{route="obs",limit="budget",outcome="over_limit"}': 1,
     }
-    for series, value in expected.items():
-        assert metrics.get(series) == value, (series, {k: v for k, v in metrics.items() if "_bucket" not in k})
+    expected = {series(name): value for name, value in expected.items()}
+    for name, value in expected.items():
+        assert metrics.get(name) == value, (name, {k: v for k, v in metrics.items() if "_bucket" not in k})
     # Nothing else of ours: every series is one of the above (or a histogram's buckets/sum).
     ours = {re.sub(r"_(bucket|sum)\{.*", "", k) for k in metrics if "_bucket{" in k or "_sum{" in k}
     assert ours == {"aigate_gen_ai_client_operation_duration_ms", "aigate_gen_ai_server_time_to_first_token_ms"}

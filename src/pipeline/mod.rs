@@ -437,16 +437,6 @@ impl Flow {
 
     // ---------------------------------------------------------------- callouts
 
-    /// The stream is over (Envoy's log phase), answered or not. Budgets the request was
-    /// admitted against but never charged (a later stage rejected it, the client went away)
-    /// get the usage seen so far, and their holds are released.
-    pub fn on_stream_end(&mut self, host: &mut dyn Host) {
-        if self.notes.limit_tickets.is_empty() {
-            return;
-        }
-        self.charge_limits(host);
-    }
-
     pub fn on_callout_reply(&mut self, host: &mut dyn Host, token: u32, reply: CalloutReply) {
         if self.pending_token != Some(token) {
             return; // a fire-and-forget call (limit report), or one for an ended request

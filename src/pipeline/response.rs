@@ -171,7 +171,7 @@ impl Flow {
                 if processor.saw_content() {
                     self.record_first_token(host);
                 }
-                if end_of_stream {
+                if end_of_stream || processor.saw_done() {
                     self.account(host);
                 }
                 self.response = Some(ResponseMode::Stream(processor));
@@ -370,6 +370,19 @@ impl Flow {
         host.set_filter_state(filter_state::OUTCOME, &format!("upstream_{status}"));
         self.count_error(host, &format!("upstream_{status}"));
         self.account(host);
+    }
+
+    /// Envoy's last call for the stream: account an answer the client hung up on early, and
+    /// charge budgets the request was admitted against but never charged (a later stage
+    /// rejected it, or it ended before any answer) with the usage seen so far, which also
+    /// releases what it held.
+    pub fn on_log(&mut self, host: &mut dyn Host) {
+        if matches!(self.state, State::Responding | State::ResponseCallout) {
+            self.account(host);
+        }
+        if !self.notes.limit_tickets.is_empty() {
+            self.charge_limits(host);
+        }
     }
 
     fn record_first_byte(&mut self, host: &mut dyn Host) {

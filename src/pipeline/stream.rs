@@ -21,6 +21,7 @@ pub struct StreamProcessor {
     /// After an in-band error the rest of the upstream stream is dropped.
     ended_with_error: bool,
     saw_content: bool,
+    saw_done: bool,
     events: Vec<SseEvent>,
     openai_events: Vec<SseEvent>,
 }
@@ -39,6 +40,7 @@ impl StreamProcessor {
             usage: None,
             ended_with_error: false,
             saw_content: false,
+            saw_done: false,
             events: Vec::new(),
             openai_events: Vec::new(),
         }
@@ -51,6 +53,12 @@ impl StreamProcessor {
 
     pub fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+
+    /// True once the OpenAI `[DONE]` marker went by: clients hang up right after it, so
+    /// the answer is accounted then rather than at Envoy's end of stream.
+    pub fn saw_done(&self) -> bool {
+        self.saw_done
     }
 
     /// True once an event with generated content was seen (time to first token).
@@ -148,6 +156,10 @@ impl StreamProcessor {
     }
 
     fn observe(&mut self, event: &SseEvent) {
+        if event.is_done_marker() {
+            self.saw_done = true;
+            return;
+        }
         if let Some(found) = usage::from_stream_event(&event.data) {
             self.usage = Some(found);
         }

@@ -180,7 +180,7 @@ impl HttpContext for Stream {
 
     fn on_log(&mut self) {
         if let Some(flow) = &mut self.flow {
-            flow.on_stream_end(&mut self.host);
+            flow.on_log(&mut self.host);
         }
     }
 }
