@@ -283,7 +283,7 @@ impl Limits {
                 }
             };
             self.count(ctx.host, &limit.name, refusal.0);
-            self.release(ctx.host, &tickets, now_ms);
+            self.release(ctx.host, &tickets);
             ctx.notes.response_headers.extend(headers_for(standings));
             return Step::Reject(refusal.1);
         }
@@ -292,15 +292,15 @@ impl Limits {
         Step::Next
     }
 
-    fn release(&self, host: &mut dyn Host, tickets: &[Ticket], now_ms: u64) {
+    /// Gives back holds taken for a request that another budget refused. A failure only
+    /// leaves a hold to expire.
+    fn release(&self, host: &mut dyn Host, tickets: &[Ticket]) {
         for ticket in tickets {
             let (Some(limit), Some(hold)) = (self.limits.get(ticket.limit), ticket.hold) else {
                 continue;
             };
             let shard = local::shard_name(&self.route, &limit.name, &ticket.key);
-            let _ = local::update(host, &shard, |table| {
-                table.settle(&ticket.key, limit.budget, now_ms, Some(hold), 0);
-            });
+            let _ = local::update(host, &shard, |table| table.release(&ticket.key, hold));
         }
     }
 

@@ -34,8 +34,18 @@ pub fn descriptor(route: &str, limit: &str, key: &str) -> Vec<(String, String)> 
     ]
 }
 
+/// Usage reports hold nothing up, so they get at least this long before Envoy gives up on
+/// them (a report that times out may go uncounted).
+pub const MIN_REPORT_TIMEOUT_MS: u64 = 2_000;
+
 impl RlsBackend {
+    /// The check before forwarding (`hits_addend` 0) or the usage report after the answer.
     pub fn callout(&self, descriptors: &[Vec<(String, String)>], hits_addend: u32) -> Callout {
+        let timeout_ms = if hits_addend == 0 {
+            self.timeout_ms
+        } else {
+            self.timeout_ms.max(MIN_REPORT_TIMEOUT_MS)
+        };
         Callout {
             cluster: self.cluster.clone(),
             kind: CalloutKind::Grpc {
@@ -44,7 +54,7 @@ impl RlsBackend {
             },
             headers: Vec::new(),
             body: proto::encode_request(&self.domain, descriptors, hits_addend),
-            timeout_ms: self.timeout_ms,
+            timeout_ms,
         }
     }
 }
@@ -172,6 +182,7 @@ mod tests {
             }
         );
         assert_eq!(callout.timeout_ms, 100);
+        assert_eq!(backend.callout(&[], 18).timeout_ms, MIN_REPORT_TIMEOUT_MS);
         let body = String::from_utf8_lossy(&callout.body);
         for part in [
             "aigate", "route", "chat", "limit", "per-user", "key", "alice",
