@@ -20,7 +20,11 @@ pub enum Operation {
 impl Operation {
     /// Recognises the operation from the client's `:path` (query ignored).
     pub fn from_path(path: &str) -> Option<Operation> {
-        let path = path.split('?').next().unwrap_or_default().trim_end_matches('/');
+        let path = path
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches('/');
         if path.ends_with("/chat/completions") {
             Some(Operation::ChatCompletions)
         } else if path.ends_with("/completions") {
@@ -61,22 +65,38 @@ impl Operation {
     }
 }
 
-const ROLES: [&str; 6] = ["system", "developer", "user", "assistant", "tool", "function"];
+const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 /// Parses the body as JSON, whatever `content-type` claimed: a text/plain label is no way
 /// around the filter.
 pub fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid_request("invalid_json", "The request body is empty; expected a JSON object."));
+        return Err(ApiError::invalid_request(
+            "invalid_json",
+            "The request body is empty; expected a JSON object.",
+        ));
     }
     let value: Value = serde_json::from_slice(body).map_err(|err| {
         ApiError::invalid_request(
             "invalid_json",
-            format!("The request body is not valid JSON: {}", crate::error::truncate_chars(&err.to_string(), 200)),
+            format!(
+                "The request body is not valid JSON: {}",
+                crate::error::truncate_chars(&err.to_string(), 200)
+            ),
         )
     })?;
     if !value.is_object() {
-        return Err(ApiError::invalid_request("invalid_body", "The request body must be a JSON object."));
+        return Err(ApiError::invalid_request(
+            "invalid_body",
+            "The request body must be a JSON object.",
+        ));
     }
     Ok(value)
 }
@@ -84,7 +104,10 @@ pub fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
 /// Checks the fields the filter relies on; the provider checks the rest.
 pub fn validate(operation: Operation, body: &Value) -> Result<(), ApiError> {
     let Some(object) = body.as_object() else {
-        return Err(ApiError::invalid_request("invalid_body", "The request body must be a JSON object."));
+        return Err(ApiError::invalid_request(
+            "invalid_body",
+            "The request body must be a JSON object.",
+        ));
     };
     if let Some(model) = object.get("model") {
         if !model.is_string() {
@@ -100,8 +123,15 @@ pub fn validate(operation: Operation, body: &Value) -> Result<(), ApiError> {
         Operation::ChatCompletions => validate_messages(object.get("messages")),
         Operation::Completions => match object.get("prompt") {
             Some(Value::String(_)) => Ok(()),
-            Some(Value::Array(items)) if items.iter().all(Value::is_string) && !items.is_empty() => Ok(()),
-            Some(_) => Err(invalid_param("prompt", "must be a string or a non-empty array of strings")),
+            Some(Value::Array(items))
+                if items.iter().all(Value::is_string) && !items.is_empty() =>
+            {
+                Ok(())
+            }
+            Some(_) => Err(invalid_param(
+                "prompt",
+                "must be a string or a non-empty array of strings",
+            )),
             None => Err(missing_param("prompt")),
         },
         Operation::Embeddings => match object.get("input") {
@@ -121,11 +151,17 @@ fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
         return Err(invalid_param("messages", "must be an array"));
     };
     if messages.is_empty() {
-        return Err(invalid_param("messages", "must contain at least one message"));
+        return Err(invalid_param(
+            "messages",
+            "must contain at least one message",
+        ));
     }
     for (index, message) in messages.iter().enumerate() {
         let Some(message) = message.as_object() else {
-            return Err(invalid_param(&format!("messages[{index}]"), "must be an object"));
+            return Err(invalid_param(
+                &format!("messages[{index}]"),
+                "must be an object",
+            ));
         };
         match message.get("role").and_then(Value::as_str) {
             Some(role) if ROLES.contains(&role) => {}
@@ -168,11 +204,17 @@ fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
 }
 
 fn missing_param(name: &str) -> ApiError {
-    ApiError::invalid_request("missing_required_parameter", format!("Missing required parameter: '{name}'."))
+    ApiError::invalid_request(
+        "missing_required_parameter",
+        format!("Missing required parameter: '{name}'."),
+    )
 }
 
 fn invalid_param(name: &str, why: &str) -> ApiError {
-    ApiError::invalid_request("invalid_value", format!("Invalid parameter '{name}': {why}."))
+    ApiError::invalid_request(
+        "invalid_value",
+        format!("Invalid parameter '{name}': {why}."),
+    )
 }
 
 pub fn is_stream(body: &Value) -> bool {
@@ -193,11 +235,26 @@ mod tests {
 
     #[test]
     fn operations_from_paths() {
-        assert_eq!(Operation::from_path("/v1/chat/completions"), Some(Operation::ChatCompletions));
-        assert_eq!(Operation::from_path("/v1/chat/completions?x=1"), Some(Operation::ChatCompletions));
-        assert_eq!(Operation::from_path("/openai/v1/completions"), Some(Operation::Completions));
-        assert_eq!(Operation::from_path("/v1/embeddings"), Some(Operation::Embeddings));
-        assert_eq!(Operation::from_path("/v1/models"), Some(Operation::ListModels));
+        assert_eq!(
+            Operation::from_path("/v1/chat/completions"),
+            Some(Operation::ChatCompletions)
+        );
+        assert_eq!(
+            Operation::from_path("/v1/chat/completions?x=1"),
+            Some(Operation::ChatCompletions)
+        );
+        assert_eq!(
+            Operation::from_path("/openai/v1/completions"),
+            Some(Operation::Completions)
+        );
+        assert_eq!(
+            Operation::from_path("/v1/embeddings"),
+            Some(Operation::Embeddings)
+        );
+        assert_eq!(
+            Operation::from_path("/v1/models"),
+            Some(Operation::ListModels)
+        );
         assert_eq!(Operation::from_path("/v1/files"), None);
     }
 
@@ -219,16 +276,35 @@ mod tests {
             (json!({"messages":[]}), "messages"),
             (json!({"messages":[1]}), "messages[0]"),
             (json!({"messages":[{"content":"x"}]}), "messages[0].role"),
-            (json!({"messages":[{"role":"wizard","content":"x"}]}), "messages[0].role"),
+            (
+                json!({"messages":[{"role":"wizard","content":"x"}]}),
+                "messages[0].role",
+            ),
             (json!({"messages":[{"role":"user"}]}), "messages[0].content"),
-            (json!({"messages":[{"role":"user","content":5}]}), "messages[0].content"),
-            (json!({"messages":[{"role":"user","content":[{"text":"x"}]}]}), "messages[0].content[0]"),
-            (json!({"model":5,"messages":[{"role":"user","content":"x"}]}), "model"),
-            (json!({"stream":"yes","messages":[{"role":"user","content":"x"}]}), "stream"),
+            (
+                json!({"messages":[{"role":"user","content":5}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"messages":[{"role":"user","content":[{"text":"x"}]}]}),
+                "messages[0].content[0]",
+            ),
+            (
+                json!({"model":5,"messages":[{"role":"user","content":"x"}]}),
+                "model",
+            ),
+            (
+                json!({"stream":"yes","messages":[{"role":"user","content":"x"}]}),
+                "stream",
+            ),
         ] {
             let err = validate(Operation::ChatCompletions, &body).unwrap_err();
             assert_eq!(err.status, 400);
-            assert!(err.message.contains(needle), "{} should name {needle}", err.message);
+            assert!(
+                err.message.contains(needle),
+                "{} should name {needle}",
+                err.message
+            );
         }
     }
 

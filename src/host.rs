@@ -71,7 +71,12 @@ pub trait Host {
     fn histogram_record(&mut self, name: &str, value: u64);
 
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedDataError>;
+    fn shared_set(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError>;
 }
 
 /// A reply the filter sent itself instead of forwarding the request.
@@ -124,7 +129,8 @@ impl RecordingHost {
     }
 
     pub fn set_property_value(&mut self, path: &[&str], value: &[u8]) {
-        self.properties.push((path.iter().map(|s| s.to_string()).collect(), value.to_vec()));
+        self.properties
+            .push((path.iter().map(|s| s.to_string()).collect(), value.to_vec()));
     }
 
     pub fn counter(&self, name: &str) -> u64 {
@@ -160,7 +166,11 @@ impl Host for RecordingHost {
         set(&mut self.request_headers, name, value);
     }
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
-        Some(self.request_body.get(..size.min(self.request_body.len()))?.to_vec())
+        Some(
+            self.request_body
+                .get(..size.min(self.request_body.len()))?
+                .to_vec(),
+        )
     }
     fn replace_request_body(&mut self, old_size: usize, body: &[u8]) {
         splice(&mut self.request_body, 0, old_size, body);
@@ -207,7 +217,8 @@ impl Host for RecordingHost {
             .map(|(_, value)| value.clone())
     }
     fn set_filter_state(&mut self, name: &str, value: &str) {
-        self.filter_state.insert(name.to_string(), value.to_string());
+        self.filter_state
+            .insert(name.to_string(), value.to_string());
     }
     fn now_ms(&self) -> u64 {
         self.now_ms
@@ -216,7 +227,10 @@ impl Host for RecordingHost {
         *self.counters.entry(name.to_string()).or_default() += delta;
     }
     fn histogram_record(&mut self, name: &str, value: u64) {
-        self.histograms.entry(name.to_string()).or_default().push(value);
+        self.histograms
+            .entry(name.to_string())
+            .or_default()
+            .push(value);
     }
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         match self.shared.get(key) {
@@ -224,7 +238,12 @@ impl Host for RecordingHost {
             None => (None, None),
         }
     }
-    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedDataError> {
+    fn shared_set(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError> {
         let current = self.shared.get(key).map(|(_, c)| *c);
         if let (Some(expected), Some(actual)) = (cas, current) {
             if expected != actual {

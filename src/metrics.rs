@@ -48,9 +48,19 @@ mod tests {
     #[test]
     fn encodes_labels_safely() {
         assert_eq!(
-            name(TOKEN_USAGE, &[("route", "chat"), ("model", "gpt-4.1:mini/x"), ("token_type", "input")]),
+            name(
+                TOKEN_USAGE,
+                &[
+                    ("route", "chat"),
+                    ("model", "gpt-4.1:mini/x"),
+                    ("token_type", "input")
+                ]
+            ),
             "aigate.route.chat.model.gpt-4_1_mini_x.token_type.input.gen_ai.client.token.usage"
         );
-        assert_eq!(name(REQUESTS, &[("model", "")]), "aigate.model.none.gen_ai.client.requests");
+        assert_eq!(
+            name(REQUESTS, &[("model", "")]),
+            "aigate.model.none.gen_ai.client.requests"
+        );
     }
 }

@@ -85,7 +85,10 @@ mod tests {
         assert_eq!(from_json(br#"{"usage":null}"#), None);
         assert_eq!(from_json(br#"{"choices":[]}"#), None);
         assert_eq!(from_json(b"not json"), None);
-        assert_eq!(from_stream_event(r#"{"choices":[{"delta":{"content":"usage"}}]}"#), None);
+        assert_eq!(
+            from_stream_event(r#"{"choices":[{"delta":{"content":"usage"}}]}"#),
+            None
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use std::fmt;
 
-use super::model::{AuthConfig, EndpointConfig, MatchConfig, PluginConfig, RouteConfig, SecretConfig};
+use super::model::{
+    AuthConfig, EndpointConfig, MatchConfig, PluginConfig, RouteConfig, SecretConfig,
+};
 use crate::guards::GuardPlan;
 use crate::limits::LimitPlan;
 use crate::pipeline::stage::{RequestStage, ResponseStage};
@@ -144,8 +146,15 @@ impl Route {
 
     /// True when some response stage needs the whole answer, so streams are re-streamed.
     pub fn needs_whole_answer(&self) -> bool {
-        self.guards.response.iter().any(|stage| stage.needs_whole_answer())
-            || self.transform.response.as_ref().is_some_and(|stage| stage.needs_whole_answer())
+        self.guards
+            .response
+            .iter()
+            .any(|stage| stage.needs_whole_answer())
+            || self
+                .transform
+                .response
+                .as_ref()
+                .is_some_and(|stage| stage.needs_whole_answer())
     }
 }
 
@@ -199,7 +208,10 @@ fn compile_route(
     env: &dyn EnvLookup,
 ) -> Result<Route, ConfigError> {
     if route.name.trim().is_empty() {
-        return Err(ConfigError::new(format!("{path}.name"), "must not be empty"));
+        return Err(ConfigError::new(
+            format!("{path}.name"),
+            "must not be empty",
+        ));
     }
     if !route
         .name
@@ -226,7 +238,10 @@ fn compile_route(
         None => None,
     };
     let sets_status = guards.response.iter().any(|stage| stage.sets_status())
-        || transform.response.as_ref().is_some_and(|stage| stage.sets_status());
+        || transform
+            .response
+            .as_ref()
+            .is_some_and(|stage| stage.sets_status());
     if sets_status && !config.allow_on_headers_stop_iteration {
         return Err(ConfigError::new(
             path,
@@ -250,7 +265,10 @@ fn compile_matcher(config: &MatchConfig, path: &str) -> Result<RouteMatcher, Con
     let mut hosts = Vec::with_capacity(config.hosts.len());
     for (index, host) in config.hosts.iter().enumerate() {
         let host = host.trim().to_ascii_lowercase();
-        if host.is_empty() || (host.contains('*') && !host.starts_with("*.")) || host.matches('*').count() > 1 {
+        if host.is_empty()
+            || (host.contains('*') && !host.starts_with("*."))
+            || host.matches('*').count() > 1
+        {
             return Err(ConfigError::new(
                 format!("{path}.hosts[{index}]"),
                 "must be a host name or a '*.' suffix pattern",
@@ -260,7 +278,10 @@ fn compile_matcher(config: &MatchConfig, path: &str) -> Result<RouteMatcher, Con
     }
     if let Some(prefix) = &config.path_prefix {
         if !prefix.starts_with('/') {
-            return Err(ConfigError::new(format!("{path}.path_prefix"), "must start with '/'"));
+            return Err(ConfigError::new(
+                format!("{path}.path_prefix"),
+                "must start with '/'",
+            ));
         }
     }
     Ok(RouteMatcher {
@@ -295,11 +316,19 @@ pub fn resolve_secret(
     }
 }
 
-pub fn compile_auth(config: &AuthConfig, path: &str, env: &dyn EnvLookup) -> Result<Auth, ConfigError> {
-    let given = [config.key.is_some(), config.passthrough.is_some(), config.none.is_some()]
-        .iter()
-        .filter(|given| **given)
-        .count();
+pub fn compile_auth(
+    config: &AuthConfig,
+    path: &str,
+    env: &dyn EnvLookup,
+) -> Result<Auth, ConfigError> {
+    let given = [
+        config.key.is_some(),
+        config.passthrough.is_some(),
+        config.none.is_some(),
+    ]
+    .iter()
+    .filter(|given| **given)
+    .count();
     if given != 1 {
         return Err(ConfigError::new(
             path,
@@ -311,12 +340,18 @@ pub fn compile_auth(config: &AuthConfig, path: &str, env: &dyn EnvLookup) -> Res
     }
     if let Some(flag) = config.passthrough {
         if !flag {
-            return Err(ConfigError::new(format!("{path}.passthrough"), "must be true when given"));
+            return Err(ConfigError::new(
+                format!("{path}.passthrough"),
+                "must be true when given",
+            ));
         }
         return Ok(Auth::Passthrough);
     }
     if config.none == Some(false) {
-        return Err(ConfigError::new(format!("{path}.none"), "must be true when given"));
+        return Err(ConfigError::new(
+            format!("{path}.none"),
+            "must be true when given",
+        ));
     }
     Ok(Auth::None)
 }
@@ -329,15 +364,27 @@ pub fn compile_endpoint(
     env: &dyn EnvLookup,
 ) -> Result<Endpoint, ConfigError> {
     if config.cluster.trim().is_empty() {
-        return Err(ConfigError::new(format!("{path}.cluster"), "must not be empty"));
+        return Err(ConfigError::new(
+            format!("{path}.cluster"),
+            "must not be empty",
+        ));
     }
-    let endpoint_path = config.path.clone().unwrap_or_else(|| default_path.to_string());
+    let endpoint_path = config
+        .path
+        .clone()
+        .unwrap_or_else(|| default_path.to_string());
     if !endpoint_path.starts_with('/') {
-        return Err(ConfigError::new(format!("{path}.path"), "must start with '/'"));
+        return Err(ConfigError::new(
+            format!("{path}.path"),
+            "must start with '/'",
+        ));
     }
     let timeout_ms = config.timeout_ms.unwrap_or(DEFAULT_CALLOUT_TIMEOUT_MS);
     if timeout_ms == 0 {
-        return Err(ConfigError::new(format!("{path}.timeout_ms"), "must be greater than 0"));
+        return Err(ConfigError::new(
+            format!("{path}.timeout_ms"),
+            "must be greater than 0",
+        ));
     }
     let auth = match &config.auth {
         Some(auth) => compile_auth(auth, &format!("{path}.auth"), env)?,
@@ -351,7 +398,10 @@ pub fn compile_endpoint(
     }
     Ok(Endpoint {
         cluster: config.cluster.clone(),
-        authority: config.authority.clone().unwrap_or_else(|| config.cluster.clone()),
+        authority: config
+            .authority
+            .clone()
+            .unwrap_or_else(|| config.cluster.clone()),
         path: endpoint_path,
         timeout_ms,
         auth,

@@ -5,6 +5,6 @@ pub(crate) mod compile;
 pub mod model;
 
 pub use compile::{
-    compile, compile_auth, compile_endpoint, parse_and_compile, resolve_secret, Auth, ConfigError, Endpoint, EnvLookup, Plan,
-    Route, RouteMatcher, Secret,
+    compile, compile_auth, compile_endpoint, parse_and_compile, resolve_secret, Auth, ConfigError,
+    Endpoint, EnvLookup, Plan, Route, RouteMatcher, Secret,
 };

@@ -17,12 +17,22 @@ pub struct GuardPlan {
 }
 
 impl GuardPlan {
-    pub fn compile(config: &GuardsConfig, path: &str, _env: &dyn EnvLookup) -> Result<GuardPlan, ConfigError> {
+    pub fn compile(
+        config: &GuardsConfig,
+        path: &str,
+        _env: &dyn EnvLookup,
+    ) -> Result<GuardPlan, ConfigError> {
         if !config.request.is_empty() {
-            return Err(ConfigError::new(format!("{path}.request"), "guards are not supported by this build yet"));
+            return Err(ConfigError::new(
+                format!("{path}.request"),
+                "guards are not supported by this build yet",
+            ));
         }
         if !config.response.is_empty() {
-            return Err(ConfigError::new(format!("{path}.response"), "guards are not supported by this build yet"));
+            return Err(ConfigError::new(
+                format!("{path}.response"),
+                "guards are not supported by this build yet",
+            ));
         }
         Ok(GuardPlan::default())
     }

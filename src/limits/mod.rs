@@ -13,7 +13,10 @@ pub struct LimitPlan {
 
 impl LimitPlan {
     pub fn compile(_config: &LimitsConfig, path: &str) -> Result<LimitPlan, ConfigError> {
-        Err(ConfigError::new(path, "limits are not supported by this build yet"))
+        Err(ConfigError::new(
+            path,
+            "limits are not supported by this build yet",
+        ))
     }
 
     /// Charges the answer's tokens to the keys the check recorded. A callout returned here is

@@ -14,7 +14,9 @@ pub struct MatchInput<'a> {
 }
 
 pub fn select_route(plan: &Plan, input: &MatchInput<'_>) -> Option<usize> {
-    plan.routes.iter().position(|route| matches(&route.matcher, input))
+    plan.routes
+        .iter()
+        .position(|route| matches(&route.matcher, input))
 }
 
 pub fn matches(matcher: &RouteMatcher, input: &MatchInput<'_>) -> bool {
@@ -25,7 +27,11 @@ pub fn matches(matcher: &RouteMatcher, input: &MatchInput<'_>) -> bool {
     }
     if !matcher.hosts.is_empty() {
         let host = host_without_port(input.authority).to_ascii_lowercase();
-        if !matcher.hosts.iter().any(|pattern| host_matches(pattern, &host)) {
+        if !matcher
+            .hosts
+            .iter()
+            .any(|pattern| host_matches(pattern, &host))
+        {
             return false;
         }
     }
@@ -60,7 +66,11 @@ pub fn host_without_port(authority: &str) -> &str {
         };
     }
     match authority.rfind(':') {
-        Some(colon) if authority.get(colon + 1..).is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) => {
+        Some(colon)
+            if authority
+                .get(colon + 1..)
+                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) =>
+        {
             authority.get(..colon).unwrap_or(authority)
         }
         _ => authority,
@@ -90,13 +100,55 @@ mod tests {
             headers: &headers,
         };
         assert!(matches(&matcher(), &input));
-        assert!(!matches(&matcher(), &MatchInput { route_name: Some("other"), ..input.clone() }));
-        assert!(!matches(&matcher(), &MatchInput { route_name: None, ..input.clone() }));
-        assert!(!matches(&matcher(), &MatchInput { authority: "corp", ..input.clone() }));
-        assert!(!matches(&matcher(), &MatchInput { authority: "evilcorp", ..input.clone() }));
-        assert!(matches(&matcher(), &MatchInput { authority: "LLM.example.com", ..input.clone() }));
-        assert!(!matches(&matcher(), &MatchInput { path: "/v2/chat", ..input.clone() }));
-        assert!(!matches(&matcher(), &MatchInput { headers: &[], ..input.clone() }));
+        assert!(!matches(
+            &matcher(),
+            &MatchInput {
+                route_name: Some("other"),
+                ..input.clone()
+            }
+        ));
+        assert!(!matches(
+            &matcher(),
+            &MatchInput {
+                route_name: None,
+                ..input.clone()
+            }
+        ));
+        assert!(!matches(
+            &matcher(),
+            &MatchInput {
+                authority: "corp",
+                ..input.clone()
+            }
+        ));
+        assert!(!matches(
+            &matcher(),
+            &MatchInput {
+                authority: "evilcorp",
+                ..input.clone()
+            }
+        ));
+        assert!(matches(
+            &matcher(),
+            &MatchInput {
+                authority: "LLM.example.com",
+                ..input.clone()
+            }
+        ));
+        assert!(!matches(
+            &matcher(),
+            &MatchInput {
+                path: "/v2/chat",
+                ..input.clone()
+            }
+        ));
+        assert!(!matches(
+            &matcher(),
+            &MatchInput {
+                headers: &[],
+                ..input.clone()
+            }
+        ));
     }
 
     #[test]

@@ -175,7 +175,10 @@ impl Flow {
                     404,
                     "invalid_request_error",
                     "unknown_endpoint",
-                    format!("The gateway does not serve {} on this route.", path.split('?').next().unwrap_or_default()),
+                    format!(
+                        "The gateway does not serve {} on this route.",
+                        path.split('?').next().unwrap_or_default()
+                    ),
                 ),
             );
         };
@@ -185,14 +188,23 @@ impl Flow {
                 host,
                 ApiError::invalid_request(
                     "method_not_allowed",
-                    format!("{} {} is not supported; use {}.", method, operation.path_suffix(), operation.method()),
+                    format!(
+                        "{} {} is not supported; use {}.",
+                        method,
+                        operation.path_suffix(),
+                        operation.method()
+                    ),
                 )
                 .with_header("allow", operation.method()),
             );
         }
         if operation == Operation::ListModels {
             let body = list_models(route);
-            host.send_response(200, &[("content-type".into(), "application/json".into())], &body);
+            host.send_response(
+                200,
+                &[("content-type".into(), "application/json".into())],
+                &body,
+            );
             self.state = State::Answered;
             return Action::Pause;
         }
@@ -211,7 +223,10 @@ impl Flow {
             );
         }
         let max = route.shaping.max_body_bytes;
-        if let Some(length) = self.header("content-length").and_then(|v| v.trim().parse::<u64>().ok()) {
+        if let Some(length) = self
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
             if length > max {
                 return self.reject(host, body_too_large(max));
             }
@@ -219,7 +234,10 @@ impl Flow {
         if end_of_stream {
             return self.reject(
                 host,
-                ApiError::invalid_request("invalid_json", "The request body is empty; expected a JSON object."),
+                ApiError::invalid_request(
+                    "invalid_json",
+                    "The request body is empty; expected a JSON object.",
+                ),
             );
         }
         self.state = State::ReadingRequest;
@@ -233,7 +251,12 @@ impl Flow {
     }
 
     /// Authority, path, credential and provider headers for the upstream request.
-    fn write_upstream_headers(&self, host: &mut dyn Host, model: Option<&str>, stream: Option<bool>) {
+    fn write_upstream_headers(
+        &self,
+        host: &mut dyn Host,
+        model: Option<&str>,
+        stream: Option<bool>,
+    ) {
         let Some(route) = self.route() else { return };
         let provider = &route.provider;
         host.set_request_header(":authority", Some(&provider.authority));
@@ -258,7 +281,12 @@ impl Flow {
 
     // ---------------------------------------------------------------- request body
 
-    pub fn on_request_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn on_request_body(
+        &mut self,
+        host: &mut dyn Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
         match self.state {
             State::ReadingRequest => {}
             State::Passthrough => return Action::Continue,
@@ -341,7 +369,12 @@ impl Flow {
     }
 
     /// Carries out a stage's step; None means "go on with the next stage".
-    fn follow_request_step(&mut self, host: &mut dyn Host, route: &Route, mut step: Step) -> Option<Progress> {
+    fn follow_request_step(
+        &mut self,
+        host: &mut dyn Host,
+        route: &Route,
+        mut step: Step,
+    ) -> Option<Progress> {
         loop {
             match step {
                 Step::Next => return None,
@@ -356,7 +389,11 @@ impl Flow {
                         return Some(Progress::Waiting);
                     }
                     Err(reason) => {
-                        log::warn!("aigate: route {}: callout to cluster {} failed: {reason}", route.name, callout.cluster);
+                        log::warn!(
+                            "aigate: route {}: callout to cluster {} failed: {reason}",
+                            route.name,
+                            callout.cluster
+                        );
                         let reply = dispatch_failure_reply();
                         let stage = route.request_stage(self.next_stage)?;
                         let mut ctx = RequestCtx {
@@ -406,10 +443,14 @@ impl Flow {
         }
         self.pending_token = None;
         let plan = Rc::clone(&self.plan);
-        let Some(route) = plan.routes.get(self.route) else { return };
+        let Some(route) = plan.routes.get(self.route) else {
+            return;
+        };
         match self.state {
             State::RequestCallout => {
-                let Some(stage) = route.request_stage(self.next_stage) else { return };
+                let Some(stage) = route.request_stage(self.next_stage) else {
+                    return;
+                };
                 let step = {
                     let mut ctx = RequestCtx {
                         route_name: &route.name,
@@ -434,7 +475,9 @@ impl Flow {
                 }
             }
             State::ResponseCallout => {
-                let Some(stage) = route.response_stage(self.next_stage) else { return };
+                let Some(stage) = route.response_stage(self.next_stage) else {
+                    return;
+                };
                 let step = {
                     let mut raw = None;
                     let mut ctx = ResponseCtx {
@@ -487,7 +530,12 @@ fn body_too_large(max: u64) -> ApiError {
 }
 
 fn internal_error() -> ApiError {
-    ApiError::new(500, "api_error", "internal_error", "The gateway failed to process the request.")
+    ApiError::new(
+        500,
+        "api_error",
+        "internal_error",
+        "The gateway failed to process the request.",
+    )
 }
 
 /// What a stage sees when Envoy refused to start its callout (for example an unknown cluster).
@@ -511,7 +559,9 @@ fn list_models(route: &Route) -> Vec<u8> {
         .iter()
         .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": owner}))
         .collect();
-    json!({"object": "list", "data": data}).to_string().into_bytes()
+    json!({"object": "list", "data": data})
+        .to_string()
+        .into_bytes()
 }
 
 /// Random hex for response ids; falls back to zeros if the host has no entropy.

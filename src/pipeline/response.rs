@@ -30,7 +30,10 @@ impl Flow {
 
     fn count_error(&self, host: &mut dyn Host, code: &str) {
         if let Some(route) = self.route() {
-            host.counter_add(&metrics::name(metrics::ERRORS, &[("route", &route.name), ("code", code)]), 1);
+            host.counter_add(
+                &metrics::name(metrics::ERRORS, &[("route", &route.name), ("code", code)]),
+                1,
+            );
         }
     }
 
@@ -69,7 +72,12 @@ impl Flow {
             .is_some_and(|ct| ct.to_ascii_lowercase().contains("text/event-stream"));
         if self.exchange.upstream_stream && is_event_stream {
             let codec = route.provider.codec();
-            let filters = route.guards.stream.iter().map(|factory| factory.create()).collect();
+            let filters = route
+                .guards
+                .stream
+                .iter()
+                .map(|factory| factory.create())
+                .collect();
             let processor = StreamProcessor::new(
                 codec.stream_decoder(&self.exchange),
                 filters,
@@ -99,7 +107,11 @@ impl Flow {
         host.set_response_header("content-length", None);
         host.set_response_header(
             "content-type",
-            Some(if self.exchange.client_stream { "text/event-stream" } else { "application/json" }),
+            Some(if self.exchange.client_stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            }),
         );
         if end_of_stream {
             return Action::Continue;
@@ -114,9 +126,18 @@ impl Flow {
 
     // ---------------------------------------------------------------- response body
 
-    pub fn on_response_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn on_response_body(
+        &mut self,
+        host: &mut dyn Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
         if self.state != State::Responding {
-            return if self.state == State::ResponseCallout { Action::Pause } else { Action::Continue };
+            return if self.state == State::ResponseCallout {
+                Action::Pause
+            } else {
+                Action::Continue
+            };
         }
         self.record_first_byte(host);
         match self.response.take() {
@@ -147,7 +168,7 @@ impl Flow {
                 if processor.saw_content() {
                     self.record_first_token(host);
                 }
-                if end_of_stream {
+                if end_of_stream || processor.saw_done() {
                     self.account(host);
                 }
                 self.response = Some(ResponseMode::Stream(processor));
@@ -190,12 +211,23 @@ impl Flow {
     /// Translates the buffered answer to an OpenAI `chat.completion` and reads its usage.
     fn prepare_answer(&mut self, body: &[u8]) -> Result<(), ApiError> {
         let plan = Rc::clone(&self.plan);
-        let route = plan.routes.get(self.route).ok_or_else(super::internal_error)?;
-        let decoded = route.provider.codec().decode_response(body, &self.exchange)?;
+        let route = plan
+            .routes
+            .get(self.route)
+            .ok_or_else(super::internal_error)?;
+        let decoded = route
+            .provider
+            .codec()
+            .decode_response(body, &self.exchange)?;
         let answer = match decoded {
             Some(answer) => answer,
             None => serde_json::from_slice::<Value>(body).map_err(|_| {
-                ApiError::new(502, "api_error", "invalid_upstream_response", "The provider's answer is not valid JSON.")
+                ApiError::new(
+                    502,
+                    "api_error",
+                    "invalid_upstream_response",
+                    "The provider's answer is not valid JSON.",
+                )
             })?,
         };
         self.exchange_usage = answer
@@ -239,7 +271,12 @@ impl Flow {
         Progress::Done
     }
 
-    pub(super) fn follow_response_step(&mut self, host: &mut dyn Host, route: &Route, mut step: Step) -> Option<Progress> {
+    pub(super) fn follow_response_step(
+        &mut self,
+        host: &mut dyn Host,
+        route: &Route,
+        mut step: Step,
+    ) -> Option<Progress> {
         loop {
             match step {
                 Step::Next => return None,
@@ -254,7 +291,11 @@ impl Flow {
                         return Some(Progress::Waiting);
                     }
                     Err(reason) => {
-                        log::warn!("aigate: route {}: callout to cluster {} failed: {reason}", route.name, callout.cluster);
+                        log::warn!(
+                            "aigate: route {}: callout to cluster {} failed: {reason}",
+                            route.name,
+                            callout.cluster
+                        );
                         let reply = super::dispatch_failure_reply();
                         let stage = route.response_stage(self.next_stage)?;
                         let mut raw = None;
@@ -282,7 +323,9 @@ impl Flow {
     fn finish_answer(&mut self, host: &mut dyn Host) {
         let bytes = match self.raw_response.take() {
             Some(raw) => raw,
-            None if self.exchange.client_stream => stream::synthesize_stream(&self.body, self.exchange.client_wants_usage),
+            None if self.exchange.client_stream => {
+                stream::synthesize_stream(&self.body, self.exchange.client_wants_usage)
+            }
             None => serde_json::to_vec(&self.body).unwrap_or_default(),
         };
         if self.headers_held {
@@ -326,6 +369,13 @@ impl Flow {
         self.account(host);
     }
 
+    /// Envoy's last call for the stream: account an answer the client hung up on early.
+    pub fn on_log(&mut self, host: &mut dyn Host) {
+        if matches!(self.state, State::Responding | State::ResponseCallout) {
+            self.account(host);
+        }
+    }
+
     fn record_first_byte(&mut self, host: &mut dyn Host) {
         if !self.first_byte_recorded {
             self.first_byte_recorded = true;
@@ -341,7 +391,10 @@ impl Flow {
         let Some(route) = self.route() else { return };
         let elapsed = host.now_ms().saturating_sub(self.started_ms);
         let labels = self.model_labels(route);
-        host.histogram_record(&metrics::name(metrics::TIME_TO_FIRST_TOKEN_MS, &labels.as_refs()), elapsed);
+        host.histogram_record(
+            &metrics::name(metrics::TIME_TO_FIRST_TOKEN_MS, &labels.as_refs()),
+            elapsed,
+        );
     }
 
     fn model_labels(&self, route: &Route) -> Labels {
@@ -359,12 +412,19 @@ impl Flow {
         }
         self.accounted = true;
         let plan = Rc::clone(&self.plan);
-        let Some(route) = plan.routes.get(self.route) else { return };
+        let Some(route) = plan.routes.get(self.route) else {
+            return;
+        };
         let labels = self.model_labels(route);
         host.counter_add(&metrics::name(metrics::REQUESTS, &labels.as_refs()), 1);
         let elapsed = host.now_ms().saturating_sub(self.started_ms);
-        host.histogram_record(&metrics::name(metrics::OPERATION_DURATION_MS, &labels.as_refs()), elapsed);
-        let Some(found) = self.exchange_usage else { return };
+        host.histogram_record(
+            &metrics::name(metrics::OPERATION_DURATION_MS, &labels.as_refs()),
+            elapsed,
+        );
+        let Some(found) = self.exchange_usage else {
+            return;
+        };
         for (token_type, count) in [
             ("input", found.prompt_tokens),
             ("output", found.completion_tokens),
@@ -374,13 +434,23 @@ impl Flow {
             with_type.push(("token_type", token_type));
             host.counter_add(&metrics::name(metrics::TOKEN_USAGE, &with_type), count);
         }
-        host.set_filter_state(filter_state::PROMPT_TOKENS, &found.prompt_tokens.to_string());
-        host.set_filter_state(filter_state::COMPLETION_TOKENS, &found.completion_tokens.to_string());
+        host.set_filter_state(
+            filter_state::PROMPT_TOKENS,
+            &found.prompt_tokens.to_string(),
+        );
+        host.set_filter_state(
+            filter_state::COMPLETION_TOKENS,
+            &found.completion_tokens.to_string(),
+        );
         host.set_filter_state(filter_state::TOTAL_TOKENS, &found.total_tokens.to_string());
         if let Some(limits) = &route.limits {
             for callout in limits.charge(&self.notes, found, host) {
                 if let Err(reason) = host.dispatch(&callout) {
-                    log::warn!("aigate: route {}: usage report to {} failed: {reason}", route.name, callout.cluster);
+                    log::warn!(
+                        "aigate: route {}: usage report to {} failed: {reason}",
+                        route.name,
+                        callout.cluster
+                    );
                 }
             }
         }

@@ -88,6 +88,11 @@ pub trait ResponseStage: Debug {
 /// Works on a stream event by event (OpenAI `chat.completion.chunk` events), for example a
 /// response guard that masks text as it flows. An `Err` ends the stream with an error event.
 pub trait EventFilter {
-    fn on_event(&mut self, event: SseEvent, out: &mut Vec<SseEvent>, host: &mut dyn Host) -> Result<(), ApiError>;
+    fn on_event(
+        &mut self,
+        event: SseEvent,
+        out: &mut Vec<SseEvent>,
+        host: &mut dyn Host,
+    ) -> Result<(), ApiError>;
     fn finish(&mut self, out: &mut Vec<SseEvent>, host: &mut dyn Host) -> Result<(), ApiError>;
 }

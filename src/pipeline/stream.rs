@@ -21,12 +21,17 @@ pub struct StreamProcessor {
     /// After an in-band error the rest of the upstream stream is dropped.
     ended_with_error: bool,
     saw_content: bool,
+    saw_done: bool,
     events: Vec<SseEvent>,
     openai_events: Vec<SseEvent>,
 }
 
 impl StreamProcessor {
-    pub fn new(decoder: Option<Box<dyn StreamDecoder>>, filters: Vec<Box<dyn EventFilter>>, strip_usage_chunk: bool) -> Self {
+    pub fn new(
+        decoder: Option<Box<dyn StreamDecoder>>,
+        filters: Vec<Box<dyn EventFilter>>,
+        strip_usage_chunk: bool,
+    ) -> Self {
         StreamProcessor {
             parser: SseParser::new(),
             decoder,
@@ -35,6 +40,7 @@ impl StreamProcessor {
             usage: None,
             ended_with_error: false,
             saw_content: false,
+            saw_done: false,
             events: Vec::new(),
             openai_events: Vec::new(),
         }
@@ -49,6 +55,12 @@ impl StreamProcessor {
         self.usage
     }
 
+    /// True once the OpenAI `[DONE]` marker went by: clients hang up right after it, so
+    /// the answer is accounted then rather than at Envoy's end of stream.
+    pub fn saw_done(&self) -> bool {
+        self.saw_done
+    }
+
     /// True once an event with generated content was seen (time to first token).
     pub fn saw_content(&self) -> bool {
         self.saw_content
@@ -56,7 +68,12 @@ impl StreamProcessor {
 
     /// Feeds one upstream chunk. Returns the bytes to send instead, or None to send the chunk
     /// unchanged (passthrough).
-    pub fn push(&mut self, chunk: &[u8], end_of_stream: bool, host: &mut dyn Host) -> Option<Vec<u8>> {
+    pub fn push(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
+        host: &mut dyn Host,
+    ) -> Option<Vec<u8>> {
         let mut events = std::mem::take(&mut self.events);
         events.clear();
         self.parser.push(chunk, &mut events);
@@ -139,6 +156,10 @@ impl StreamProcessor {
     }
 
     fn observe(&mut self, event: &SseEvent) {
+        if event.is_done_marker() {
+            self.saw_done = true;
+            return;
+        }
         if let Some(found) = usage::from_stream_event(&event.data) {
             self.usage = Some(found);
         }
@@ -155,7 +176,11 @@ fn is_usage_only_chunk(event: &SseEvent) -> bool {
     }
     serde_json::from_str::<Value>(&event.data)
         .ok()
-        .is_some_and(|v| v.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty))
+        .is_some_and(|v| {
+            v.get("choices")
+                .and_then(Value::as_array)
+                .is_some_and(Vec::is_empty)
+        })
 }
 
 /// Ends a stream in-band: OpenAI clients raise an error when an event carries `error`.

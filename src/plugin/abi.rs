@@ -27,7 +27,11 @@ pub const STATUS_CAS_MISMATCH: u32 = 8;
 
 #[link(wasm_import_module = "env")]
 extern "C" {
-    fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
     fn proxy_get_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -50,7 +54,13 @@ extern "C" {
         return_data: *mut *mut u8,
         return_size: *mut usize,
     ) -> u32;
-    fn proxy_set_buffer_bytes(buffer_type: u32, start: usize, size: usize, data: *const u8, data_size: usize) -> u32;
+    fn proxy_set_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        size: usize,
+        data: *const u8,
+        data_size: usize,
+    ) -> u32;
     fn proxy_send_local_response(
         status_code: u32,
         details_data: *const u8,
@@ -62,10 +72,25 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
-    fn proxy_get_property(path_data: *const u8, path_size: usize, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
-    fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
-    fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_get_shared_data(
@@ -75,7 +100,13 @@ extern "C" {
         return_size: *mut usize,
         return_cas: *mut u32,
     ) -> u32;
-    fn proxy_set_shared_data(key_data: *const u8, key_size: usize, value_data: *const u8, value_size: usize, cas: u32) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
 }
 
 /// Takes ownership of memory the host allocated through the SDK's `proxy_on_memory_allocate`.
@@ -110,9 +141,12 @@ pub fn get_map(map_type: u32) -> Result<Vec<(String, String)>, u32> {
 pub fn get_map_value(map_type: u32, key: &str) -> Result<Option<String>, u32> {
     let mut data = null_mut();
     let mut size = 0;
-    let code = unsafe { proxy_get_header_map_value(map_type, key.as_ptr(), key.len(), &mut data, &mut size) };
+    let code = unsafe {
+        proxy_get_header_map_value(map_type, key.as_ptr(), key.len(), &mut data, &mut size)
+    };
     match code {
-        STATUS_OK => Ok(unsafe { take_host_bytes(data, size) }.map(|b| String::from_utf8_lossy(&b).into_owned())),
+        STATUS_OK => Ok(unsafe { take_host_bytes(data, size) }
+            .map(|b| String::from_utf8_lossy(&b).into_owned())),
         STATUS_NOT_FOUND => Ok(None),
         other => Err(other),
     }
@@ -121,7 +155,13 @@ pub fn get_map_value(map_type: u32, key: &str) -> Result<Option<String>, u32> {
 pub fn set_map_value(map_type: u32, key: &str, value: Option<&str>) -> Result<(), u32> {
     let code = match value {
         Some(value) => unsafe {
-            proxy_replace_header_map_value(map_type, key.as_ptr(), key.len(), value.as_ptr(), value.len())
+            proxy_replace_header_map_value(
+                map_type,
+                key.as_ptr(),
+                key.len(),
+                value.as_ptr(),
+                value.len(),
+            )
         },
         None => unsafe { proxy_remove_header_map_value(map_type, key.as_ptr(), key.len()) },
     };
@@ -131,7 +171,8 @@ pub fn set_map_value(map_type: u32, key: &str, value: Option<&str>) -> Result<()
 pub fn get_buffer(buffer_type: u32, start: usize, max_size: usize) -> Result<Option<Vec<u8>>, u32> {
     let mut data = null_mut();
     let mut size = 0;
-    let code = unsafe { proxy_get_buffer_bytes(buffer_type, start, max_size, &mut data, &mut size) };
+    let code =
+        unsafe { proxy_get_buffer_bytes(buffer_type, start, max_size, &mut data, &mut size) };
     match code {
         STATUS_OK => Ok(unsafe { take_host_bytes(data, size) }),
         STATUS_NOT_FOUND => Ok(None),
@@ -143,7 +184,11 @@ pub fn set_buffer(buffer_type: u32, start: usize, size: usize, value: &[u8]) -> 
     status(unsafe { proxy_set_buffer_bytes(buffer_type, start, size, value.as_ptr(), value.len()) })
 }
 
-pub fn send_local_response(status_code: u32, headers: &[(String, String)], body: &[u8]) -> Result<(), u32> {
+pub fn send_local_response(
+    status_code: u32,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<(), u32> {
     let headers = serialize_map(headers);
     let details = b"aigate";
     status(unsafe {
@@ -151,7 +196,11 @@ pub fn send_local_response(status_code: u32, headers: &[(String, String)], body:
             status_code,
             details.as_ptr(),
             details.len(),
-            if body.is_empty() { null() } else { body.as_ptr() },
+            if body.is_empty() {
+                null()
+            } else {
+                body.as_ptr()
+            },
             body.len(),
             headers.as_ptr(),
             headers.len(),
@@ -216,16 +265,28 @@ pub fn get_shared_data(key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), u32>
     let mut data = null_mut();
     let mut size = 0;
     let mut cas = 0;
-    let code = unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    let code =
+        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
     match code {
-        STATUS_OK => Ok((unsafe { take_host_bytes(data, size) }, if cas == 0 { None } else { Some(cas) })),
+        STATUS_OK => Ok((
+            unsafe { take_host_bytes(data, size) },
+            if cas == 0 { None } else { Some(cas) },
+        )),
         STATUS_NOT_FOUND => Ok((None, None)),
         other => Err(other),
     }
 }
 
 pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), u32> {
-    status(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas.unwrap_or(0)) })
+    status(unsafe {
+        proxy_set_shared_data(
+            key.as_ptr(),
+            key.len(),
+            value.as_ptr(),
+            value.len(),
+            cas.unwrap_or(0),
+        )
+    })
 }
 
 /// The proxy-wasm map encoding: count, then (key length, value length) pairs, then each key
@@ -255,11 +316,14 @@ pub fn deserialize_map(bytes: &[u8]) -> Vec<(String, String)> {
         let raw: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
         Some(u32::from_le_bytes(raw) as usize)
     };
-    let Some(count) = read_u32(0) else { return Vec::new() };
+    let Some(count) = read_u32(0) else {
+        return Vec::new();
+    };
     let mut pairs = Vec::with_capacity(count.min(256));
     let mut data_at = 4 + count.saturating_mul(8);
     for index in 0..count {
-        let (Some(key_len), Some(value_len)) = (read_u32(4 + index * 8), read_u32(8 + index * 8)) else {
+        let (Some(key_len), Some(value_len)) = (read_u32(4 + index * 8), read_u32(8 + index * 8))
+        else {
             break;
         };
         let key = bytes.get(data_at..data_at + key_len);

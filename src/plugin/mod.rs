@@ -33,7 +33,11 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let bytes = match abi::get_buffer(abi::BUFFER_PLUGIN_CONFIGURATION, 0, plugin_configuration_size) {
+        let bytes = match abi::get_buffer(
+            abi::BUFFER_PLUGIN_CONFIGURATION,
+            0,
+            plugin_configuration_size,
+        ) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => Vec::new(),
             Err(status) => {
@@ -82,7 +86,13 @@ fn to_wasm(action: Action) -> WasmAction {
 }
 
 impl Context for Stream {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
         let Some(flow) = &mut self.flow else { return };
         let headers = abi::get_map(abi::MAP_HTTP_CALL_RESPONSE_HEADERS).unwrap_or_default();
         let status = headers
@@ -151,6 +161,12 @@ impl HttpContext for Stream {
             None => WasmAction::Continue,
         }
     }
+
+    fn on_log(&mut self) {
+        if let Some(flow) = &mut self.flow {
+            flow.on_log(&mut self.host);
+        }
+    }
 }
 
 struct WasmHost {
@@ -184,7 +200,9 @@ impl Host for WasmHost {
     }
 
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
-        abi::get_buffer(abi::BUFFER_REQUEST_BODY, 0, size).ok().flatten()
+        abi::get_buffer(abi::BUFFER_REQUEST_BODY, 0, size)
+            .ok()
+            .flatten()
     }
 
     fn replace_request_body(&mut self, old_size: usize, body: &[u8]) {
@@ -194,7 +212,9 @@ impl Host for WasmHost {
     }
 
     fn response_header(&self, name: &str) -> Option<String> {
-        abi::get_map_value(abi::MAP_RESPONSE_HEADERS, name).ok().flatten()
+        abi::get_map_value(abi::MAP_RESPONSE_HEADERS, name)
+            .ok()
+            .flatten()
     }
 
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
@@ -204,7 +224,9 @@ impl Host for WasmHost {
     }
 
     fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
-        abi::get_buffer(abi::BUFFER_RESPONSE_BODY, start, size).ok().flatten()
+        abi::get_buffer(abi::BUFFER_RESPONSE_BODY, start, size)
+            .ok()
+            .flatten()
     }
 
     fn replace_response_body(&mut self, start: usize, size: usize, body: &[u8]) {
@@ -240,8 +262,14 @@ impl Host for WasmHost {
                     .iter()
                     .map(|(name, value)| (name.as_str(), value.as_str()))
                     .collect();
-                proxy_wasm::hostcalls::dispatch_http_call(&callout.cluster, headers, Some(&callout.body), Vec::new(), timeout)
-                    .map_err(|status| format!("{status:?}"))
+                proxy_wasm::hostcalls::dispatch_http_call(
+                    &callout.cluster,
+                    headers,
+                    Some(&callout.body),
+                    Vec::new(),
+                    timeout,
+                )
+                .map_err(|status| format!("{status:?}"))
             }
             CalloutKind::Grpc { service, method } => {
                 let metadata: Vec<(&str, &[u8])> = callout
@@ -249,8 +277,15 @@ impl Host for WasmHost {
                     .iter()
                     .map(|(name, value)| (name.as_str(), value.as_bytes()))
                     .collect();
-                proxy_wasm::hostcalls::dispatch_grpc_call(&callout.cluster, service, method, metadata, Some(&callout.body), timeout)
-                    .map_err(|status| format!("{status:?}"))
+                proxy_wasm::hostcalls::dispatch_grpc_call(
+                    &callout.cluster,
+                    service,
+                    method,
+                    metadata,
+                    Some(&callout.body),
+                    timeout,
+                )
+                .map_err(|status| format!("{status:?}"))
             }
         }
     }
@@ -285,7 +320,12 @@ impl Host for WasmHost {
         abi::get_shared_data(key).unwrap_or((None, None))
     }
 
-    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedDataError> {
+    fn shared_set(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError> {
         abi::set_shared_data(key, value, cas).map_err(|status| {
             if status == abi::STATUS_CAS_MISMATCH {
                 SharedDataError::CasMismatch

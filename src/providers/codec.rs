@@ -38,7 +38,12 @@ pub trait Codec: Sync {
     fn translates_responses(&self) -> bool;
 
     /// Turns the shaped OpenAI chat request (model already resolved) into the native body.
-    fn encode_request(&self, request: &Value, provider: &Provider, exchange: &Exchange) -> Result<Value, ApiError>;
+    fn encode_request(
+        &self,
+        request: &Value,
+        provider: &Provider,
+        exchange: &Exchange,
+    ) -> Result<Value, ApiError>;
 
     /// Turns a native non-streamed answer into an OpenAI `chat.completion`. `None` means the
     /// answer already is one and may pass as it is.
@@ -78,7 +83,9 @@ static OPENAI_CODEC: super::openai::OpenAiCodec = super::openai::OpenAiCodec;
 
 pub fn for_kind(kind: ProviderKind) -> &'static dyn Codec {
     match kind {
-        ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::OpenaiCompatible => &OPENAI_CODEC,
+        ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::OpenaiCompatible => {
+            &OPENAI_CODEC
+        }
         ProviderKind::Anthropic | ProviderKind::Gemini => &OPENAI_CODEC,
     }
 }

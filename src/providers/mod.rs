@@ -11,8 +11,10 @@ use serde_json::Value;
 
 pub use codec::{Codec, Exchange, StreamDecoder};
 
-use crate::config::model::{default_anthropic_max_tokens, default_anthropic_version, ProviderConfig, ProviderKind};
 use crate::api::Operation;
+use crate::config::model::{
+    default_anthropic_max_tokens, default_anthropic_version, ProviderConfig, ProviderKind,
+};
 use crate::config::{Auth, ConfigError, EnvLookup};
 use crate::error::ApiError;
 
@@ -68,7 +70,8 @@ pub fn spec(kind: ProviderKind) -> &'static KindSpec {
 }
 
 /// Every header a client may carry a credential in; all are removed unless `passthrough`.
-pub const CLIENT_CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "api-key", "x-api-key", "x-goog-api-key"];
+pub const CLIENT_CREDENTIAL_HEADERS: [&str; 4] =
+    ["authorization", "api-key", "x-api-key", "x-goog-api-key"];
 
 #[derive(Debug, Clone)]
 pub struct AzureSettings {
@@ -105,12 +108,20 @@ impl Provider {
         if !codec::is_available(config.kind) {
             return Err(ConfigError::new(
                 format!("{path}.kind"),
-                format!("provider kind {:?} is not supported by this build", config.kind.as_str()),
+                format!(
+                    "provider kind {:?} is not supported by this build",
+                    config.kind.as_str()
+                ),
             ));
         }
         let authority = match (&config.authority, spec.default_authority) {
             (Some(authority), _) if !authority.trim().is_empty() => authority.trim().to_string(),
-            (Some(_), _) => return Err(ConfigError::new(format!("{path}.authority"), "must not be empty")),
+            (Some(_), _) => {
+                return Err(ConfigError::new(
+                    format!("{path}.authority"),
+                    "must not be empty",
+                ))
+            }
             (None, Some(default)) => default.to_string(),
             (None, None) => {
                 return Err(ConfigError::new(
@@ -119,38 +130,66 @@ impl Provider {
                 ))
             }
         };
-        let upstream_path = config.path.clone().unwrap_or_else(|| spec.default_path.to_string());
+        let upstream_path = config
+            .path
+            .clone()
+            .unwrap_or_else(|| spec.default_path.to_string());
         if !upstream_path.starts_with('/') {
-            return Err(ConfigError::new(format!("{path}.path"), "must start with '/'"));
+            return Err(ConfigError::new(
+                format!("{path}.path"),
+                "must start with '/'",
+            ));
         }
-        let auth = crate::config::compile::compile_auth(&config.auth, &format!("{path}.auth"), env)?;
+        let auth =
+            crate::config::compile::compile_auth(&config.auth, &format!("{path}.auth"), env)?;
         if let Some(model) = &config.model {
             if model.trim().is_empty() {
-                return Err(ConfigError::new(format!("{path}.model"), "must not be empty"));
+                return Err(ConfigError::new(
+                    format!("{path}.model"),
+                    "must not be empty",
+                ));
             }
         }
         if let Some(models) = &config.models {
             if models.is_empty() {
-                return Err(ConfigError::new(format!("{path}.models"), "must map at least one name"));
+                return Err(ConfigError::new(
+                    format!("{path}.models"),
+                    "must map at least one name",
+                ));
             }
             if let Some((name, _)) = models.iter().find(|(_, target)| target.trim().is_empty()) {
-                return Err(ConfigError::new(format!("{path}.models.{name}"), "must not be empty"));
+                return Err(ConfigError::new(
+                    format!("{path}.models.{name}"),
+                    "must not be empty",
+                ));
             }
         }
         if config.azure.is_some() && config.kind != ProviderKind::AzureOpenai {
-            return Err(ConfigError::new(format!("{path}.azure"), "only applies to kind \"azure_openai\""));
+            return Err(ConfigError::new(
+                format!("{path}.azure"),
+                "only applies to kind \"azure_openai\"",
+            ));
         }
         if config.anthropic.is_some() && config.kind != ProviderKind::Anthropic {
-            return Err(ConfigError::new(format!("{path}.anthropic"), "only applies to kind \"anthropic\""));
+            return Err(ConfigError::new(
+                format!("{path}.anthropic"),
+                "only applies to kind \"anthropic\"",
+            ));
         }
         let azure = match config.kind {
             ProviderKind::AzureOpenai => {
-                let azure = config.azure.clone().unwrap_or(crate::config::model::AzureConfig {
-                    deployment: None,
-                    api_version: crate::config::model::default_azure_api_version(),
-                });
+                let azure = config
+                    .azure
+                    .clone()
+                    .unwrap_or(crate::config::model::AzureConfig {
+                        deployment: None,
+                        api_version: crate::config::model::default_azure_api_version(),
+                    });
                 if azure.api_version.trim().is_empty() {
-                    return Err(ConfigError::new(format!("{path}.azure.api_version"), "must not be empty"));
+                    return Err(ConfigError::new(
+                        format!("{path}.azure.api_version"),
+                        "must not be empty",
+                    ));
                 }
                 Some(AzureSettings {
                     deployment: azure.deployment,
@@ -213,7 +252,11 @@ impl Provider {
                     "model_not_found",
                     format!(
                         "The model {name:?} is not available on this route. Available: {}",
-                        models.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+                        models
+                            .keys()
+                            .map(String::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 )),
             },
@@ -233,13 +276,22 @@ impl Provider {
     fn path_depends_on_body(&self) -> bool {
         let needs_model = self.path.contains("{model}")
             || (self.path.contains("{deployment}")
-                && self.azure.as_ref().and_then(|a| a.deployment.as_ref()).is_none());
+                && self
+                    .azure
+                    .as_ref()
+                    .and_then(|a| a.deployment.as_ref())
+                    .is_none());
         needs_model && self.model_known_from_config().is_none()
     }
 
     /// The `:path` sent upstream. `model` is None in the headers phase when the body is not
     /// read yet; `stream` is None then too.
-    pub fn upstream_path(&self, operation: Operation, model: Option<&str>, stream: Option<bool>) -> String {
+    pub fn upstream_path(
+        &self,
+        operation: Operation,
+        model: Option<&str>,
+        stream: Option<bool>,
+    ) -> String {
         let model = model.or(self.model_known_from_config()).unwrap_or_default();
         let mut path = self.path.replace("{model}", model);
         if operation != Operation::ChatCompletions {

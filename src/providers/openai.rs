@@ -19,10 +19,18 @@ impl Codec for OpenAiCodec {
         false
     }
 
-    fn encode_request(&self, request: &Value, _provider: &Provider, exchange: &Exchange) -> Result<Value, ApiError> {
+    fn encode_request(
+        &self,
+        request: &Value,
+        _provider: &Provider,
+        exchange: &Exchange,
+    ) -> Result<Value, ApiError> {
         let mut body = request.clone();
         let Some(object) = body.as_object_mut() else {
-            return Err(ApiError::invalid_request("invalid_body", "The request body must be a JSON object."));
+            return Err(ApiError::invalid_request(
+                "invalid_body",
+                "The request body must be a JSON object.",
+            ));
         };
         // Azure takes the deployment from the path and ignores the model field.
         object.insert("model".into(), Value::String(exchange.model.clone()));
@@ -46,7 +54,11 @@ impl Codec for OpenAiCodec {
         Ok(body)
     }
 
-    fn decode_response(&self, _body: &[u8], _exchange: &Exchange) -> Result<Option<Value>, ApiError> {
+    fn decode_response(
+        &self,
+        _body: &[u8],
+        _exchange: &Exchange,
+    ) -> Result<Option<Value>, ApiError> {
         Ok(None)
     }
 

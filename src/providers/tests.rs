@@ -15,10 +15,22 @@ fn provider(config: serde_json::Value, wait_for_body: bool) -> Result<Provider, 
 fn openai_defaults_and_bearer_key() {
     let p = provider(json!({"kind":"openai","auth":{"key":{"env":"KEY"}}}), false).unwrap();
     assert_eq!(p.authority, "api.openai.com");
-    assert_eq!(p.upstream_path(Operation::ChatCompletions, Some("gpt-4o"), Some(true)), "/v1/chat/completions");
-    assert_eq!(p.upstream_path(Operation::Embeddings, None, None), "/v1/embeddings");
-    assert_eq!(p.credential_header(), Some(("authorization", "Bearer sk-test".to_string())));
-    assert!(!format!("{p:?}").contains("sk-test"), "Debug must not show the key");
+    assert_eq!(
+        p.upstream_path(Operation::ChatCompletions, Some("gpt-4o"), Some(true)),
+        "/v1/chat/completions"
+    );
+    assert_eq!(
+        p.upstream_path(Operation::Embeddings, None, None),
+        "/v1/embeddings"
+    );
+    assert_eq!(
+        p.credential_header(),
+        Some(("authorization", "Bearer sk-test".to_string()))
+    );
+    assert!(
+        !format!("{p:?}").contains("sk-test"),
+        "Debug must not show the key"
+    );
 }
 
 #[test]
@@ -51,28 +63,64 @@ fn azure_deployment_from_model_needs_body_or_fixed_model() {
 #[test]
 fn config_errors_name_paths() {
     let cases = [
-        (json!({"kind":"openai_compatible","auth":{"none":true}}), "p.authority"),
+        (
+            json!({"kind":"openai_compatible","auth":{"none":true}}),
+            "p.authority",
+        ),
         (json!({"kind":"openai","auth":{}}), "p.auth"),
-        (json!({"kind":"openai","auth":{"none":true,"passthrough":true}}), "p.auth"),
-        (json!({"kind":"openai","auth":{"key":{"env":"MISSING"}}}), "p.auth.key.env"),
+        (
+            json!({"kind":"openai","auth":{"none":true,"passthrough":true}}),
+            "p.auth",
+        ),
+        (
+            json!({"kind":"openai","auth":{"key":{"env":"MISSING"}}}),
+            "p.auth.key.env",
+        ),
         (json!({"kind":"openai","auth":{"key":{}}}), "p.auth.key"),
-        (json!({"kind":"openai","auth":{"none":true},"path":"v1"}), "p.path"),
-        (json!({"kind":"openai","auth":{"none":true},"models":{}}), "p.models"),
-        (json!({"kind":"openai","auth":{"none":true},"azure":{}}), "p.azure"),
+        (
+            json!({"kind":"openai","auth":{"none":true},"path":"v1"}),
+            "p.path",
+        ),
+        (
+            json!({"kind":"openai","auth":{"none":true},"models":{}}),
+            "p.models",
+        ),
+        (
+            json!({"kind":"openai","auth":{"none":true},"azure":{}}),
+            "p.azure",
+        ),
     ];
     for (config, path) in cases {
-        assert_eq!(provider(config.clone(), false).unwrap_err().path, path, "{config}");
+        assert_eq!(
+            provider(config.clone(), false).unwrap_err().path,
+            path,
+            "{config}"
+        );
     }
 }
 
 #[test]
 fn model_enforcement_and_mapping() {
-    let fixed = provider(json!({"kind":"openai","auth":{"none":true},"model":"m1"}), false).unwrap();
-    assert_eq!(fixed.resolve_model(Some("other")).unwrap().as_deref(), Some("m1"));
+    let fixed = provider(
+        json!({"kind":"openai","auth":{"none":true},"model":"m1"}),
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        fixed.resolve_model(Some("other")).unwrap().as_deref(),
+        Some("m1")
+    );
     assert_eq!(fixed.resolve_model(None).unwrap().as_deref(), Some("m1"));
 
-    let mapped = provider(json!({"kind":"openai","auth":{"none":true},"models":{"fast":"gpt-4o-mini"}}), false).unwrap();
-    assert_eq!(mapped.resolve_model(Some("fast")).unwrap().as_deref(), Some("gpt-4o-mini"));
+    let mapped = provider(
+        json!({"kind":"openai","auth":{"none":true},"models":{"fast":"gpt-4o-mini"}}),
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        mapped.resolve_model(Some("fast")).unwrap().as_deref(),
+        Some("gpt-4o-mini")
+    );
     let err = mapped.resolve_model(Some("gpt-4o")).unwrap_err();
     assert_eq!((err.status, err.code.as_str()), (400, "model_not_found"));
     assert_eq!(mapped.resolve_model(None).unwrap_err().status, 400);
@@ -92,7 +140,10 @@ fn openai_codec_injects_stream_usage() {
         ..Default::default()
     };
     let body = p
-        .encode_request(&json!({"model":"alias","stream":true,"messages":[]}), &exchange)
+        .encode_request(
+            &json!({"model":"alias","stream":true,"messages":[]}),
+            &exchange,
+        )
         .unwrap();
     assert_eq!(body["model"], "gpt-4o");
     assert_eq!(body["stream_options"]["include_usage"], true);
@@ -102,7 +153,10 @@ fn openai_codec_injects_stream_usage() {
         ..exchange
     };
     let body = p
-        .encode_request(&json!({"stream":true,"stream_options":{"include_usage":true},"messages":[]}), &rebuffered)
+        .encode_request(
+            &json!({"stream":true,"stream_options":{"include_usage":true},"messages":[]}),
+            &rebuffered,
+        )
         .unwrap();
     assert_eq!(body["stream"], false);
     assert!(body.get("stream_options").is_none());

@@ -14,7 +14,10 @@ pub struct Shaping {
 impl Shaping {
     pub fn compile(config: &RequestConfig, path: &str) -> Result<Shaping, ConfigError> {
         if config.max_body_bytes == 0 {
-            return Err(ConfigError::new(format!("{path}.max_body_bytes"), "must be greater than 0"));
+            return Err(ConfigError::new(
+                format!("{path}.max_body_bytes"),
+                "must be greater than 0",
+            ));
         }
         let unsupported = [
             ("prepend", !config.prepend.is_empty()),
@@ -25,7 +28,10 @@ impl Shaping {
             ("overrides", !config.overrides.is_empty()),
         ];
         if let Some((key, _)) = unsupported.iter().find(|(_, given)| *given) {
-            return Err(ConfigError::new(format!("{path}.{key}"), "is not supported by this build yet"));
+            return Err(ConfigError::new(
+                format!("{path}.{key}"),
+                "is not supported by this build yet",
+            ));
         }
         Ok(Shaping {
             max_body_bytes: config.max_body_bytes,

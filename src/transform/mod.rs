@@ -11,9 +11,16 @@ pub struct TransformPlan {
 }
 
 impl TransformPlan {
-    pub fn compile(config: &TransformConfig, path: &str, _env: &dyn EnvLookup) -> Result<TransformPlan, ConfigError> {
+    pub fn compile(
+        config: &TransformConfig,
+        path: &str,
+        _env: &dyn EnvLookup,
+    ) -> Result<TransformPlan, ConfigError> {
         if config.request.is_some() || config.response.is_some() {
-            return Err(ConfigError::new(path, "transformers are not supported by this build yet"));
+            return Err(ConfigError::new(
+                path,
+                "transformers are not supported by this build yet",
+            ));
         }
         Ok(TransformPlan::default())
     }

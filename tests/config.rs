@@ -1,0 +1,81 @@
+//! Invalid plugin configs are refused with the JSON path of the fault, as Envoy logs it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use aigate::config::parse_and_compile;
+use serde_json::json;
+
+fn error_of(config: serde_json::Value) -> String {
+    let env = |_: &str| None;
+    parse_and_compile(config.to_string().as_bytes(), &env)
+        .unwrap_err()
+        .to_string()
+}
+
+fn route(provider: serde_json::Value) -> serde_json::Value {
+    json!({"name": "r", "provider": provider})
+}
+
+#[test]
+fn faults_name_their_json_path() {
+    let ok_provider = json!({"kind": "openai", "auth": {"none": true}});
+    let cases = [
+        (json!({}), "missing field `routes`"),
+        (
+            json!({"routes": [], "extra": 1}),
+            "extra: unknown field `extra`",
+        ),
+        (
+            json!({"routes": [{"name": "r", "provider": ok_provider, "bogus": true}]}),
+            "routes[0].bogus: unknown field `bogus`",
+        ),
+        (
+            json!({"routes": [route(json!({"kind": "openai", "auth": {"none": true}, "modle": "x"}))]}),
+            "routes[0].provider.modle: unknown field `modle`",
+        ),
+        (
+            json!({"routes": [route(json!({"kind": "llama", "auth": {"none": true}}))]}),
+            "routes[0].provider.kind: unknown variant `llama`",
+        ),
+        (
+            json!({"routes": [route(json!({"kind": "openai", "auth": {"key": {"env": "NOPE"}}}))]}),
+            "routes[0].provider.auth.key.env: environment variable \"NOPE\" is not set",
+        ),
+        (
+            json!({"routes": [route(ok_provider.clone()), route(ok_provider.clone())]}),
+            "routes[1].name: duplicate route name",
+        ),
+        (
+            json!({"routes": [{"name": "r", "provider": ok_provider, "match": {"hosts": ["a*b"]}}]}),
+            "routes[0].match.hosts[0]",
+        ),
+        (
+            json!({"routes": [{"name": "r", "provider": ok_provider, "request": {"max_body_bytes": "big"}}]}),
+            "routes[0].request.max_body_bytes: invalid type",
+        ),
+    ];
+    for (config, expected) in cases {
+        let error = error_of(config.clone());
+        assert!(
+            error.starts_with(expected) || error.contains(expected),
+            "{config}\n  got: {error}\n  want: {expected}"
+        );
+    }
+}
+
+#[test]
+fn secrets_never_appear_in_errors_or_debug() {
+    let config = json!({"routes": [route(json!({"kind": "openai", "auth": {"key": {"value": "sk-very-secret"}}, "path": "nope"}))]});
+    let error = error_of(config.clone());
+    assert!(!error.contains("sk-very-secret"), "{error}");
+    let ok = json!({"routes": [route(json!({"kind": "openai", "auth": {"key": {"value": "sk-very-secret"}}}))]});
+    let env = |_: &str| None;
+    let plan = parse_and_compile(ok.to_string().as_bytes(), &env).unwrap();
+    assert!(!format!("{plan:?}").contains("sk-very-secret"));
+}
+
+#[test]
+fn not_json_is_refused() {
+    let env = |_: &str| None;
+    assert!(parse_and_compile(b"routes: []", &env).is_err());
+    assert!(parse_and_compile(b"", &env).is_err());
+}
