@@ -14,7 +14,7 @@ use aigate::sse::{SseEvent, SseParser};
 use aigate::usage::{self, Usage};
 use proptest::prelude::*;
 use proptest::sample::select;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 // ------------------------------------------------------------------------------ generators
 
@@ -368,7 +368,7 @@ proptest! {
         let (pieces, pieces_usage) = run_processor(strip, &split(&bytes, &cuts));
         prop_assert_eq!(&whole, &pieces);
         prop_assert_eq!(whole_usage, pieces_usage);
-        let last_usage = events.iter().filter_map(|e| usage::from_stream_event(&e.data)).last();
+        let last_usage = events.iter().rev().find_map(|e| usage::from_stream_event(&e.data));
         prop_assert_eq!(whole_usage, last_usage);
         match whole {
             // Passthrough: bytes go on unchanged.
