@@ -7,6 +7,7 @@ pub mod api;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
 pub mod config;
+pub mod encoding;
 pub mod error;
 pub mod guards;
 pub mod host;
