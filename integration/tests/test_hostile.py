@@ -268,13 +268,12 @@ def test_slowloris_headers_then_close(envoy: Envoy) -> None:
 
 
 def test_crlf_in_the_model_never_becomes_a_header(envoy: Envoy, mock) -> None:
+    # The model also lands in filter state (access logs): control characters are refused.
     evil = "llama\r\nx-injected: 1\r\n\r\nGET /admin HTTP/1.1"
     r = post(envoy, json.dumps({"model": evil, "messages": [{"role": "user", "content": "x"}]}), path="/free/v1/chat/completions")
-    assert r.status_code == 200, r.text
-    upstream = mock.last
-    assert "x-injected" not in upstream.headers
-    assert upstream.json["model"] == evil  # it stays a JSON string in the body
-    assert len(mock.requests) == 1
+    assert_error(r, 400, "invalid_value")
+    assert all("x-injected" not in req.headers for req in mock.requests)
+    assert_not_forwarded(mock)
 
 
 def test_crlf_in_a_mapped_model_name_is_refused(envoy: Envoy, mock) -> None:
@@ -396,13 +395,10 @@ def test_crlf_in_a_model_that_becomes_the_path(envoy_factory, mock) -> None:
     mode_a = envoy_factory(
         plugin_config=config, allow_on_headers_stop_iteration=True, clusters={"mock_llm": mock}, concurrency=1
     )
-    body = {"model": "dep\r\nx-injected: 1\r\n", "messages": [{"role": "user", "content": "x"}]}
-    r = post(mode_a, json.dumps(body))
-    assert r.status_code in (200, 400, 404, 503), r.text
-    assert all("x-injected" not in req.headers for req in mock.requests)
-    assert all("\r" not in req.path and "\n" not in req.path for req in mock.requests)
-    if r.status_code != 200:
-        assert r.json()["error"]["message"]
+    for model in ["dep\r\nx-injected: 1\r\n", "../../admin", "dep?api-version=evil", "a b"]:
+        r = post(mode_a, json.dumps({"model": model, "messages": [{"role": "user", "content": "x"}]}))
+        assert_error(r, 400, "invalid_value")
+    assert mock.requests == [], "mode A: a refused request never reaches the upstream"
     mock.reset()
     ok = post(mode_a, json.dumps({"model": "dep", "messages": [{"role": "user", "content": "x"}]}))
     assert ok.status_code == 200, ok.text

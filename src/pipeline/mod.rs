@@ -328,6 +328,7 @@ impl Flow {
         api::validate(self.operation, &body)?;
         let requested = body.get("model").and_then(Value::as_str);
         let model = route.provider.resolve_model(requested)?.unwrap_or_default();
+        route.provider.check_model_name(&model)?;
         if let Some(object) = body.as_object_mut() {
             object.insert("model".into(), Value::String(model.clone()));
         }
