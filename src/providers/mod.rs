@@ -273,6 +273,29 @@ impl Provider {
         self.model.as_deref()
     }
 
+    /// Checks a model name before it goes into the upstream path or the access log: no
+    /// control characters anywhere, and only path-safe characters where the path carries it
+    /// (so `../admin` or `x?y` cannot reshape the upstream URL).
+    pub fn check_model_name(&self, model: &str) -> Result<(), ApiError> {
+        if model.chars().any(char::is_control) {
+            return Err(ApiError::invalid_request(
+                "invalid_value",
+                "Invalid parameter 'model': must not contain control characters.",
+            ));
+        }
+        let in_path = self.path_depends_on_body();
+        let path_safe =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@');
+        if in_path && (!model.chars().all(path_safe) || model.starts_with('.')) {
+            return Err(ApiError::invalid_request(
+                "invalid_value",
+                "Invalid parameter 'model': this route puts the model in the upstream path, so it may only contain \
+                 ASCII letters, digits, '-', '_', '.', ':' and '@'.",
+            ));
+        }
+        Ok(())
+    }
+
     fn path_depends_on_body(&self) -> bool {
         let needs_model = self.path.contains("{model}")
             || (self.path.contains("{deployment}")
