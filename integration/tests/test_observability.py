@@ -159,6 +159,9 @@ def test_metrics_have_prometheus_labels_and_the_expected_values(envoy: Envoy, se
     # Nothing else of ours: every series is one of the above (or a histogram's buckets/sum).
     ours = {re.sub(r"_(bucket|sum)\{.*", "", k) for k in metrics if "_bucket{" in k or "_sum{" in k}
     assert ours == {"aigate_gen_ai_client_operation_duration_ms", "aigate_gen_ai_server_time_to_first_token_ms"}
+    # The VM's memory, a gauge set as requests start: some 64 KiB pages.
+    memory = metrics.pop("aigate_wasm_memory_bytes{}", 0)
+    assert memory > 0 and memory % 65_536 == 0, memory
     plain = {k for k in metrics if "_bucket{" not in k and "_sum{" not in k}
     assert plain == set(expected), plain ^ set(expected)
 
