@@ -201,6 +201,20 @@ impl Provider {
             }
             _ => None,
         };
+        if let Some(anthropic) = &config.anthropic {
+            if anthropic.version.trim().is_empty() {
+                return Err(ConfigError::new(
+                    format!("{path}.anthropic.version"),
+                    "must not be empty",
+                ));
+            }
+            if anthropic.max_tokens == 0 {
+                return Err(ConfigError::new(
+                    format!("{path}.anthropic.max_tokens"),
+                    "must be greater than 0",
+                ));
+            }
+        }
         let anthropic = config
             .anthropic
             .as_ref()
