@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from integration.mocks import llm
+from integration.mocks import llm, sse
 
 ANTHROPIC_KEY = "sk-ant-server-111"
 GEMINI_KEY = "g-server-222"
@@ -254,6 +254,28 @@ def test_anthropic_errors_keep_status(envoy, mock, status, error_type, message, 
     assert info.value.body["message"] == message
     assert info.value.body["code"] == error_type
     assert ANTHROPIC_KEY not in str(info.value.body)
+
+
+def test_anthropic_error_event_mid_stream_reaches_the_sdk(envoy, mock):
+    start = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": CLAUDE,
+             "content": [], "stop_reason": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}
+    stream = b"".join(
+        [
+            sse.sse_event(start, event="message_start"),
+            sse.sse_event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}, event="content_block_start"),
+            sse.sse_event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "partial"}}, event="content_block_delta"),
+            sse.sse_event({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, event="error"),
+        ]
+    )
+    mock.enqueue_reply(llm.sse_reply(stream), path="/v1/messages")
+    received = ""
+    with pytest.raises(openai.APIError) as info:
+        for chunk in sdk(envoy, "anthropic").chat.completions.create(
+            model=CLAUDE, stream=True, messages=[{"role": "user", "content": "x"}]
+        ):
+            received += "".join(c.delta.content or "" for c in chunk.choices)
+    assert received == "partial", "what came before the error reaches the client"
+    assert "Overloaded" in str(info.value)
 
 
 def test_untranslatable_request_is_400_before_the_provider(envoy, mock):
