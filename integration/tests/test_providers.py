@@ -14,6 +14,7 @@ the plugin config) takes the model and the method from the body.
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -118,6 +119,17 @@ def token_counter(envoy, route: str, provider: str, model: str, kind: str) -> in
     )
 
 
+def access_log_entry(envoy, request_id: str, timeout_s: float = 5.0) -> dict:
+    """The access-log entry of one request (Envoy flushes the log every 50 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [e for e in envoy.access_log() if e.get("request_id") == request_id]
+        if found or time.monotonic() > deadline:
+            assert found, f"no access-log entry for {request_id}"
+            return found[-1]
+        time.sleep(0.02)
+
+
 def assert_native_anthropic_request(seen) -> None:
     assert seen.path == "/v1/messages"
     assert seen.headers["host"] == "api.anthropic.com"
@@ -144,6 +156,7 @@ def test_anthropic_chat(envoy, mock):
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi claude"}],
         temperature=0.2,
         stop=["END"],
+        extra_headers={"x-request-id": "providers-anthropic-chat"},
     )
     assert reply.object == "chat.completion"
     assert reply.id.startswith("chatcmpl-")
@@ -161,6 +174,9 @@ def test_anthropic_chat(envoy, mock):
         "temperature": 0.2,
         "stop_sequences": ["END"],
     }
+    entry = access_log_entry(envoy, "providers-anthropic-chat")
+    assert (entry["aigate_route"], entry["aigate_provider"], entry["aigate_model"]) == ("claude", "anthropic", CLAUDE)
+    assert (entry["aigate_prompt_tokens"], entry["aigate_completion_tokens"], entry["aigate_total_tokens"]) == ("11", "7", "18")
 
 
 def test_anthropic_client_max_tokens_wins(envoy, mock):
@@ -346,6 +362,7 @@ def test_gemini_stream(envoy, mock):
             stream=True,
             stream_options={"include_usage": True},
             messages=[{"role": "user", "content": "stream from gemini"}],
+            extra_headers={"x-request-id": "providers-gemini-stream"},
         )
     )
     text, finish, usage = stream_text(chunks)
@@ -353,6 +370,8 @@ def test_gemini_stream(envoy, mock):
     assert finish == "stop"
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (11, 7, 18)
     assert_native_gemini_request(mock.last, STREAM_PATH)
+    entry = access_log_entry(envoy, "providers-gemini-stream")
+    assert (entry["aigate_route"], entry["aigate_model"], entry["aigate_total_tokens"]) == ("gemini", GEMINI, "18")
 
 
 def test_gemini_tool_call_round_trip(envoy, mock):
@@ -423,21 +442,29 @@ def test_gemini_openai_compatible_alternative(envoy, mock):
 
 def test_usage_is_counted_in_stats(envoy):
     kinds = ("input", "output", "total")
-    claude_before = {k: token_counter(envoy, "claude", "anthropic", CLAUDE, k) for k in kinds}
-    gemini_before = {k: token_counter(envoy, "gemini", "gemini", GEMINI, k) for k in kinds}
-    logged = len(envoy.access_log())
+
+    def counters() -> dict[str, dict[str, int]]:
+        return {
+            "claude": {k: token_counter(envoy, "claude", "anthropic", CLAUDE, k) for k in kinds},
+            "gemini": {k: token_counter(envoy, "gemini", "gemini", GEMINI, k) for k in kinds},
+        }
+
+    before = counters()
     anthropic_client, gemini_client = sdk(envoy, "anthropic"), sdk(envoy, "gemini")
     anthropic_client.chat.completions.create(model=CLAUDE, messages=[{"role": "user", "content": "a"}])
     list(anthropic_client.chat.completions.create(model=CLAUDE, stream=True, messages=[{"role": "user", "content": "b"}]))
     gemini_client.chat.completions.create(model=GEMINI, messages=[{"role": "user", "content": "c"}])
     list(gemini_client.chat.completions.create(model=GEMINI, stream=True, messages=[{"role": "user", "content": "d"}]))
-    entries = envoy.wait_access_log(logged + 4)[logged:]
-    assert [e["aigate_total_tokens"] for e in entries] == ["18"] * 4
-    claude_after = {k: token_counter(envoy, "claude", "anthropic", CLAUDE, k) for k in kinds}
-    gemini_after = {k: token_counter(envoy, "gemini", "gemini", GEMINI, k) for k in kinds}
+    # Two answers per provider, 11 + 7 tokens each.
     expected = {"input": 22, "output": 14, "total": 36}
-    assert {k: claude_after[k] - claude_before[k] for k in kinds} == expected
-    assert {k: gemini_after[k] - gemini_before[k] for k in kinds} == expected
+    deadline = time.monotonic() + 5
+    while True:
+        after = counters()
+        deltas = {route: {k: after[route][k] - before[route][k] for k in kinds} for route in after}
+        if deltas == {"claude": expected, "gemini": expected} or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert deltas == {"claude": expected, "gemini": expected}
     prom = envoy.stats_prometheus()
     assert any(
         l.startswith("aigate_gen_ai_client_token_usage{") and 'provider="anthropic"' in l and 'token_type="total"' in l
