@@ -4,7 +4,10 @@
 //! pipeline runs natively in tests through the `host::Host` trait.
 
 pub mod api;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod cli;
 pub mod config;
+pub mod encoding;
 pub mod error;
 pub mod guards;
 pub mod host;

@@ -291,11 +291,12 @@ def test_embeddings_and_legacy_completions_are_governed_too(client, mock, envoy)
          "model": "gpt-4o-mini", "usage": {"prompt_tokens": 3, "total_tokens": 3}},
         path="/v1/embeddings",
     )
+    logged = len(envoy.access_log())
     result = client.embeddings.create(model="fast", input="embed me")
     assert result.data[0].embedding == [0.25, 0.5]
     seen = mock.last
     assert (seen.path, seen.json["model"], seen.headers["authorization"]) == ("/v1/embeddings", "gpt-4o-mini", f"Bearer {SECRET}")
-    entry = envoy.wait_access_log(1)[-1]
+    entry = envoy.wait_access_log(logged + 1)[-1]
     assert entry["aigate_total_tokens"] == "3"
 
     mock.enqueue(

@@ -500,7 +500,7 @@ def test_mode_a_gemini_model_and_method_from_the_body(envoy_mode_a, mock):
 
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="../v1/files?x=", messages=[{"role": "user", "content": "x"}])
-    assert info.value.body["code"] == "invalid_model"
+    assert info.value.body["code"] == "invalid_value" and "upstream path" in info.value.body["message"]
 
 
 def test_mode_a_tools_and_errors(envoy_mode_a, mock):

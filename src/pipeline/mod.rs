@@ -87,6 +87,8 @@ pub struct Flow {
     response_override: ResponseOverride,
     /// A response stage's verbatim replacement of the answer (a transformer's reply).
     raw_response: Option<Vec<u8>>,
+    /// The answer's `content-encoding` when not identity: decoded wherever the filter reads it.
+    response_encoding: Option<String>,
     exchange_usage: Option<Usage>,
     headers_held: bool,
     first_byte_recorded: bool,
@@ -114,6 +116,7 @@ impl Flow {
             response_body_size: 0,
             response_override: ResponseOverride::default(),
             raw_response: None,
+            response_encoding: None,
             exchange_usage: None,
             headers_held: false,
             first_byte_recorded: false,
@@ -274,9 +277,11 @@ impl Flow {
         for (name, value) in provider.extra_headers() {
             host.set_request_header(name, Some(&value));
         }
-        // The body is rewritten, and the answer must be readable (not compressed).
+        // The body is rewritten, and the answer must be readable (not compressed). Without
+        // the header a server may pick any encoding (RFC 9110 12.5.3), so ask for identity;
+        // an answer compressed anyway is decoded where the filter reads it (`encoding`).
         host.set_request_header("content-length", None);
-        host.set_request_header("accept-encoding", None);
+        host.set_request_header("accept-encoding", Some("identity"));
         host.set_request_header("content-type", Some("application/json"));
     }
 
@@ -324,6 +329,7 @@ impl Flow {
         api::validate(self.operation, &body)?;
         let requested = body.get("model").and_then(Value::as_str);
         let model = route.provider.resolve_model(requested)?.unwrap_or_default();
+        route.provider.check_model_name(&model)?;
         if let Some(object) = body.as_object_mut() {
             object.insert("model".into(), Value::String(model.clone()));
         }

@@ -10,6 +10,7 @@ use super::stage::{ResponseCtx, Step};
 use super::stream::{self, StreamProcessor};
 use super::{filter_state, Action, Flow, Progress, ResponseMode, State};
 use crate::config::Route;
+use crate::encoding;
 use crate::error::ApiError;
 use crate::host::Host;
 use crate::metrics;
@@ -56,6 +57,9 @@ impl Flow {
             .response_header(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
+        self.response_encoding = host
+            .response_header("content-encoding")
+            .filter(|value| !encoding::is_identity(Some(value)));
         if !(200..300).contains(&status) {
             self.response = Some(ResponseMode::Error(status));
             host.set_response_header("content-length", None);
@@ -113,6 +117,7 @@ impl Flow {
         }
         self.response = Some(ResponseMode::BufferJson);
         host.set_response_header("content-length", None);
+        host.set_response_header("content-encoding", None);
         host.set_response_header(
             "content-type",
             Some(if self.exchange.client_stream {
@@ -157,7 +162,9 @@ impl Flow {
                     }
                 }
                 if end_of_stream {
-                    if let Some(found) = usage::from_json(&copy) {
+                    let decoded = encoding::decode(self.response_encoding.as_deref(), &copy)
+                        .unwrap_or_default();
+                    if let Some(found) = usage::from_json(&decoded) {
                         self.exchange_usage = Some(found);
                     }
                     self.account(host);
@@ -189,7 +196,9 @@ impl Flow {
                 }
                 let body = host.response_body(0, body_size).unwrap_or_default();
                 self.response_body_size = body_size;
-                self.finish_error_response(host, status, &body);
+                let decoded =
+                    encoding::decode(self.response_encoding.as_deref(), &body).unwrap_or_default();
+                self.finish_error_response(host, status, &decoded);
                 Action::Continue
             }
             Some(ResponseMode::BufferJson) => {
@@ -199,6 +208,19 @@ impl Flow {
                 }
                 self.response_body_size = body_size;
                 let body = host.response_body(0, body_size).unwrap_or_default();
+                let body = match encoding::decode(self.response_encoding.as_deref(), &body) {
+                    Ok(decoded) => decoded.into_owned(),
+                    Err(reason) => {
+                        let error = ApiError::new(
+                            502,
+                            "api_error",
+                            "invalid_upstream_response",
+                            format!("The provider's answer can not be read: {reason}."),
+                        );
+                        self.replace_with_error(host, error);
+                        return Action::Continue;
+                    }
+                };
                 match self.prepare_answer(&body) {
                     Ok(()) => {}
                     Err(error) => {
@@ -376,7 +398,8 @@ impl Flow {
     fn finish_error_response(&mut self, host: &mut dyn Host, status: u16, body: &[u8]) {
         let Some(route) = self.route() else { return };
         let error = route.provider.codec().decode_error(status, body);
-        host.replace_response_body(0, body.len(), &error.body());
+        // The buffered size, not `body.len()`: the body may have been decoded.
+        host.replace_response_body(0, self.response_body_size, &error.body());
         host.set_filter_state(filter_state::OUTCOME, &format!("upstream_{status}"));
         self.count_error(host, &format!("upstream_{status}"));
         self.account(host);

@@ -19,6 +19,7 @@ pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 pub const STREAM_REQUEST: u32 = 0;
 pub const STREAM_RESPONSE: u32 = 1;
 pub const METRIC_COUNTER: u32 = 0;
+pub const METRIC_GAUGE: u32 = 1;
 pub const METRIC_HISTOGRAM: u32 = 2;
 
 const STATUS_OK: u32 = 0;

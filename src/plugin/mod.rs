@@ -60,6 +60,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        record_memory(&self.metrics);
         Some(Box::new(Stream {
             flow: self.plan.as_ref().map(|plan| Flow::new(Rc::clone(plan))),
             host: WasmHost {
@@ -70,6 +71,27 @@ impl RootContext for Root {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// The gauge `aigate.wasm_memory_bytes`: this VM's linear memory, updated as each request
+/// starts (workers overwrite each other: it shows the last one). A soak run watches it for
+/// growth per request; linear memory never shrinks, so a leak shows as a climbing value.
+const MEMORY_GAUGE: &str = "aigate.wasm_memory_bytes";
+
+fn record_memory(metrics: &MetricIds) {
+    let bytes = core::arch::wasm32::memory_size(0) as u64 * 65_536;
+    let id = metrics.borrow().get(MEMORY_GAUGE).copied();
+    let id = match id {
+        Some(id) => Some(id),
+        None => abi::define_metric(abi::METRIC_GAUGE, MEMORY_GAUGE)
+            .ok()
+            .inspect(|id| {
+                metrics.borrow_mut().insert(MEMORY_GAUGE.to_string(), *id);
+            }),
+    };
+    if let Some(id) = id {
+        let _ = abi::record_metric(id, bytes);
     }
 }
 

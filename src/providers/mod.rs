@@ -281,20 +281,12 @@ impl Provider {
                 "missing_model",
                 "The request must name a \"model\".",
             )),
-            (None, Some(name)) if self.path_uses_model() && !is_path_safe(name) => {
-                Err(ApiError::new(
-                    400,
-                    "invalid_request_error",
-                    "invalid_model",
-                    "The model name may only contain ASCII letters, digits, '.', '-' and '_' on this route.",
-                ))
-            }
             (None, Some(name)) => Ok(Some(name.to_string())),
         }
     }
 
-    /// True when the client's model goes into the upstream path (Gemini, Azure without a
-    /// fixed deployment), where it must not be able to add path segments or a query.
+    /// True when the model goes into the upstream path (Gemini, Azure without a fixed
+    /// deployment).
     fn path_uses_model(&self) -> bool {
         self.path.contains("{model}")
             || (self.path.contains("{deployment}")
@@ -331,6 +323,29 @@ impl Provider {
     /// The model a request will use when only the config can tell (headers phase).
     fn model_known_from_config(&self) -> Option<&str> {
         self.model.as_deref()
+    }
+
+    /// Checks a model name before it goes into the upstream path or the access log: no
+    /// control characters anywhere, and only path-safe characters where the path carries it
+    /// (so `../admin` or `x?y` cannot reshape the upstream URL).
+    pub fn check_model_name(&self, model: &str) -> Result<(), ApiError> {
+        if model.chars().any(char::is_control) {
+            return Err(ApiError::invalid_request(
+                "invalid_value",
+                "Invalid parameter 'model': must not contain control characters.",
+            ));
+        }
+        let in_path = self.path_depends_on_body();
+        let path_safe =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@');
+        if in_path && (!model.chars().all(path_safe) || model.starts_with('.')) {
+            return Err(ApiError::invalid_request(
+                "invalid_value",
+                "Invalid parameter 'model': this route puts the model in the upstream path, so it may only contain \
+                 ASCII letters, digits, '-', '_', '.', ':' and '@'.",
+            ));
+        }
+        Ok(())
     }
 
     fn path_depends_on_body(&self) -> bool {
@@ -397,13 +412,6 @@ impl Provider {
     pub fn encode_request(&self, request: &Value, exchange: &Exchange) -> Result<Value, ApiError> {
         self.codec().encode_request(request, self, exchange)
     }
-}
-
-fn is_path_safe(model: &str) -> bool {
-    !model.bytes().all(|b| b == b'.')
-        && model
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 #[cfg(test)]
