@@ -5,6 +5,7 @@
 //! body (JSON: translate, usage, response stages; stream: event by event) → accounting.
 //! Every host interaction goes through `Host`, so all of it runs natively in tests.
 
+pub mod aggregate;
 pub mod matching;
 pub mod stage;
 pub mod stream;
@@ -333,7 +334,11 @@ impl Flow {
             object.insert("model".into(), Value::String(model.clone()));
         }
         let client_stream = self.operation != Operation::Embeddings && api::is_stream(&body);
-        let upstream_stream = client_stream && !route.needs_whole_answer();
+        let upstream_stream = route.provider.upstream_stream(
+            client_stream,
+            route.needs_whole_answer(),
+            !self.plan.allow_on_headers_stop_iteration,
+        );
         let now_ms = host.now_ms();
         self.exchange = Exchange {
             model: model.clone(),

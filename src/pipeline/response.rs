@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
+use super::aggregate;
 use super::stage::{ResponseCtx, Step};
 use super::stream::{self, StreamProcessor};
 use super::{filter_state, Action, Flow, Progress, ResponseMode, State};
@@ -77,7 +78,13 @@ impl Flow {
         let is_event_stream = host
             .response_header("content-type")
             .is_some_and(|ct| ct.to_ascii_lowercase().contains("text/event-stream"));
-        if self.exchange.upstream_stream && is_event_stream {
+        // A stream relays to the client event by event; any other answer is read whole
+        // (a stream the provider's path forced on a client that asked for JSON, or one a
+        // response stage needs whole, is aggregated in `prepare_answer`).
+        let relay = self.exchange.upstream_stream
+            && self.exchange.client_stream
+            && !route.needs_whole_answer();
+        if relay && is_event_stream {
             let codec = route.provider.codec();
             let filters = route
                 .guards
@@ -101,6 +108,7 @@ impl Flow {
             return Action::Continue;
         }
         let changes_body = self.exchange.client_stream
+            || self.exchange.upstream_stream
             || route.response_stage(0).is_some()
             || route.provider.codec().translates_responses();
         if !changes_body {
@@ -240,10 +248,15 @@ impl Flow {
             .routes
             .get(self.route)
             .ok_or_else(super::internal_error)?;
-        let decoded = route
-            .provider
-            .codec()
-            .decode_response(body, &self.exchange)?;
+        let codec = route.provider.codec();
+        let decoded = if self.exchange.upstream_stream && !aggregate::looks_like_json(body) {
+            Some(aggregate::aggregate(
+                body,
+                codec.stream_decoder(&self.exchange),
+            )?)
+        } else {
+            codec.decode_response(body, &self.exchange)?
+        };
         let answer = match decoded {
             Some(answer) => answer,
             None => serde_json::from_slice::<Value>(body).map_err(|_| {

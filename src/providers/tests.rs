@@ -89,6 +89,18 @@ fn config_errors_name_paths() {
             json!({"kind":"openai","auth":{"none":true},"azure":{}}),
             "p.azure",
         ),
+        (
+            json!({"kind":"openai","auth":{"none":true},"anthropic":{}}),
+            "p.anthropic",
+        ),
+        (
+            json!({"kind":"anthropic","auth":{"none":true},"anthropic":{"max_tokens":0}}),
+            "p.anthropic.max_tokens",
+        ),
+        (
+            json!({"kind":"anthropic","auth":{"none":true},"anthropic":{"version":" "}}),
+            "p.anthropic.version",
+        ),
     ];
     for (config, path) in cases {
         assert_eq!(
