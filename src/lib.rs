@@ -4,6 +4,8 @@
 //! pipeline runs natively in tests through the `host::Host` trait.
 
 pub mod api;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod cli;
 pub mod config;
 pub mod encoding;
 pub mod error;

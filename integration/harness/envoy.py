@@ -36,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WASM = "target/wasm32-wasip1/release/aigate.wasm"
 
 # Names of the filter-state values the filter sets (CONFIG/DESIGN: readable by access logs).
-FILTER_STATE_KEYS = ("route", "provider", "model", "prompt_tokens", "completion_tokens", "total_tokens")
+FILTER_STATE_KEYS = ("route", "provider", "model", "prompt_tokens", "completion_tokens", "total_tokens", "outcome")
 
 # Every Envoy started by this module and not yet stopped (for failure reports).
 LIVE_ENVOYS: "weakref.WeakSet[Envoy]" = weakref.WeakSet()

@@ -5,6 +5,7 @@
 //! body (JSON: translate, usage, response stages; stream: event by event) → accounting.
 //! Every host interaction goes through `Host`, so all of it runs natively in tests.
 
+pub mod aggregate;
 pub mod matching;
 pub mod stage;
 pub mod stream;
@@ -328,11 +329,16 @@ impl Flow {
         api::validate(self.operation, &body)?;
         let requested = body.get("model").and_then(Value::as_str);
         let model = route.provider.resolve_model(requested)?.unwrap_or_default();
+        route.provider.check_model_name(&model)?;
         if let Some(object) = body.as_object_mut() {
             object.insert("model".into(), Value::String(model.clone()));
         }
         let client_stream = self.operation != Operation::Embeddings && api::is_stream(&body);
-        let upstream_stream = client_stream && !route.needs_whole_answer();
+        let upstream_stream = route.provider.upstream_stream(
+            client_stream,
+            route.needs_whole_answer(),
+            !self.plan.allow_on_headers_stop_iteration,
+        );
         let now_ms = host.now_ms();
         self.exchange = Exchange {
             model: model.clone(),

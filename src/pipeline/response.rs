@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
+use super::aggregate;
 use super::stage::{ResponseCtx, Step};
 use super::stream::{self, StreamProcessor};
 use super::{filter_state, Action, Flow, Progress, ResponseMode, State};
@@ -59,7 +60,10 @@ impl Flow {
         self.response_encoding = host
             .response_header("content-encoding")
             .filter(|value| !encoding::is_identity(Some(value)));
-        if !(200..300).contains(&status) {
+        if (200..300).contains(&status) {
+            // Replaced by an error code if the answer is rejected or cut short later.
+            host.set_filter_state(filter_state::OUTCOME, "ok");
+        } else {
             self.response = Some(ResponseMode::Error(status));
             host.set_response_header("content-length", None);
             host.set_response_header("content-encoding", None);
@@ -74,7 +78,13 @@ impl Flow {
         let is_event_stream = host
             .response_header("content-type")
             .is_some_and(|ct| ct.to_ascii_lowercase().contains("text/event-stream"));
-        if self.exchange.upstream_stream && is_event_stream {
+        // A stream relays to the client event by event; any other answer is read whole
+        // (a stream the provider's path forced on a client that asked for JSON, or one a
+        // response stage needs whole, is aggregated in `prepare_answer`).
+        let relay = self.exchange.upstream_stream
+            && self.exchange.client_stream
+            && !route.needs_whole_answer();
+        if relay && is_event_stream {
             let codec = route.provider.codec();
             let filters = route
                 .guards
@@ -98,6 +108,7 @@ impl Flow {
             return Action::Continue;
         }
         let changes_body = self.exchange.client_stream
+            || self.exchange.upstream_stream
             || route.response_stage(0).is_some()
             || route.provider.codec().translates_responses();
         if !changes_body {
@@ -237,10 +248,15 @@ impl Flow {
             .routes
             .get(self.route)
             .ok_or_else(super::internal_error)?;
-        let decoded = route
-            .provider
-            .codec()
-            .decode_response(body, &self.exchange)?;
+        let codec = route.provider.codec();
+        let decoded = if self.exchange.upstream_stream && !aggregate::looks_like_json(body) {
+            Some(aggregate::aggregate(
+                body,
+                codec.stream_decoder(&self.exchange),
+            )?)
+        } else {
+            codec.decode_response(body, &self.exchange)?
+        };
         let answer = match decoded {
             Some(answer) => answer,
             None => serde_json::from_slice::<Value>(body).map_err(|_| {
@@ -394,10 +410,16 @@ impl Flow {
         self.account(host);
     }
 
-    /// Envoy's last call for the stream: account an answer the client hung up on early.
+    /// Envoy's last call for the stream: account an answer the client hung up on early, and
+    /// charge budgets the request was admitted against but never charged (a later stage
+    /// rejected it, or it ended before any answer) with the usage seen so far, which also
+    /// releases what it held.
     pub fn on_log(&mut self, host: &mut dyn Host) {
         if matches!(self.state, State::Responding | State::ResponseCallout) {
             self.account(host);
+        }
+        if !self.notes.limit_tickets.is_empty() {
+            self.charge_limits(host);
         }
     }
 
@@ -430,6 +452,29 @@ impl Flow {
         ])
     }
 
+    /// Charges the budgets the request was admitted against with the usage seen so far (none
+    /// if the answer carried no usage): this also releases what the request held. Usage
+    /// reports to a rate limit service are sent without waiting for their replies.
+    pub(super) fn charge_limits(&mut self, host: &mut dyn Host) {
+        let plan = Rc::clone(&self.plan);
+        let Some(route) = plan.routes.get(self.route) else {
+            return;
+        };
+        let Some(limits) = &route.limits else {
+            return;
+        };
+        let usage = self.exchange_usage.unwrap_or_default();
+        for callout in limits.charge(&mut self.notes, usage, host) {
+            if let Err(reason) = host.dispatch_detached(&callout) {
+                log::warn!(
+                    "aigate: route {}: usage report to {} failed: {reason}",
+                    route.name,
+                    callout.cluster
+                );
+            }
+        }
+    }
+
     /// Once per answer: metrics, filter state, and budget charges.
     pub(super) fn account(&mut self, host: &mut dyn Host) {
         if self.accounted {
@@ -447,6 +492,7 @@ impl Flow {
             &metrics::name(metrics::OPERATION_DURATION_MS, &labels.as_refs()),
             elapsed,
         );
+        self.charge_limits(host);
         let Some(found) = self.exchange_usage else {
             return;
         };
@@ -468,17 +514,6 @@ impl Flow {
             &found.completion_tokens.to_string(),
         );
         host.set_filter_state(filter_state::TOTAL_TOKENS, &found.total_tokens.to_string());
-        if let Some(limits) = &route.limits {
-            for callout in limits.charge(&self.notes, found, host) {
-                if let Err(reason) = host.dispatch(&callout) {
-                    log::warn!(
-                        "aigate: route {}: usage report to {} failed: {reason}",
-                        route.name,
-                        callout.cluster
-                    );
-                }
-            }
-        }
     }
 }
 

@@ -94,26 +94,33 @@ impl StreamProcessor {
         }
         let mut openai_events = std::mem::take(&mut self.openai_events);
         openai_events.clear();
-        let mut result = Ok(());
+        let mut decoded = Ok(());
         for event in events.drain(..) {
-            result = match &mut self.decoder {
+            decoded = match &mut self.decoder {
                 Some(decoder) => decoder.on_event(&event, &mut openai_events),
                 None => {
                     openai_events.push(event);
                     Ok(())
                 }
             };
-            if result.is_err() {
+            if decoded.is_err() {
                 break;
             }
         }
-        if result.is_ok() && end_of_stream {
+        if decoded.is_ok() && end_of_stream {
             if let Some(decoder) = &mut self.decoder {
                 decoder.finish(&mut openai_events);
             }
         }
+        // What was decoded before an upstream error event still reaches the client.
+        let mut result = self.filter_and_write(
+            &mut openai_events,
+            end_of_stream && decoded.is_ok(),
+            &mut out,
+            host,
+        );
         if result.is_ok() {
-            result = self.filter_and_write(&mut openai_events, end_of_stream, &mut out, host);
+            result = decoded;
         }
         if let Err(error) = result {
             write_error_event(&error, &mut out);
