@@ -537,3 +537,30 @@ fn rls_failure_follows_the_failure_mode() {
     send(&mut flow, &mut host);
     assert_eq!(host.local_response.as_ref().map(|r| r.status), Some(503));
 }
+
+#[test]
+fn local_budget_is_checked_before_the_body_is_read() {
+    let plan = local(18);
+    let mut shared = RecordingHost::new();
+    let answer =
+        br#"{"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}}"#;
+    exchange(
+        &plan,
+        &mut shared,
+        "ann",
+        &chat(),
+        ("application/json", answer),
+    );
+    let mut flow = Flow::new(Rc::clone(&plan));
+    let mut host = request("ann", &chat(), &shared);
+    // The 429 comes from the headers phase: Envoy never opens an upstream request for it.
+    assert_eq!(flow.on_request_headers(&mut host, false), Action::Pause);
+    let reply = host.local_response.clone().expect("a local 429");
+    assert_eq!(reply.status, 429);
+    assert!(reply.headers.iter().any(|(name, _)| name == "retry-after"));
+    assert_eq!(
+        host.request_header(":authority"),
+        Some("gw"),
+        "upstream headers were never written"
+    );
+}

@@ -76,6 +76,13 @@ pub struct LimitPlan {
 }
 
 impl LimitPlan {
+    /// True when the budget check needs no callout (the local backend), so it can run as
+    /// soon as the request headers arrive: a client over budget then never causes an
+    /// upstream request, even in mode B.
+    pub fn checks_synchronously(&self) -> bool {
+        matches!(self.limits.backend, Backend::Local)
+    }
+
     pub fn compile(
         config: &LimitsConfig,
         route: &str,

@@ -81,6 +81,8 @@ pub struct Flow {
     exchange: Exchange,
     notes: Notes,
     next_stage: usize,
+    /// 1 when the budget check already ran in the headers phase.
+    first_body_stage: usize,
     pending_token: Option<u32>,
     response: Option<ResponseMode>,
     response_body_size: usize,
@@ -111,6 +113,7 @@ impl Flow {
             exchange: Exchange::default(),
             notes: Notes::default(),
             next_stage: 0,
+            first_body_stage: 0,
             pending_token: None,
             response: None,
             response_body_size: 0,
@@ -245,6 +248,24 @@ impl Flow {
             );
         }
         self.state = State::ReadingRequest;
+        if let Some(limits) = route.limits.as_ref().filter(|l| l.checks_synchronously()) {
+            let step = {
+                let mut ctx = RequestCtx {
+                    route_name: &route.name,
+                    request_headers: &self.request_headers,
+                    body: &mut self.body,
+                    exchange: &mut self.exchange,
+                    notes: &mut self.notes,
+                    host,
+                };
+                limits.check.start(&mut ctx)
+            };
+            match step {
+                Step::Next => self.first_body_stage = 1,
+                Step::Reject(error) => return self.reject(host, error),
+                Step::Call(_) => {} // not synchronous after all: it runs with the body
+            }
+        }
         if self.plan.allow_on_headers_stop_iteration {
             // Headers are held until the body is read, so they may depend on it.
             Action::Pause
@@ -313,7 +334,7 @@ impl Flow {
             Ok(()) => {}
             Err(error) => return self.reject(host, error),
         }
-        self.next_stage = 0;
+        self.next_stage = self.first_body_stage;
         match self.run_request_stages(host) {
             Progress::Done => Action::Continue,
             Progress::Waiting | Progress::Rejected => Action::Pause,
