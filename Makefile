@@ -3,6 +3,9 @@
 #   make test        toolchain + lint + unit + e2e (what CI runs)
 #   make run         mock provider on :8001 + Envoy with the filter on :10000
 #   make e2e PYTEST_ARGS='-k smoke -x'
+#   make release     size-optimised filter (wasm-opt) in dist/plugin.wasm;  make oci  its OCI image
+#   make cli         the native `aigate` CLI (check / explain) in target/release/aigate
+#   make soak        minutes of mixed traffic through Envoy, memory figures (not part of `test`)
 #   make bench       plain Envoy vs Envoy + aigate, side by side (BENCH_QUICK=1: ~1 minute)
 #
 # Python tooling lives in .venv (created from integration/requirements.txt).
@@ -22,7 +25,7 @@ PYTEST_ARGS  ?=
 
 BENCH_TARGET := target/bench
 
-.PHONY: venv toolchain wasm lint unit e2e test run bench bench-tools bench-profile wrk
+.PHONY: venv toolchain wasm lint unit e2e test run cli wasm-opt release oci soak bench bench-tools bench-profile wrk
 
 ## venv: .venv with the e2e requirements (re-installs only when they change)
 venv: $(VENV_STAMP)
@@ -38,16 +41,63 @@ toolchain:
 	rustup target add $(WASM_TARGET)
 	rustup component add clippy rustfmt
 
-## wasm: the filter
+## wasm: the filter (--lib: the aigate CLI bin is native only and must not overwrite aigate.wasm)
 wasm:
-	cargo build --release --target $(WASM_TARGET)
+	cargo build --release --target $(WASM_TARGET) --lib
 	@ls -l $(WASM)
+
+## cli: the native aigate CLI (aigate check CONFIG.json, aigate explain CONFIG.json REQUEST.json)
+cli:
+	cargo build --release --bin aigate
+	@ls -l target/release/aigate
+
+# wasm-opt from Debian's binaryen. The features are those rustc enables for wasm32-wasip1
+# (`rustc --print cfg --target wasm32-wasip1`); without them wasm-opt refuses memory.copy.
+DIST           := dist
+RELEASE_WASM   := $(DIST)/plugin.wasm
+WASM_OPT       ?= wasm-opt
+WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
+                  --enable-nontrapping-float-to-int --enable-mutable-globals --enable-reference-types --enable-multivalue
+OCI_IMAGE      ?= aigate
+OCI_TAG        ?= $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n1)
+
+## wasm-opt: dist/plugin.wasm, the filter shrunk by wasm-opt (a plain copy if binaryen is missing)
+wasm-opt: wasm
+	mkdir -p $(DIST)
+	@if command -v $(WASM_OPT) >/dev/null 2>&1; then \
+	  $(WASM_OPT) $(WASM_OPT_FLAGS) $(WASM) -o $(RELEASE_WASM); \
+	else \
+	  echo "wasm-opt not found (apt-get install binaryen): dist/plugin.wasm is the unoptimised build"; \
+	  cp $(WASM) $(RELEASE_WASM); \
+	fi
+	@echo "size: $$(stat -c %s $(WASM)) bytes (cargo) -> $$(stat -c %s $(RELEASE_WASM)) bytes ($(RELEASE_WASM))"
+
+## release: the size-optimised filter plus its sha256, ready for `make oci` or a plain Envoy
+release: wasm-opt
+	cd $(DIST) && sha256sum plugin.wasm > plugin.wasm.sha256 && cat plugin.wasm.sha256
+
+## oci: the OCI image (Dockerfile: FROM scratch + plugin.wasm) with docker, podman or buildah; else the commands
+oci: release
+	cp Dockerfile $(DIST)/Dockerfile
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+	  docker build -t $(OCI_IMAGE):$(OCI_TAG) $(DIST); \
+	elif command -v podman >/dev/null 2>&1; then \
+	  podman build -t $(OCI_IMAGE):$(OCI_TAG) $(DIST); \
+	elif command -v buildah >/dev/null 2>&1; then \
+	  buildah bud -t $(OCI_IMAGE):$(OCI_TAG) $(DIST); \
+	else \
+	  echo "no docker, podman or buildah here; build and push the image with one of:"; \
+	  echo "  docker build -t REGISTRY/$(OCI_IMAGE):$(OCI_TAG) $(DIST) && docker push REGISTRY/$(OCI_IMAGE):$(OCI_TAG)"; \
+	  echo "  oras push REGISTRY/$(OCI_IMAGE):$(OCI_TAG) --artifact-type application/vnd.module.wasm.content.layer.v1+wasm \\"; \
+	  echo "       $(RELEASE_WASM):application/vnd.module.wasm.content.layer.v1+wasm"; \
+	fi
 
 ## lint: formatting and clippy, native and wasm
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) --lib -- -D warnings
+	cargo clippy --target $(WASM_TARGET) --lib --features phase-profile -- -D warnings
 
 ## unit: native Rust tests
 unit:
@@ -56,6 +106,11 @@ unit:
 ## e2e: real Envoy + mocks + real clients
 e2e: venv wasm bench-tools
 	$(VENV_PY) -m pytest integration/tests -q $(PYTEST_ARGS)
+
+## soak: minutes of mixed traffic through Envoy; prints RSS and Wasm memory over time (SOAK_ARGS='--seconds 300')
+SOAK_ARGS ?=
+soak: venv wasm
+	$(VENV_PY) -m integration.soak $(SOAK_ARGS)
 
 ## test: everything, in order
 test:
@@ -102,7 +157,7 @@ bench-tools:
 
 ## bench-profile: aigate with per-phase timing inside the VM (the bench's "where the time goes" pass)
 bench-profile:
-	cargo build --release --target $(WASM_TARGET) --features phase-profile --target-dir $(BENCH_TARGET)/profile
+	cargo build --release --target $(WASM_TARGET) --lib --features phase-profile --target-dir $(BENCH_TARGET)/profile
 
 ## wrk: the load generator, from Debian's packages when missing
 wrk:

@@ -127,6 +127,10 @@ impl Host for CountingHost {
         self.count("dispatch");
         self.inner.dispatch(callout)
     }
+    fn dispatch_detached(&mut self, callout: &Callout) -> Result<(), String> {
+        self.count("dispatch_detached");
+        self.inner.dispatch_detached(callout)
+    }
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         self.count("get_property");
         self.inner.property(path)

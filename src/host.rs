@@ -61,6 +61,13 @@ pub trait Host {
     /// Starts a callout; the reply arrives later through the flow's `on_callout_reply`.
     fn dispatch(&mut self, callout: &Callout) -> Result<u32, String>;
 
+    /// Starts a callout whose reply nobody waits for (a usage report). Unlike `dispatch`, it
+    /// must outlive the request: Envoy cancels a stream's pending callouts when the stream
+    /// ends, so the glue starts it on behalf of the root context.
+    fn dispatch_detached(&mut self, callout: &Callout) -> Result<(), String> {
+        self.dispatch(callout).map(|_| ())
+    }
+
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
     /// Sets `wasm.<name>` filter state, readable in access logs as `%FILTER_STATE(wasm.<name>:PLAIN)%`.
     fn set_filter_state(&mut self, name: &str, value: &str);

@@ -4,8 +4,11 @@
 //! pipeline runs natively in tests through the `host::Host` trait.
 
 pub mod api;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod cli;
 pub mod config;
 pub mod counting_host;
+pub mod encoding;
 pub mod error;
 pub mod find;
 pub mod guards;

@@ -79,3 +79,24 @@ fn not_json_is_refused() {
     assert!(parse_and_compile(b"routes: []", &env).is_err());
     assert!(parse_and_compile(b"", &env).is_err());
 }
+
+/// Every complete plugin config shown in the README is one the filter accepts.
+#[test]
+fn readme_configs_are_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let placeholder = |_: &str| Some("placeholder".to_string());
+    let mut checked = 0;
+    for block in readme.split("```json\n").skip(1) {
+        let json = block.split("```").next().unwrap();
+        if json.trim_start().starts_with("{\"routes\"") {
+            parse_and_compile(json.as_bytes(), &placeholder)
+                .unwrap_or_else(|e| panic!("README config: {e}\n{json}"));
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 1,
+        "the README shows at least one complete config"
+    );
+}

@@ -62,6 +62,7 @@ fn a_typical_request_writes_only_the_headers_that_change() {
             ("authorization", "Bearer sk-client"),
             ("content-type", "application/json"),
             ("content-length", "68"),
+            ("accept-encoding", "identity"),
         ],
         CHAT,
     );
@@ -69,6 +70,10 @@ fn a_typical_request_writes_only_the_headers_that_change() {
     send(&mut flow, &mut host);
     // :authority, the credential (replacing the client's), content-length: nothing else.
     assert_eq!(header_writes(&host), 3, "{:?}", host.calls());
+    assert_eq!(
+        host.inner.request_header("accept-encoding"),
+        Some("identity")
+    );
     let inner = &host.inner;
     assert_eq!(inner.request_header(":authority"), Some("upstream.local"));
     assert_eq!(inner.request_header(":path"), Some("/v1/chat/completions"));
@@ -104,7 +109,7 @@ fn headers_that_differ_are_still_written() {
     assert_eq!(inner.request_header(":path"), Some("/v1/chat/completions"));
     assert_eq!(inner.request_header("x-api-key"), None);
     assert_eq!(inner.request_header("api-key"), None);
-    assert_eq!(inner.request_header("accept-encoding"), None);
+    assert_eq!(inner.request_header("accept-encoding"), Some("identity"));
     let content_types: Vec<_> = inner
         .request_headers
         .iter()
@@ -261,10 +266,11 @@ fn a_json_answer_reads_one_header_and_no_empty_chunk() {
     ];
     host.reset_counts();
     flow.on_response_headers(&mut host, false);
-    // The status only: content-type matters only for a stream the filter asked for.
+    // The status and content-encoding only: content-type matters only for a stream the
+    // filter asked for.
     assert_eq!(
         host.count_of("get_response_header"),
-        1,
+        2,
         "{:?}",
         host.calls()
     );
@@ -280,5 +286,26 @@ fn a_json_answer_reads_one_header_and_no_empty_chunk() {
             .get("aigate.total_tokens")
             .map(String::as_str),
         Some("7")
+    );
+}
+
+#[test]
+fn a_client_without_accept_encoding_gets_identity_asked_for() {
+    let mut host = host(
+        &[
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            (":authority", "localhost:10000"),
+            ("content-type", "application/json"),
+        ],
+        CHAT,
+    );
+    let mut flow = Flow::new(plan());
+    send(&mut flow, &mut host);
+    // :authority, the credential, accept-encoding.
+    assert_eq!(header_writes(&host), 3, "{:?}", host.calls());
+    assert_eq!(
+        host.inner.request_header("accept-encoding"),
+        Some("identity")
     );
 }

@@ -151,7 +151,7 @@ fn chat_request_gets_key_and_upstream_headers() {
         Some("Bearer sk-server-secret")
     );
     assert_eq!(host.request_header("content-length"), None);
-    assert_eq!(host.request_header("accept-encoding"), None);
+    assert_eq!(host.request_header("accept-encoding"), Some("identity"));
     let upstream = body_json(&host.request_body);
     assert_eq!(upstream["model"], "gpt-4o-mini");
     assert_eq!(

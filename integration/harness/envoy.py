@@ -36,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WASM = "target/wasm32-wasip1/release/aigate.wasm"
 
 # Names of the filter-state values the filter sets (CONFIG/DESIGN: readable by access logs).
-FILTER_STATE_KEYS = ("route", "provider", "model", "prompt_tokens", "completion_tokens", "total_tokens")
+FILTER_STATE_KEYS = ("route", "provider", "model", "prompt_tokens", "completion_tokens", "total_tokens", "outcome")
 
 # Every Envoy started by this module and not yet stopped (for failure reports).
 LIVE_ENVOYS: "weakref.WeakSet[Envoy]" = weakref.WeakSet()
@@ -209,7 +209,7 @@ def access_log_format() -> dict[str, str]:
 # Label keys the filter encodes into its metric names (`aigate.<key>.<value>...<metric>`, see
 # src/metrics.rs). Each becomes a Prometheus label through a `stats_tags` rule; envoy/*.yaml
 # carry the same rules (test_envoy_configs checks they agree).
-METRIC_LABELS = ("route", "provider", "model", "token_type", "guard", "outcome", "code", "transformer", "limit")
+METRIC_LABELS = ("route", "provider", "model", "token_type", "guard", "side", "outcome", "code", "transformer", "limit")
 
 
 def aigate_stats_tags() -> list[dict[str, str]]:

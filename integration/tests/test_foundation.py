@@ -282,3 +282,32 @@ def test_mode_a_path_follows_the_body(envoy_mode_a, mock):
 def test_mode_b_refuses_body_dependent_path(expect_rejected, mock):
     result = expect_rejected(plugin_config={"routes": MODE_A["routes"]}, env={"AZ": "x"}, clusters={"mock_llm": mock})
     assert result.rejected and "allow_on_headers_stop_iteration" in result.log
+
+
+def test_embeddings_and_legacy_completions_are_governed_too(client, mock, envoy):
+    mock.enqueue(
+        200,
+        {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.25, 0.5]}],
+         "model": "gpt-4o-mini", "usage": {"prompt_tokens": 3, "total_tokens": 3}},
+        path="/v1/embeddings",
+    )
+    logged = len(envoy.access_log())
+    result = client.embeddings.create(model="fast", input="embed me")
+    assert result.data[0].embedding == [0.25, 0.5]
+    seen = mock.last
+    assert (seen.path, seen.json["model"], seen.headers["authorization"]) == ("/v1/embeddings", "gpt-4o-mini", f"Bearer {SECRET}")
+    entry = envoy.wait_access_log(logged + 1)[-1]
+    assert entry["aigate_total_tokens"] == "3"
+
+    mock.enqueue(
+        200,
+        {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "gpt-4o",
+         "choices": [{"index": 0, "text": "hi!", "finish_reason": "stop", "logprobs": None}],
+         "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}},
+        path="/v1/completions",
+    )
+    completion = client.completions.create(model="smart", prompt="Say hi")
+    assert completion.choices[0].text == "hi!"
+    assert (mock.last.path, mock.last.json["model"]) == ("/v1/completions", "gpt-4o")
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="smart", prompt=None)

@@ -231,10 +231,14 @@ fn compile_route(
         env,
     )?;
     let shaping = Shaping::compile(&route.request, &format!("{path}.request"))?;
-    let guards = GuardPlan::compile(&route.guards, &format!("{path}.guards"), env)?;
+    let guards = GuardPlan::compile(&route.guards, &format!("{path}.guards"), &route.name, env)?;
     let transform = TransformPlan::compile(&route.transform, &format!("{path}.transform"), env)?;
     let limits = match &route.limits {
-        Some(limits) => Some(LimitPlan::compile(limits, &format!("{path}.limits"))?),
+        Some(limits) => Some(LimitPlan::compile(
+            limits,
+            &route.name,
+            &format!("{path}.limits"),
+        )?),
         None => None,
     };
     let sets_status = guards.response.iter().any(|stage| stage.sets_status())

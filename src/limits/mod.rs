@@ -1,27 +1,436 @@
 //! Token budgets per key, local or through a rate limit service (CONFIG.md Limits).
+//!
+//! The check runs as the first request stage: it finds each limit's key, asks the backend,
+//! records a `Ticket` per budget in `Notes` and the `x-ratelimit-*` headers for the answer,
+//! or rejects. Once the answer's usage is known the pipeline calls `charge` (and on stream
+//! end, `charge` again with nothing: that only releases what an unanswered request held).
 
-use crate::config::model::LimitsConfig;
+pub mod headers;
+pub mod keys;
+pub mod ledger;
+pub mod local;
+pub mod proto;
+pub mod rls;
+pub mod window;
+
+use std::collections::BTreeSet;
+use std::rc::Rc;
+
+use crate::config::model::{BackendConfig, FailureMode, LimitsConfig};
 use crate::config::ConfigError;
-use crate::host::{Callout, Host};
-use crate::pipeline::stage::{Notes, RequestStage};
+use crate::host::{Callout, CalloutReply, Host};
+use crate::metrics;
+use crate::pipeline::stage::{Notes, RequestCtx, RequestStage, Step};
 use crate::usage::Usage;
+use headers::Standing;
+use keys::KeySource;
+use ledger::{Admission, Budget};
+use rls::{RlsBackend, Verdict};
+use window::Window;
+
+/// `limit.outcomes` values.
+pub mod outcome {
+    pub const ALLOWED: &str = "allowed";
+    pub const OVER_LIMIT: &str = "over_limit";
+    pub const IN_FLIGHT: &str = "over_limit_in_flight";
+    pub const BACKEND_FAILED_OPEN: &str = "backend_failed_open";
+    pub const BACKEND_FAILED_CLOSED: &str = "backend_failed_closed";
+    pub const CAPACITY_EXCEEDED: &str = "capacity_exceeded";
+    pub const CHARGE_FAILED: &str = "charge_failed";
+}
+
+/// One budget a request was admitted against, to charge when its usage is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    /// Index of the limit in the route's `tokens`.
+    pub limit: usize,
+    pub key: String,
+    /// The local backend's hold for this request.
+    pub hold: Option<u32>,
+}
+
+#[derive(Debug)]
+struct TokenLimit {
+    name: String,
+    key: KeySource,
+    budget: Budget,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Local,
+    Rls(RlsBackend),
+}
+
+#[derive(Debug)]
+struct Limits {
+    route: String,
+    limits: Vec<TokenLimit>,
+    backend: Backend,
+}
 
 #[derive(Debug)]
 pub struct LimitPlan {
     pub check: Box<dyn RequestStage>,
+    limits: Rc<Limits>,
 }
 
 impl LimitPlan {
-    pub fn compile(_config: &LimitsConfig, path: &str) -> Result<LimitPlan, ConfigError> {
-        Err(ConfigError::new(
-            path,
-            "limits are not supported by this build yet",
-        ))
+    /// True when the budget check needs no callout (the local backend), so it can run as
+    /// soon as the request headers arrive: a client over budget then never causes an
+    /// upstream request, even in mode B.
+    pub fn checks_synchronously(&self) -> bool {
+        matches!(self.limits.backend, Backend::Local)
     }
 
-    /// Charges the answer's tokens to the keys the check recorded. A callout returned here is
-    /// sent without waiting for its reply (rate limit service reports).
-    pub fn charge(&self, _notes: &Notes, _usage: Usage, _host: &mut dyn Host) -> Vec<Callout> {
-        Vec::new()
+    pub fn compile(
+        config: &LimitsConfig,
+        route: &str,
+        path: &str,
+    ) -> Result<LimitPlan, ConfigError> {
+        let mut names = BTreeSet::new();
+        let mut limits = Vec::with_capacity(config.tokens.len());
+        for (index, token) in config.tokens.iter().enumerate() {
+            let at = format!("{path}.tokens[{index}]");
+            if token.name.trim().is_empty() {
+                return Err(ConfigError::new(format!("{at}.name"), "must not be empty"));
+            }
+            if !names.insert(token.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{at}.name"),
+                    format!("duplicate limit name '{}'", token.name),
+                ));
+            }
+            if token.limit == 0 {
+                return Err(ConfigError::new(
+                    format!("{at}.limit"),
+                    "must be at least 1",
+                ));
+            }
+            if token.window_ms == 0 {
+                return Err(ConfigError::new(
+                    format!("{at}.window_ms"),
+                    "must be at least 1",
+                ));
+            }
+            limits.push(TokenLimit {
+                name: token.name.clone(),
+                key: KeySource::compile(&token.key, &format!("{at}.key"))?,
+                budget: Budget {
+                    limit: token.limit,
+                    window_ms: token.window_ms,
+                },
+            });
+        }
+        let backend = match &config.backend {
+            BackendConfig::Local => Backend::Local,
+            BackendConfig::Rls(rls) => {
+                let at = format!("{path}.backend.rls");
+                if rls.cluster.trim().is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{at}.cluster"),
+                        "must name an Envoy cluster",
+                    ));
+                }
+                if rls.domain.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{at}.domain"),
+                        "must not be empty",
+                    ));
+                }
+                if rls.timeout_ms == 0 {
+                    return Err(ConfigError::new(
+                        format!("{at}.timeout_ms"),
+                        "must be at least 1",
+                    ));
+                }
+                Backend::Rls(RlsBackend {
+                    cluster: rls.cluster.clone(),
+                    domain: rls.domain.clone(),
+                    timeout_ms: rls.timeout_ms,
+                    failure_mode: rls.failure_mode,
+                })
+            }
+        };
+        let limits = Rc::new(Limits {
+            route: route.to_string(),
+            limits,
+            backend,
+        });
+        Ok(LimitPlan {
+            check: Box::new(Check(Rc::clone(&limits))),
+            limits,
+        })
+    }
+
+    /// Creates the local backend's shared data before traffic (see `local::prepare`).
+    pub fn prepare(&self, host: &mut dyn Host) {
+        if let Backend::Local = self.limits.backend {
+            for limit in &self.limits.limits {
+                local::prepare(host, &self.limits.route, &limit.name);
+            }
+        }
+    }
+
+    /// Charges the answer's tokens to the budgets the check admitted the request against,
+    /// releasing what it held. Takes the tickets out of `notes`, so a second call is a no-op.
+    /// A callout returned here is sent without waiting for its reply (rate limit service reports).
+    pub fn charge(&self, notes: &mut Notes, usage: Usage, host: &mut dyn Host) -> Vec<Callout> {
+        let tickets = std::mem::take(&mut notes.limit_tickets);
+        if tickets.is_empty() {
+            return Vec::new();
+        }
+        let tokens = usage.total_tokens;
+        let limits = &self.limits;
+        match &limits.backend {
+            Backend::Local => {
+                let now_ms = host.now_ms();
+                for ticket in &tickets {
+                    let Some(limit) = limits.limits.get(ticket.limit) else {
+                        continue;
+                    };
+                    let shard = local::shard_name(&limits.route, &limit.name, &ticket.key);
+                    let result = local::update(host, &shard, |table| {
+                        table.settle(&ticket.key, limit.budget, now_ms, ticket.hold, tokens)
+                    });
+                    if result.is_err() {
+                        limits.count(host, &limit.name, outcome::CHARGE_FAILED);
+                    }
+                }
+                Vec::new()
+            }
+            Backend::Rls(backend) if tokens > 0 => {
+                let hits = u32::try_from(tokens).unwrap_or(u32::MAX);
+                vec![backend.callout(&limits.descriptors(&tickets), hits)]
+            }
+            Backend::Rls(_) => Vec::new(),
+        }
+    }
+}
+
+impl Limits {
+    fn count(&self, host: &mut dyn Host, limit: &str, outcome: &str) {
+        let name = metrics::name(
+            metrics::LIMIT_OUTCOMES,
+            &[
+                ("route", &self.route),
+                ("limit", limit),
+                ("outcome", outcome),
+            ],
+        );
+        host.counter_add(&name, 1);
+    }
+
+    fn descriptors(&self, tickets: &[Ticket]) -> Vec<Vec<(String, String)>> {
+        tickets
+            .iter()
+            .filter_map(|ticket| {
+                let limit = self.limits.get(ticket.limit)?;
+                Some(rls::descriptor(&self.route, &limit.name, &ticket.key))
+            })
+            .collect()
+    }
+
+    fn name_of(&self, index: usize) -> &str {
+        self.limits
+            .get(index)
+            .map(|l| l.name.as_str())
+            .unwrap_or_default()
+    }
+
+    /// Local backend: admit against every budget, or against none (holds taken for earlier
+    /// budgets are given back when a later one refuses).
+    fn check_local(&self, ctx: &mut RequestCtx<'_>) -> Step {
+        let now_ms = ctx.host.now_ms();
+        let mut tickets: Vec<Ticket> = Vec::with_capacity(self.limits.len());
+        let mut standings = Vec::with_capacity(self.limits.len());
+        for (index, limit) in self.limits.iter().enumerate() {
+            let key = limit.key.value(ctx.request_headers, &*ctx.host);
+            let shard = local::shard_name(&self.route, &limit.name, &key);
+            let hold_id = hold_id(now_ms, index);
+            let admission = local::update(ctx.host, &shard, |table| {
+                table.admit(&key, limit.budget, now_ms, hold_id)
+            });
+            let reset_ms = Window::at(now_ms, limit.budget.window_ms).reset_after_ms(now_ms);
+            let standing = |used: u64| Standing {
+                limit: limit.budget.limit,
+                remaining: limit.budget.limit.saturating_sub(used),
+                reset_ms,
+            };
+            let refusal = match admission {
+                Ok(Admission::Allowed { used, hold }) => {
+                    self.count(ctx.host, &limit.name, outcome::ALLOWED);
+                    standings.push(standing(used));
+                    tickets.push(Ticket {
+                        limit: index,
+                        key,
+                        hold: Some(hold.id),
+                    });
+                    continue;
+                }
+                Ok(Admission::OverLimit { used }) => {
+                    standings.push(standing(used));
+                    (
+                        outcome::OVER_LIMIT,
+                        headers::exceeded(&limit.name, standing(used)),
+                    )
+                }
+                Ok(Admission::InFlight { used }) => {
+                    standings.push(standing(used));
+                    (outcome::IN_FLIGHT, headers::in_flight(&limit.name))
+                }
+                Ok(Admission::Full) => (outcome::CAPACITY_EXCEEDED, headers::unavailable()),
+                Err(error) => {
+                    log::warn!(
+                        "aigate: route {}: limit {}: shared data: {error:?}",
+                        self.route,
+                        limit.name
+                    );
+                    (outcome::BACKEND_FAILED_CLOSED, headers::unavailable())
+                }
+            };
+            self.count(ctx.host, &limit.name, refusal.0);
+            self.release(ctx.host, &tickets);
+            ctx.notes.response_headers.extend(headers_for(standings));
+            return Step::Reject(refusal.1);
+        }
+        ctx.notes.response_headers.extend(headers_for(standings));
+        ctx.notes.limit_tickets.extend(tickets);
+        Step::Next
+    }
+
+    /// Gives back holds taken for a request that another budget refused. A failure only
+    /// leaves a hold to expire.
+    fn release(&self, host: &mut dyn Host, tickets: &[Ticket]) {
+        for ticket in tickets {
+            let (Some(limit), Some(hold)) = (self.limits.get(ticket.limit), ticket.hold) else {
+                continue;
+            };
+            let shard = local::shard_name(&self.route, &limit.name, &ticket.key);
+            let _ = local::update(host, &shard, |table| table.release(&ticket.key, hold));
+        }
+    }
+
+    fn on_rls_reply(
+        &self,
+        backend: &RlsBackend,
+        ctx: &mut RequestCtx<'_>,
+        reply: &CalloutReply,
+    ) -> Step {
+        let now_ms = ctx.host.now_ms();
+        let budgets: Vec<Budget> = self.limits.iter().map(|l| l.budget).collect();
+        match rls::verdict(reply, &budgets, now_ms) {
+            Verdict::Allowed(standings) => {
+                for limit in &self.limits {
+                    self.count(ctx.host, &limit.name, outcome::ALLOWED);
+                }
+                ctx.notes
+                    .response_headers
+                    .extend(headers_for(standings.into_iter().flatten()));
+                Step::Next
+            }
+            Verdict::Over { index, standings } => {
+                let name = self.name_of(index).to_string();
+                self.count(ctx.host, &name, outcome::OVER_LIMIT);
+                ctx.notes.limit_tickets.clear();
+                let fallback = self.limits.get(index).map(|limit| Standing {
+                    limit: limit.budget.limit,
+                    remaining: 0,
+                    reset_ms: Window::at(now_ms, limit.budget.window_ms).reset_after_ms(now_ms),
+                });
+                let over = standings.get(index).copied().flatten().or(fallback);
+                let over = over
+                    .map(|s| Standing { remaining: 0, ..s })
+                    .unwrap_or(Standing {
+                        limit: 0,
+                        remaining: 0,
+                        reset_ms: 1_000,
+                    });
+                ctx.notes
+                    .response_headers
+                    .extend(headers_for(standings.into_iter().flatten().chain([over])));
+                Step::Reject(headers::exceeded(&name, over))
+            }
+            Verdict::Failed => {
+                log::warn!(
+                    "aigate: route {}: rate limit service on cluster {} failed (status {}, grpc {:?})",
+                    self.route,
+                    backend.cluster,
+                    reply.status,
+                    reply.grpc_status
+                );
+                match backend.failure_mode {
+                    FailureMode::Open => {
+                        for limit in &self.limits {
+                            self.count(ctx.host, &limit.name, outcome::BACKEND_FAILED_OPEN);
+                        }
+                        Step::Next
+                    }
+                    FailureMode::Closed => {
+                        for limit in &self.limits {
+                            self.count(ctx.host, &limit.name, outcome::BACKEND_FAILED_CLOSED);
+                        }
+                        ctx.notes.limit_tickets.clear();
+                        Step::Reject(headers::unavailable())
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn headers_for(standings: impl IntoIterator<Item = Standing>) -> Vec<(String, String)> {
+    headers::tightest(standings)
+        .map(headers::headers)
+        .unwrap_or_default()
+}
+
+/// Tells this request's holds apart from other requests' on the same key. Random where the
+/// host has entropy; otherwise derived from the time (collisions then only merge two holds).
+fn hold_id(now_ms: u64, index: usize) -> u32 {
+    let mut bytes = [0u8; 4];
+    if getrandom::getrandom(&mut bytes).is_ok() {
+        return u32::from_le_bytes(bytes);
+    }
+    (now_ms as u32)
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(index as u32)
+}
+
+/// The first request stage of a limited route.
+#[derive(Debug)]
+struct Check(Rc<Limits>);
+
+impl RequestStage for Check {
+    fn start(&self, ctx: &mut RequestCtx<'_>) -> Step {
+        let limits = &self.0;
+        if limits.limits.is_empty() {
+            return Step::Next;
+        }
+        match &limits.backend {
+            Backend::Local => limits.check_local(ctx),
+            Backend::Rls(backend) => {
+                let tickets: Vec<Ticket> = limits
+                    .limits
+                    .iter()
+                    .enumerate()
+                    .map(|(index, limit)| Ticket {
+                        limit: index,
+                        key: limit.key.value(ctx.request_headers, &*ctx.host),
+                        hold: None,
+                    })
+                    .collect();
+                let callout = backend.callout(&limits.descriptors(&tickets), 0);
+                ctx.notes.limit_tickets.extend(tickets);
+                Step::Call(callout)
+            }
+        }
+    }
+
+    fn on_reply(&self, ctx: &mut RequestCtx<'_>, reply: &CalloutReply) -> Step {
+        match &self.0.backend {
+            Backend::Rls(backend) => self.0.on_rls_reply(backend, ctx, reply),
+            Backend::Local => Step::Next,
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! body (JSON: translate, usage, response stages; stream: event by event) → accounting.
 //! Every host interaction goes through `Host`, so all of it runs natively in tests.
 
+pub mod aggregate;
 pub mod matching;
 pub mod stage;
 pub mod stream;
@@ -80,12 +81,16 @@ pub struct Flow {
     exchange: Exchange,
     notes: Notes,
     next_stage: usize,
+    /// 1 when the budget check already ran in the headers phase.
+    first_body_stage: usize,
     pending_token: Option<u32>,
     response: Option<ResponseMode>,
     response_body_size: usize,
     response_override: ResponseOverride,
     /// A response stage's verbatim replacement of the answer (a transformer's reply).
     raw_response: Option<Vec<u8>>,
+    /// The answer's `content-encoding` when not identity: decoded wherever the filter reads it.
+    response_encoding: Option<String>,
     exchange_usage: Option<Usage>,
     headers_held: bool,
     first_byte_recorded: bool,
@@ -108,11 +113,13 @@ impl Flow {
             exchange: Exchange::default(),
             notes: Notes::default(),
             next_stage: 0,
+            first_body_stage: 0,
             pending_token: None,
             response: None,
             response_body_size: 0,
             response_override: ResponseOverride::default(),
             raw_response: None,
+            response_encoding: None,
             exchange_usage: None,
             headers_held: false,
             first_byte_recorded: false,
@@ -241,6 +248,24 @@ impl Flow {
             );
         }
         self.state = State::ReadingRequest;
+        if let Some(limits) = route.limits.as_ref().filter(|l| l.checks_synchronously()) {
+            let step = {
+                let mut ctx = RequestCtx {
+                    route_name: &route.name,
+                    request_headers: &self.request_headers,
+                    body: &mut self.body,
+                    exchange: &mut self.exchange,
+                    notes: &mut self.notes,
+                    host,
+                };
+                limits.check.start(&mut ctx)
+            };
+            match step {
+                Step::Next => self.first_body_stage = 1,
+                Step::Reject(error) => return self.reject(host, error),
+                Step::Call(_) => {} // not synchronous after all: it runs with the body
+            }
+        }
         if self.plan.allow_on_headers_stop_iteration {
             // Headers are held until the body is read, so they may depend on it.
             Action::Pause
@@ -291,9 +316,11 @@ impl Flow {
         for (name, value) in provider.extra_headers() {
             host.set_request_header(name, Some(&value));
         }
-        // The body is rewritten, and the answer must be readable (not compressed).
+        // The body is rewritten, and the answer must be readable (not compressed). Without
+        // the header a server may pick any encoding (RFC 9110 12.5.3), so ask for identity;
+        // an answer compressed anyway is decoded where the filter reads it (`encoding`).
         remove(host, "content-length");
-        remove(host, "accept-encoding");
+        set(host, "accept-encoding", "identity");
         set(host, "content-type", "application/json");
     }
 
@@ -325,7 +352,7 @@ impl Flow {
             Ok(()) => {}
             Err(error) => return self.reject(host, error),
         }
-        self.next_stage = 0;
+        self.next_stage = self.first_body_stage;
         match self.run_request_stages(host) {
             Progress::Done => Action::Continue,
             Progress::Waiting | Progress::Rejected => Action::Pause,
@@ -341,11 +368,16 @@ impl Flow {
         api::validate(self.operation, &body)?;
         let requested = body.get("model").and_then(Value::as_str);
         let model = route.provider.resolve_model(requested)?.unwrap_or_default();
+        route.provider.check_model_name(&model)?;
         if let Some(object) = body.as_object_mut() {
             object.insert("model".into(), Value::String(model.clone()));
         }
         let client_stream = self.operation != Operation::Embeddings && api::is_stream(&body);
-        let upstream_stream = client_stream && !route.needs_whole_answer();
+        let upstream_stream = route.provider.upstream_stream(
+            client_stream,
+            route.needs_whole_answer(),
+            !self.plan.allow_on_headers_stop_iteration,
+        );
         let now_ms = self.started_ms; // read in the headers phase: one clock read fewer
         self.exchange = Exchange {
             model: model.clone(),

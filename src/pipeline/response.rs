@@ -5,10 +5,12 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
+use super::aggregate;
 use super::stage::{ResponseCtx, Step};
 use super::stream::{self, StreamProcessor};
 use super::{filter_state, Action, Flow, Progress, ResponseMode, State};
 use crate::config::Route;
+use crate::encoding;
 use crate::error::ApiError;
 use crate::host::Host;
 use crate::metrics;
@@ -55,7 +57,13 @@ impl Flow {
             .response_header(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
-        if !(200..300).contains(&status) {
+        self.response_encoding = host
+            .response_header("content-encoding")
+            .filter(|value| !encoding::is_identity(Some(value)));
+        if (200..300).contains(&status) {
+            // Replaced by an error code if the answer is rejected or cut short later.
+            host.set_filter_state(filter_state::OUTCOME, "ok");
+        } else {
             self.response = Some(ResponseMode::Error(status));
             host.set_response_header("content-length", None);
             host.set_response_header("content-encoding", None);
@@ -76,7 +84,13 @@ impl Flow {
         let is_event_stream = content_type
             .as_deref()
             .is_some_and(|ct| ct.to_ascii_lowercase().contains("text/event-stream"));
-        if self.exchange.upstream_stream && is_event_stream {
+        // A stream relays to the client event by event; any other answer is read whole
+        // (a stream the provider's path forced on a client that asked for JSON, or one a
+        // response stage needs whole, is aggregated in `prepare_answer`).
+        let relay = self.exchange.upstream_stream
+            && self.exchange.client_stream
+            && !route.needs_whole_answer();
+        if relay && is_event_stream {
             let codec = route.provider.codec();
             let filters = route
                 .guards
@@ -102,6 +116,7 @@ impl Flow {
             return Action::Continue;
         }
         let changes_body = self.exchange.client_stream
+            || self.exchange.upstream_stream
             || route.response_stage(0).is_some()
             || route.provider.codec().translates_responses();
         if !changes_body {
@@ -113,6 +128,7 @@ impl Flow {
         }
         self.response = Some(ResponseMode::BufferJson);
         host.set_response_header("content-length", None);
+        host.set_response_header("content-encoding", None);
         host.set_response_header(
             "content-type",
             Some(if self.exchange.client_stream {
@@ -161,7 +177,9 @@ impl Flow {
                     }
                 }
                 if end_of_stream {
-                    if let Some(found) = usage::from_json(&copy) {
+                    let decoded = encoding::decode(self.response_encoding.as_deref(), &copy)
+                        .unwrap_or_default();
+                    if let Some(found) = usage::from_json(&decoded) {
                         self.exchange_usage = Some(found);
                     }
                     self.account(host);
@@ -196,7 +214,9 @@ impl Flow {
                 }
                 let body = host.response_body(0, body_size).unwrap_or_default();
                 self.response_body_size = body_size;
-                self.finish_error_response(host, status, &body);
+                let decoded =
+                    encoding::decode(self.response_encoding.as_deref(), &body).unwrap_or_default();
+                self.finish_error_response(host, status, &decoded);
                 Action::Continue
             }
             Some(ResponseMode::BufferJson) => {
@@ -206,6 +226,19 @@ impl Flow {
                 }
                 self.response_body_size = body_size;
                 let body = host.response_body(0, body_size).unwrap_or_default();
+                let body = match encoding::decode(self.response_encoding.as_deref(), &body) {
+                    Ok(decoded) => decoded.into_owned(),
+                    Err(reason) => {
+                        let error = ApiError::new(
+                            502,
+                            "api_error",
+                            "invalid_upstream_response",
+                            format!("The provider's answer can not be read: {reason}."),
+                        );
+                        self.replace_with_error(host, error);
+                        return Action::Continue;
+                    }
+                };
                 match self.prepare_answer(&body) {
                     Ok(()) => {}
                     Err(error) => {
@@ -230,10 +263,15 @@ impl Flow {
             .routes
             .get(self.route)
             .ok_or_else(super::internal_error)?;
-        let decoded = route
-            .provider
-            .codec()
-            .decode_response(body, &self.exchange)?;
+        let codec = route.provider.codec();
+        let decoded = if self.exchange.upstream_stream && !aggregate::looks_like_json(body) {
+            Some(aggregate::aggregate(
+                body,
+                codec.stream_decoder(&self.exchange),
+            )?)
+        } else {
+            codec.decode_response(body, &self.exchange)?
+        };
         let answer = match decoded {
             Some(answer) => answer,
             None => serde_json::from_slice::<Value>(body).map_err(|_| {
@@ -358,7 +396,9 @@ impl Flow {
     /// A rejection after the answer arrived: in-band for streams, else status and body replaced
     /// where headers are still held, else body replaced.
     fn replace_with_error(&mut self, host: &mut dyn Host, error: ApiError) {
-        let bytes = if self.exchange.client_stream {
+        // A streaming client whose answer has not started (headers still held) gets a plain
+        // error status, which SDKs raise before reading any stream.
+        let bytes = if self.exchange.client_stream && !self.headers_held {
             let mut out = Vec::new();
             stream::write_error_event(&error, &mut out);
             out
@@ -378,16 +418,23 @@ impl Flow {
     fn finish_error_response(&mut self, host: &mut dyn Host, status: u16, body: &[u8]) {
         let Some(route) = self.route() else { return };
         let error = route.provider.codec().decode_error(status, body);
-        host.replace_response_body(0, body.len(), &error.body());
+        // The buffered size, not `body.len()`: the body may have been decoded.
+        host.replace_response_body(0, self.response_body_size, &error.body());
         host.set_filter_state(filter_state::OUTCOME, &format!("upstream_{status}"));
         self.count_error(host, &format!("upstream_{status}"));
         self.account(host);
     }
 
-    /// Envoy's last call for the stream: account an answer the client hung up on early.
+    /// Envoy's last call for the stream: account an answer the client hung up on early, and
+    /// charge budgets the request was admitted against but never charged (a later stage
+    /// rejected it, or it ended before any answer) with the usage seen so far, which also
+    /// releases what it held.
     pub fn on_log(&mut self, host: &mut dyn Host) {
         if matches!(self.state, State::Responding | State::ResponseCallout) {
             self.account(host);
+        }
+        if !self.notes.limit_tickets.is_empty() {
+            self.charge_limits(host);
         }
     }
 
@@ -420,6 +467,29 @@ impl Flow {
         ])
     }
 
+    /// Charges the budgets the request was admitted against with the usage seen so far (none
+    /// if the answer carried no usage): this also releases what the request held. Usage
+    /// reports to a rate limit service are sent without waiting for their replies.
+    pub(super) fn charge_limits(&mut self, host: &mut dyn Host) {
+        let plan = Rc::clone(&self.plan);
+        let Some(route) = plan.routes.get(self.route) else {
+            return;
+        };
+        let Some(limits) = &route.limits else {
+            return;
+        };
+        let usage = self.exchange_usage.unwrap_or_default();
+        for callout in limits.charge(&mut self.notes, usage, host) {
+            if let Err(reason) = host.dispatch_detached(&callout) {
+                log::warn!(
+                    "aigate: route {}: usage report to {} failed: {reason}",
+                    route.name,
+                    callout.cluster
+                );
+            }
+        }
+    }
+
     /// Once per answer: metrics, filter state, and budget charges.
     pub(super) fn account(&mut self, host: &mut dyn Host) {
         if self.accounted {
@@ -437,6 +507,7 @@ impl Flow {
             &metrics::name(metrics::OPERATION_DURATION_MS, &labels.as_refs()),
             elapsed,
         );
+        self.charge_limits(host);
         let Some(found) = self.exchange_usage else {
             return;
         };
@@ -458,17 +529,6 @@ impl Flow {
             &found.completion_tokens.to_string(),
         );
         host.set_filter_state(filter_state::TOTAL_TOKENS, &found.total_tokens.to_string());
-        if let Some(limits) = &route.limits {
-            for callout in limits.charge(&self.notes, found, host) {
-                if let Err(reason) = host.dispatch(&callout) {
-                    log::warn!(
-                        "aigate: route {}: usage report to {} failed: {reason}",
-                        route.name,
-                        callout.cluster
-                    );
-                }
-            }
-        }
     }
 }
 

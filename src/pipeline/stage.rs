@@ -26,8 +26,8 @@ pub enum Step {
 pub struct Notes {
     /// Headers to add to the client's response (for example `x-ratelimit-*`).
     pub response_headers: Vec<(String, String)>,
-    /// Budget keys that were checked, to charge once usage is known: (limit index, key).
-    pub limit_keys: Vec<(usize, String)>,
+    /// Budgets the request was admitted against, to charge once usage is known.
+    pub limit_tickets: Vec<crate::limits::Ticket>,
 }
 
 /// Everything a request stage may look at or change.

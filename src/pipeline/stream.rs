@@ -96,26 +96,33 @@ impl StreamProcessor {
         }
         let mut openai_events = std::mem::take(&mut self.openai_events);
         openai_events.clear();
-        let mut result = Ok(());
+        let mut decoded = Ok(());
         for event in events.drain(..) {
-            result = match &mut self.decoder {
+            decoded = match &mut self.decoder {
                 Some(decoder) => decoder.on_event(&event, &mut openai_events),
                 None => {
                     openai_events.push(event);
                     Ok(())
                 }
             };
-            if result.is_err() {
+            if decoded.is_err() {
                 break;
             }
         }
-        if result.is_ok() && end_of_stream {
+        if decoded.is_ok() && end_of_stream {
             if let Some(decoder) = &mut self.decoder {
                 decoder.finish(&mut openai_events);
             }
         }
+        // What was decoded before an upstream error event still reaches the client.
+        let mut result = self.filter_and_write(
+            &mut openai_events,
+            end_of_stream && decoded.is_ok(),
+            &mut out,
+            host,
+        );
         if result.is_ok() {
-            result = self.filter_and_write(&mut openai_events, end_of_stream, &mut out, host);
+            result = decoded;
         }
         if let Err(error) = result {
             write_error_event(&error, &mut out);
@@ -152,18 +159,24 @@ impl StreamProcessor {
             }
             current.push(event);
         }
-        for filter in &mut self.filters {
-            let mut next = Vec::with_capacity(current.len());
-            for event in current.drain(..) {
-                filter.on_event(event, &mut next, host)?;
+        // Event by event through the whole chain, written at once: when a filter fails, what
+        // the chain already released still reaches the client before the error event.
+        for event in current {
+            let released = run_filters(&mut self.filters, 0, vec![event], host)?;
+            for event in &released {
+                event.write_to(out);
             }
-            if end_of_stream {
-                filter.finish(&mut next, host)?;
-            }
-            current = next;
         }
-        for event in &current {
-            event.write_to(out);
+        if end_of_stream {
+            for index in 0..self.filters.len() {
+                let mut flushed = Vec::new();
+                if let Some(filter) = self.filters.get_mut(index) {
+                    filter.finish(&mut flushed, host)?;
+                }
+                for event in &run_filters(&mut self.filters, index + 1, flushed, host)? {
+                    event.write_to(out);
+                }
+            }
         }
         Ok(())
     }
@@ -180,6 +193,23 @@ impl StreamProcessor {
             self.saw_content = true;
         }
     }
+}
+
+/// Passes `events` through `filters[from..]`.
+fn run_filters(
+    filters: &mut [Box<dyn EventFilter>],
+    from: usize,
+    mut events: Vec<SseEvent>,
+    host: &mut dyn Host,
+) -> Result<Vec<SseEvent>, ApiError> {
+    for filter in filters.iter_mut().skip(from) {
+        let mut next = Vec::with_capacity(events.len());
+        for event in events {
+            filter.on_event(event, &mut next, host)?;
+        }
+        events = next;
+    }
+    Ok(events)
 }
 
 /// A chunk that carries only usage (`choices: []`), as OpenAI sends for `include_usage`.

@@ -19,6 +19,7 @@ pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 pub const STREAM_REQUEST: u32 = 0;
 pub const STREAM_RESPONSE: u32 = 1;
 pub const METRIC_COUNTER: u32 = 0;
+pub const METRIC_GAUGE: u32 = 1;
 pub const METRIC_HISTOGRAM: u32 = 2;
 
 const STATUS_OK: u32 = 0;
@@ -72,6 +73,7 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
         path_size: usize,
@@ -211,6 +213,12 @@ pub fn send_local_response(
 
 pub fn continue_stream(stream_type: u32) -> Result<(), u32> {
     status(unsafe { proxy_continue_stream(stream_type) })
+}
+
+/// Makes the following host calls act for context `context_id` (for example, start a
+/// callout that belongs to the root context and so outlives the current stream).
+pub fn set_effective_context(context_id: u32) -> Result<(), u32> {
+    status(unsafe { proxy_set_effective_context(context_id) })
 }
 
 fn serialize_path(path: &[&str]) -> Vec<u8> {

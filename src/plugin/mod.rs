@@ -18,7 +18,12 @@ use crate::pipeline::{Action, Flow};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root {
+            id: context_id,
+            ..Root::default()
+        })
+    });
 }}
 
 /// Metric ids are per VM (per worker); defining a metric is cached by name.
@@ -26,6 +31,7 @@ type MetricIds = Rc<RefCell<HashMap<String, u32>>>;
 
 #[derive(Default)]
 struct Root {
+    id: u32,
     plan: Option<Rc<Plan>>,
     metrics: MetricIds,
 }
@@ -50,6 +56,14 @@ impl RootContext for Root {
         match config::parse_and_compile(&bytes, &env) {
             Ok(plan) => {
                 log::info!("aigate: configured {} route(s)", plan.routes.len());
+                let mut host = WasmHost {
+                    metrics: Rc::clone(&self.metrics),
+                    root_id: self.id,
+                    stream_id: self.id,
+                };
+                for limits in plan.routes.iter().filter_map(|route| route.limits.as_ref()) {
+                    limits.prepare(&mut host);
+                }
                 self.plan = Some(Rc::new(plan));
                 true
             }
@@ -60,17 +74,41 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        record_memory(&self.metrics);
         Some(Box::new(Stream {
             flow: self.plan.as_ref().map(|plan| Flow::new(Rc::clone(plan))),
             host: WasmHost {
                 metrics: Rc::clone(&self.metrics),
+                root_id: self.id,
+                stream_id: context_id,
             },
         }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// The gauge `aigate.wasm_memory_bytes`: this VM's linear memory, updated as each request
+/// starts (workers overwrite each other: it shows the last one). A soak run watches it for
+/// growth per request; linear memory never shrinks, so a leak shows as a climbing value.
+const MEMORY_GAUGE: &str = "aigate.wasm_memory_bytes";
+
+fn record_memory(metrics: &MetricIds) {
+    let bytes = core::arch::wasm32::memory_size(0) as u64 * 65_536;
+    let id = metrics.borrow().get(MEMORY_GAUGE).copied();
+    let id = match id {
+        Some(id) => Some(id),
+        None => abi::define_metric(abi::METRIC_GAUGE, MEMORY_GAUGE)
+            .ok()
+            .inspect(|id| {
+                metrics.borrow_mut().insert(MEMORY_GAUGE.to_string(), *id);
+            }),
+    };
+    if let Some(id) = id {
+        let _ = abi::record_metric(id, bytes);
     }
 }
 
@@ -188,6 +226,11 @@ impl HttpContext for Stream {
 
 struct WasmHost {
     metrics: MetricIds,
+    /// The root context of this VM: it lives as long as the VM, so callouts started for it
+    /// survive the stream that asked for them.
+    root_id: u32,
+    /// The stream this host acts for (the root's own id at configure time).
+    stream_id: u32,
 }
 
 impl WasmHost {
@@ -305,6 +348,17 @@ impl Host for WasmHost {
                 .map_err(|status| format!("{status:?}"))
             }
         }
+    }
+
+    fn dispatch_detached(&mut self, callout: &Callout) -> Result<(), String> {
+        if self.root_id == self.stream_id || abi::set_effective_context(self.root_id).is_err() {
+            return self.dispatch(callout).map(|_| ());
+        }
+        let result = self.dispatch(callout).map(|_| ());
+        if let Err(status) = abi::set_effective_context(self.stream_id) {
+            log::warn!("aigate: cannot return to the stream context after a detached callout (host status {status})");
+        }
+        result
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {

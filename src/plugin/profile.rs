@@ -224,6 +224,9 @@ mod timed {
         fn dispatch(&mut self, callout: &Callout) -> Result<u32, String> {
             self.time("dispatch", |h| h.dispatch(callout))
         }
+        fn dispatch_detached(&mut self, callout: &Callout) -> Result<(), String> {
+            self.time("dispatch_detached", |h| h.dispatch_detached(callout))
+        }
         fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
             self.time_ref("get_property", |h| h.property(path))
         }

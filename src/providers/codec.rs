@@ -80,20 +80,28 @@ pub trait StreamDecoder {
 }
 
 static OPENAI_CODEC: super::openai::OpenAiCodec = super::openai::OpenAiCodec;
+static ANTHROPIC_CODEC: super::anthropic::AnthropicCodec = super::anthropic::AnthropicCodec;
+static GEMINI_CODEC: super::gemini::GeminiCodec = super::gemini::GeminiCodec;
 
 pub fn for_kind(kind: ProviderKind) -> &'static dyn Codec {
     match kind {
         ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::OpenaiCompatible => {
             &OPENAI_CODEC
         }
-        ProviderKind::Anthropic | ProviderKind::Gemini => &OPENAI_CODEC,
+        ProviderKind::Anthropic => &ANTHROPIC_CODEC,
+        ProviderKind::Gemini => &GEMINI_CODEC,
     }
 }
 
+/// Every kind has a codec in this build; kept so a build without one can refuse the config.
 pub fn is_available(kind: ProviderKind) -> bool {
     matches!(
         kind,
-        ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::OpenaiCompatible
+        ProviderKind::Openai
+            | ProviderKind::AzureOpenai
+            | ProviderKind::OpenaiCompatible
+            | ProviderKind::Anthropic
+            | ProviderKind::Gemini
     )
 }
 

@@ -2,7 +2,10 @@
 //! path, credential header) plus one `Codec` per wire format that translates requests,
 //! answers, streams and errors between the OpenAI chat-completions API and the native API.
 
+mod anthropic;
 mod codec;
+mod common;
+mod gemini;
 mod openai;
 
 use std::collections::BTreeMap;
@@ -198,6 +201,20 @@ impl Provider {
             }
             _ => None,
         };
+        if let Some(anthropic) = &config.anthropic {
+            if anthropic.version.trim().is_empty() {
+                return Err(ConfigError::new(
+                    format!("{path}.anthropic.version"),
+                    "must not be empty",
+                ));
+            }
+            if anthropic.max_tokens == 0 {
+                return Err(ConfigError::new(
+                    format!("{path}.anthropic.max_tokens"),
+                    "must be greater than 0",
+                ));
+            }
+        }
         let anthropic = config
             .anthropic
             .as_ref()
@@ -268,20 +285,71 @@ impl Provider {
         }
     }
 
-    /// The model a request will use when only the config can tell (headers phase).
-    fn model_known_from_config(&self) -> Option<&str> {
-        self.model.as_deref()
-    }
-
-    fn path_depends_on_body(&self) -> bool {
-        let needs_model = self.path.contains("{model}")
+    /// True when the model goes into the upstream path (Gemini, Azure without a fixed
+    /// deployment).
+    fn path_uses_model(&self) -> bool {
+        self.path.contains("{model}")
             || (self.path.contains("{deployment}")
                 && self
                     .azure
                     .as_ref()
                     .and_then(|a| a.deployment.as_ref())
-                    .is_none());
-        needs_model && self.model_known_from_config().is_none()
+                    .is_none())
+    }
+
+    /// True when the upstream path itself chooses streaming (a `{method}` placeholder, as
+    /// Gemini's `generateContent` / `streamGenerateContent`).
+    pub fn stream_in_path(&self) -> bool {
+        self.path.contains("{method}")
+    }
+
+    /// Whether the provider is asked for a stream. Normally when the client streams and no
+    /// response stage needs the whole answer first. When the path chooses streaming but was
+    /// written before the body was read (`path_written_early`: mode B), it was written for
+    /// a stream, so the answer always is one; the filter aggregates it for a client that
+    /// asked for JSON.
+    pub fn upstream_stream(
+        &self,
+        client_stream: bool,
+        needs_whole_answer: bool,
+        path_written_early: bool,
+    ) -> bool {
+        if path_written_early && self.stream_in_path() {
+            return true;
+        }
+        client_stream && !needs_whole_answer
+    }
+
+    /// The model a request will use when only the config can tell (headers phase).
+    fn model_known_from_config(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// Checks a model name before it goes into the upstream path or the access log: no
+    /// control characters anywhere, and only path-safe characters where the path carries it
+    /// (so `../admin` or `x?y` cannot reshape the upstream URL).
+    pub fn check_model_name(&self, model: &str) -> Result<(), ApiError> {
+        if model.chars().any(char::is_control) {
+            return Err(ApiError::invalid_request(
+                "invalid_value",
+                "Invalid parameter 'model': must not contain control characters.",
+            ));
+        }
+        let in_path = self.path_depends_on_body();
+        let path_safe =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@');
+        if in_path && (!model.chars().all(path_safe) || model.starts_with('.')) {
+            return Err(ApiError::invalid_request(
+                "invalid_value",
+                "Invalid parameter 'model': this route puts the model in the upstream path, so it may only contain \
+                 ASCII letters, digits, '-', '_', '.', ':' and '@'.",
+            ));
+        }
+        Ok(())
+    }
+
+    fn path_depends_on_body(&self) -> bool {
+        self.path_uses_model() && self.model_known_from_config().is_none()
     }
 
     /// The `:path` sent upstream. `model` is None in the headers phase when the body is not
@@ -307,14 +375,17 @@ impl Provider {
                 .unwrap_or(model);
             path = path.replace("{deployment}", deployment);
         }
-        if path.contains("{method}") {
+        let stream_query = if path.contains("{method}") {
             path = path.replace("{method}", self.codec().stream_method(stream));
-        }
+            self.codec().stream_query(stream)
+        } else {
+            None
+        };
         if let Some(azure) = &self.azure {
             let separator = if path.contains('?') { '&' } else { '?' };
             path = format!("{path}{separator}api-version={}", azure.api_version);
         }
-        if let Some(query) = self.codec().stream_query(stream) {
+        if let Some(query) = stream_query {
             let separator = if path.contains('?') { '&' } else { '?' };
             path = format!("{path}{separator}{query}");
         }
@@ -343,5 +414,7 @@ impl Provider {
     }
 }
 
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;

@@ -89,6 +89,18 @@ fn config_errors_name_paths() {
             json!({"kind":"openai","auth":{"none":true},"azure":{}}),
             "p.azure",
         ),
+        (
+            json!({"kind":"openai","auth":{"none":true},"anthropic":{}}),
+            "p.anthropic",
+        ),
+        (
+            json!({"kind":"anthropic","auth":{"none":true},"anthropic":{"max_tokens":0}}),
+            "p.anthropic.max_tokens",
+        ),
+        (
+            json!({"kind":"anthropic","auth":{"none":true},"anthropic":{"version":" "}}),
+            "p.anthropic.version",
+        ),
     ];
     for (config, path) in cases {
         assert_eq!(
@@ -160,4 +172,30 @@ fn openai_codec_injects_stream_usage() {
         .unwrap();
     assert_eq!(body["stream"], false);
     assert!(body.get("stream_options").is_none());
+}
+
+#[test]
+fn model_names_are_checked_before_use() {
+    let by_model = provider(
+        json!({"kind":"azure_openai","authority":"r","auth":{"none":true}}),
+        true,
+    )
+    .unwrap();
+    assert!(by_model.check_model_name("gpt-4o_2024-08.06").is_ok());
+    for bad in ["../admin", "a/b", "x?y=1", "a b", ".hidden", "a\r\nx: y"] {
+        assert_eq!(
+            by_model.check_model_name(bad).unwrap_err().status,
+            400,
+            "{bad:?}"
+        );
+    }
+    let plain = provider(json!({"kind":"openai","auth":{"none":true}}), false).unwrap();
+    assert!(
+        plain.check_model_name("org/model name").is_ok(),
+        "only the body carries it"
+    );
+    assert!(
+        plain.check_model_name("bad\nmodel").is_err(),
+        "control characters never pass"
+    );
 }

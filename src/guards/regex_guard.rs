@@ -1,0 +1,288 @@
+//! The in-process regex guard: built-in PII detectors and named operator patterns, compiled
+//! once at configure time, that reject or mask (`<NAME>`) text on requests and answers.
+
+use std::rc::Rc;
+
+use serde_json::Value;
+
+use super::builtins::{self, next_char, Reach, Validator, Verdict};
+use super::engine::PatternSet;
+use super::outcome::GuardInfo;
+use super::text;
+use crate::config::model::{RegexAction, RegexGuardConfig};
+use crate::config::ConfigError;
+use crate::pipeline::stage::{RequestCtx, RequestStage, ResponseCtx, ResponseStage, Step};
+
+/// One thing the guard looks for.
+#[derive(Debug)]
+pub struct Detector {
+    /// `credit_card`, or the operator's pattern name.
+    pub name: String,
+    /// `<CREDIT_CARD>`.
+    pub placeholder: String,
+    pub reach: Reach,
+    validate: Option<Validator>,
+}
+
+/// A hit at byte offsets `start..end` of detector `detector`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    pub start: usize,
+    pub end: usize,
+    pub detector: usize,
+}
+
+/// All detectors of one guard, searched together.
+#[derive(Debug)]
+pub struct Scanner {
+    set: PatternSet,
+    detectors: Vec<Detector>,
+}
+
+impl Scanner {
+    pub fn compile(config: &RegexGuardConfig, path: &str) -> Result<Scanner, ConfigError> {
+        if config.builtins.is_empty() && config.patterns.is_empty() {
+            return Err(ConfigError::new(
+                path,
+                "give at least one of \"builtins\" or \"patterns\"",
+            ));
+        }
+        let mut patterns = Vec::new();
+        let mut detectors = Vec::new();
+        for (index, name) in config.builtins.iter().enumerate() {
+            let at = format!("{path}.builtins[{index}]");
+            let Some(builtin) = builtins::find(name) else {
+                return Err(ConfigError::new(
+                    at,
+                    format!(
+                        "unknown builtin {name:?}; known: {}",
+                        builtins::NAMES.join(", ")
+                    ),
+                ));
+            };
+            if config
+                .builtins
+                .get(..index)
+                .is_some_and(|seen| seen.contains(name))
+            {
+                return Err(ConfigError::new(at, format!("{name:?} is listed twice")));
+            }
+            patterns.push(builtin.pattern.to_string());
+            detectors.push(Detector {
+                name: builtin.name.to_string(),
+                placeholder: placeholder(builtin.name),
+                reach: builtin.reach,
+                validate: Some(builtin.validate),
+            });
+        }
+        for (index, pattern) in config.patterns.iter().enumerate() {
+            let at = format!("{path}.patterns[{index}]");
+            if pattern.name.is_empty()
+                || !pattern
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(ConfigError::new(
+                    format!("{at}.name"),
+                    "must be non-empty ASCII letters, digits, '_' or '-' (it becomes the <NAME> placeholder)",
+                ));
+            }
+            patterns.push(pattern.pattern.clone());
+            detectors.push(Detector {
+                name: pattern.name.clone(),
+                placeholder: placeholder(&pattern.name),
+                reach: Reach::Sentence,
+                validate: None,
+            });
+        }
+        let builtin_count = config.builtins.len();
+        let set = PatternSet::new(&patterns).map_err(|(index, err)| {
+            let at = match index.checked_sub(builtin_count) {
+                Some(custom) => format!("{path}.patterns[{custom}].pattern"),
+                None => format!("{path}.builtins[{index}]"),
+            };
+            ConfigError::new(at, err)
+        })?;
+        Ok(Scanner { set, detectors })
+    }
+
+    pub fn detectors(&self) -> &[Detector] {
+        &self.detectors
+    }
+
+    /// Appends the hits whose start is at or after `from`, leftmost first, without overlap:
+    /// after each hit every detector searches again from its end. Text before `from` is
+    /// context only (for validators and assertions such as `\b`).
+    pub fn scan(&self, text: &str, from: usize, hits: &mut Vec<Hit>) {
+        self.scan_up_to(text, from, hits, usize::MAX);
+    }
+
+    fn scan_up_to(&self, text: &str, from: usize, hits: &mut Vec<Hit>, limit: usize) {
+        let candidates: Vec<usize> = (0..self.set.len()).collect();
+        let mut next: Vec<Option<Hit>> = candidates
+            .iter()
+            .map(|&i| self.next_valid(i, text, from))
+            .collect();
+        while let Some(best) = next
+            .iter()
+            .flatten()
+            .min_by_key(|hit| (hit.start, hit.detector))
+            .copied()
+        {
+            hits.push(best);
+            if hits.len() >= limit {
+                return;
+            }
+            for (slot, &index) in next.iter_mut().zip(&candidates) {
+                if slot.is_some_and(|hit| hit.start < best.end) {
+                    *slot = self.next_valid(index, text, best.end);
+                }
+            }
+        }
+    }
+
+    /// The first validated hit of one detector at or after `from`.
+    fn next_valid(&self, index: usize, text: &str, from: usize) -> Option<Hit> {
+        let validate = self.detectors.get(index)?.validate;
+        let mut at = from;
+        while at <= text.len() {
+            let (start, end) = self.set.find_at(index, text, at)?;
+            let verdict = match validate {
+                _ if end == start => Verdict::Miss(next_char(text, start)),
+                Some(validate) => validate(text, start, end),
+                None => Verdict::Hit(end),
+            };
+            match verdict {
+                Verdict::Hit(end) if end > start => {
+                    return Some(Hit {
+                        start,
+                        end,
+                        detector: index,
+                    })
+                }
+                Verdict::Hit(_) => at = next_char(text, start),
+                Verdict::Miss(resume) => at = resume.max(next_char(text, start)),
+            }
+        }
+        None
+    }
+
+    pub fn has_hit(&self, text: &str) -> bool {
+        let mut hits = Vec::new();
+        self.scan_up_to(text, 0, &mut hits, 1);
+        !hits.is_empty()
+    }
+
+    /// `text[from..to]` with each hit (all inside that range) replaced by its placeholder.
+    pub fn replace(&self, text: &str, from: usize, to: usize, hits: &[Hit]) -> String {
+        let mut out = String::with_capacity(to.saturating_sub(from));
+        let mut at = from;
+        for hit in hits {
+            out.push_str(text.get(at..hit.start).unwrap_or_default());
+            if let Some(detector) = self.detectors.get(hit.detector) {
+                out.push_str(&detector.placeholder);
+            }
+            at = hit.end;
+        }
+        out.push_str(text.get(at..to).unwrap_or_default());
+        out
+    }
+
+    /// Masks every hit in place; true when something was masked.
+    pub fn mask(&self, text: &mut String) -> bool {
+        let mut hits = Vec::new();
+        self.scan(text, 0, &mut hits);
+        if hits.is_empty() {
+            return false;
+        }
+        *text = self.replace(text, 0, text.len(), &hits);
+        true
+    }
+}
+
+/// `credit_card` → `<CREDIT_CARD>`.
+fn placeholder(name: &str) -> String {
+    let upper: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("<{upper}>")
+}
+
+#[derive(Debug)]
+pub struct RegexGuard {
+    pub info: GuardInfo,
+    pub scanner: Scanner,
+    pub action: RegexAction,
+}
+
+impl RegexGuard {
+    /// Applies the guard to every text `visit_all` walks: masks, or rejects on the first hit.
+    fn apply(
+        &self,
+        body: &mut Value,
+        host: &mut dyn crate::host::Host,
+        visit_all: fn(&mut Value, &mut text::Visitor<'_>) -> bool,
+    ) -> Step {
+        match self.action {
+            RegexAction::Reject => {
+                let mut found = false;
+                visit_all(body, &mut |text: &mut String| {
+                    found = found || self.scanner.has_hit(text);
+                    false
+                });
+                if found {
+                    Step::Reject(self.info.block(host))
+                } else {
+                    Step::Next
+                }
+            }
+            RegexAction::Mask => {
+                if visit_all(body, &mut |text: &mut String| self.scanner.mask(text)) {
+                    self.info.masked(host);
+                }
+                Step::Next
+            }
+        }
+    }
+}
+
+/// The guard on the request's texts.
+#[derive(Debug)]
+pub struct RegexRequestStage(pub Rc<RegexGuard>);
+
+impl RequestStage for RegexRequestStage {
+    fn start(&self, ctx: &mut RequestCtx<'_>) -> Step {
+        self.0.apply(ctx.body, ctx.host, text::visit_request)
+    }
+}
+
+/// The guard on a whole answer (JSON, or one the filter re-streams). Streams go through
+/// `stream_mask::StreamMasker` instead.
+#[derive(Debug)]
+pub struct RegexResponseStage(pub Rc<RegexGuard>);
+
+impl ResponseStage for RegexResponseStage {
+    fn start(&self, ctx: &mut ResponseCtx<'_>) -> Step {
+        self.0.apply(ctx.body, ctx.host, text::visit_answer)
+    }
+
+    fn needs_whole_answer(&self) -> bool {
+        false
+    }
+
+    fn sets_status(&self) -> bool {
+        self.0.action == RegexAction::Reject
+    }
+}
+
+#[cfg(test)]
+#[path = "regex_guard_tests.rs"]
+pub(crate) mod tests;

@@ -1,0 +1,232 @@
+use super::*;
+use crate::config::model::NamedPatternConfig;
+
+pub(crate) fn scanner(builtins: &[&str], patterns: &[(&str, &str)]) -> Scanner {
+    let config = RegexGuardConfig {
+        name: None,
+        builtins: builtins.iter().map(|s| s.to_string()).collect(),
+        patterns: patterns
+            .iter()
+            .map(|(name, pattern)| NamedPatternConfig {
+                name: name.to_string(),
+                pattern: pattern.to_string(),
+            })
+            .collect(),
+        action: RegexAction::Mask,
+    };
+    Scanner::compile(&config, "g").unwrap()
+}
+
+fn masked(scanner: &Scanner, text: &str) -> String {
+    let mut text = text.to_string();
+    scanner.mask(&mut text);
+    text
+}
+
+fn assert_masks(builtin: &str, hits: &[&str], misses: &[&str]) {
+    let scanner = scanner(&[builtin], &[]);
+    let placeholder = placeholder(builtin);
+    for hit in hits {
+        let text = format!("before {hit} after");
+        assert_eq!(
+            masked(&scanner, &text),
+            format!("before {placeholder} after"),
+            "{builtin} should mask {hit:?}"
+        );
+        // At the very start and end of a text too.
+        assert_eq!(
+            masked(&scanner, hit),
+            placeholder,
+            "{builtin} alone: {hit:?}"
+        );
+    }
+    for miss in misses {
+        let text = format!("before {miss} after");
+        assert_eq!(
+            masked(&scanner, &text),
+            text,
+            "{builtin} should not mask {miss:?}"
+        );
+    }
+}
+
+#[test]
+fn ssn() {
+    assert_masks(
+        "ssn",
+        &["123-45-6789", "078-05-1120", "123 45 6789"],
+        &[
+            "000-12-3456",
+            "666-12-3456",
+            "900-12-3456",
+            "123-00-4567",
+            "123-45-0000",
+            "1234-56-7890",
+            "123-45-67890",
+            "123-45 6789",
+            "12-345-6789",
+        ],
+    );
+}
+
+#[test]
+fn credit_card_needs_luhn() {
+    assert_masks(
+        "credit_card",
+        &[
+            "4111111111111111",
+            "4111 1111 1111 1111",
+            "4111-1111-1111-1111",
+            "5555555555554444",
+            "378282246310005",
+            "3782 822463 10005",
+            "6011111111111117",
+        ],
+        &[
+            "4111111111111112",
+            "1234 5678 9012 3456",
+            "41111111111111111111",
+            "411111111111",
+            "4111 1111 1111 111",
+        ],
+    );
+}
+
+#[test]
+fn credit_card_followed_by_more_digits_keeps_the_card() {
+    let scanner = scanner(&["credit_card"], &[]);
+    assert_eq!(
+        masked(&scanner, "card 4111 1111 1111 1111 2024 ok"),
+        "card <CREDIT_CARD> 2024 ok"
+    );
+}
+
+#[test]
+fn email() {
+    assert_masks(
+        "email",
+        &[
+            "john.doe@example.com",
+            "a+tag@sub.example.co.uk",
+            "x_y%z@my-host.io",
+            "jörg@müller.de",
+            "иван@пример.com",
+        ],
+        &[
+            "john@localhost",
+            "@example.com",
+            "john.doe@",
+            "a@b.c",
+            "not an email",
+        ],
+    );
+    let scanner = scanner(&["email"], &[]);
+    assert_eq!(
+        masked(&scanner, "Write to <bob@example.org>."),
+        "Write to <<EMAIL>>."
+    );
+}
+
+#[test]
+fn phone_number() {
+    assert_masks(
+        "phone_number",
+        &[
+            "555-123-4567",
+            "(555) 123-4567",
+            "+1 555 123 4567",
+            "555.123.4567",
+            "5551234567",
+            "+44 20 7946 0958",
+            "+49 (30) 1234 5678",
+        ],
+        &[
+            "123-4567",
+            "155-123-4567",
+            "12345",
+            "+1 23",
+            "5551234567890123",
+        ],
+    );
+}
+
+#[test]
+fn ipv4() {
+    assert_masks(
+        "ipv4",
+        &["192.168.1.1", "10.0.0.255", "8.8.8.8", "255.255.255.255"],
+        &[
+            "256.1.1.1",
+            "1.2.3",
+            "1.2.3.4.5",
+            "192.168.1.1000",
+            "01.2.3.4.5",
+        ],
+    );
+    let scanner = scanner(&["ipv4"], &[]);
+    assert_eq!(masked(&scanner, "Host 10.0.0.1."), "Host <IPV4>.");
+}
+
+#[test]
+fn custom_patterns_are_named() {
+    let scanner = scanner(
+        &[],
+        &[
+            ("codename", r"(?i)project\s+falcon"),
+            ("ticket-id", "TCK-[0-9]+"),
+        ],
+    );
+    assert_eq!(
+        masked(&scanner, "About Project  Falcon and TCK-42."),
+        "About <CODENAME> and <TICKET_ID>."
+    );
+    assert_eq!(masked(&scanner, "nothing here"), "nothing here");
+}
+
+#[test]
+fn several_detectors_together_and_unicode() {
+    let scanner = scanner(
+        &["ssn", "credit_card", "email", "phone_number", "ipv4"],
+        &[("codename", "(?i)falcon")],
+    );
+    let text = "Grüße 🙂 — mail jörg.x@example.com, card 4111 1111 1111 1111, ssn 123-45-6789, \
+                call (555) 123-4567, host 10.1.2.3, FALCON ünd 日本語.";
+    assert_eq!(
+        masked(&scanner, text),
+        "Grüße 🙂 — mail <EMAIL>, card <CREDIT_CARD>, ssn <SSN>, call <PHONE_NUMBER>, host <IPV4>, <CODENAME> ünd 日本語."
+    );
+}
+
+#[test]
+fn empty_matches_are_ignored() {
+    let scanner = scanner(&[], &[("maybe", "x*")]);
+    assert_eq!(masked(&scanner, "a xx b"), "a <MAYBE> b");
+    assert_eq!(masked(&scanner, "ünï"), "ünï");
+}
+
+#[test]
+fn config_errors_name_the_path() {
+    let config = |builtins: Vec<&str>, patterns: Vec<(&str, &str)>| RegexGuardConfig {
+        name: None,
+        builtins: builtins.into_iter().map(String::from).collect(),
+        patterns: patterns
+            .into_iter()
+            .map(|(n, p)| NamedPatternConfig {
+                name: n.into(),
+                pattern: p.into(),
+            })
+            .collect(),
+        action: RegexAction::Mask,
+    };
+    let err = Scanner::compile(&config(vec!["ssn", "passport"], vec![]), "g").unwrap_err();
+    assert_eq!(err.path, "g.builtins[1]");
+    let err = Scanner::compile(&config(vec!["ssn", "ssn"], vec![]), "g").unwrap_err();
+    assert_eq!(err.path, "g.builtins[1]");
+    let err =
+        Scanner::compile(&config(vec![], vec![("a", "ok"), ("b", "(broken")]), "g").unwrap_err();
+    assert_eq!(err.path, "g.patterns[1].pattern");
+    let err = Scanner::compile(&config(vec![], vec![("bad name", "x")]), "g").unwrap_err();
+    assert_eq!(err.path, "g.patterns[0].name");
+    let err = Scanner::compile(&config(vec![], vec![]), "g").unwrap_err();
+    assert_eq!(err.path, "g");
+}

@@ -1,0 +1,153 @@
+//! `prepend` / `append`: fixed messages put before and after the client's own. Checked at
+//! configure time, so a bad message is a config error, never a 400 on every request.
+
+use serde_json::Value;
+
+use crate::config::ConfigError;
+
+/// Roles an operator may add: `tool`/`function` answers need a call id they can not know.
+const ROLES: [&str; 4] = ["system", "developer", "user", "assistant"];
+
+#[derive(Debug, Default)]
+pub struct Decorations {
+    prepend: Vec<Value>,
+    append: Vec<Value>,
+}
+
+impl Decorations {
+    pub fn compile(
+        prepend: &[Value],
+        append: &[Value],
+        path: &str,
+    ) -> Result<Decorations, ConfigError> {
+        for (key, messages) in [("prepend", prepend), ("append", append)] {
+            check_messages(messages, &format!("{path}.{key}"))?;
+        }
+        Ok(Decorations {
+            prepend: prepend.to_vec(),
+            append: append.to_vec(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prepend.is_empty() && self.append.is_empty()
+    }
+
+    /// Puts the messages around the client's. A body without a `messages` array (legacy
+    /// completions, embeddings) is left alone; validation reports a chat body without one.
+    pub fn apply(&self, body: &mut Value) {
+        if self.is_empty() {
+            return;
+        }
+        let Some(messages) = body.get_mut("messages").and_then(Value::as_array_mut) else {
+            return;
+        };
+        let mut decorated =
+            Vec::with_capacity(self.prepend.len() + messages.len() + self.append.len());
+        decorated.extend(self.prepend.iter().cloned());
+        decorated.append(messages);
+        decorated.extend(self.append.iter().cloned());
+        *messages = decorated;
+    }
+}
+
+/// Checks chat messages an operator wrote (also used for `messages` in defaults/overrides).
+pub fn check_messages(messages: &[Value], path: &str) -> Result<(), ConfigError> {
+    for (index, message) in messages.iter().enumerate() {
+        let at = format!("{path}[{index}]");
+        let Some(object) = message.as_object() else {
+            return Err(ConfigError::new(
+                at,
+                "must be a message object with \"role\" and \"content\"",
+            ));
+        };
+        match object.get("role").and_then(Value::as_str) {
+            Some(role) if ROLES.contains(&role) => {}
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{at}.role"),
+                    format!("must be one of {}", ROLES.join(", ")),
+                ))
+            }
+        }
+        match object.get("content") {
+            Some(Value::String(_)) => {}
+            Some(Value::Array(parts))
+                if parts
+                    .iter()
+                    .all(|part| part.get("type").is_some_and(Value::is_string)) => {}
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{at}.content"),
+                    "must be a string or an array of content parts (objects with a \"type\")",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn messages(value: Value) -> Vec<Value> {
+        value.as_array().cloned().unwrap()
+    }
+
+    #[test]
+    fn wraps_the_clients_messages() {
+        let d = Decorations::compile(
+            &messages(json!([{"role":"system","content":"terse"}])),
+            &messages(json!([{"role":"user","content":"English"}])),
+            "r",
+        )
+        .unwrap();
+        let mut body = json!({"messages":[{"role":"user","content":"hi"}]});
+        d.apply(&mut body);
+        let roles: Vec<&str> = body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["terse", "hi", "English"]);
+    }
+
+    #[test]
+    fn leaves_bodies_without_messages_alone() {
+        let d = Decorations::compile(
+            &messages(json!([{"role":"system","content":"x"}])),
+            &[],
+            "r",
+        )
+        .unwrap();
+        let mut body = json!({"prompt":"legacy"});
+        d.apply(&mut body);
+        assert_eq!(body, json!({"prompt":"legacy"}));
+    }
+
+    #[test]
+    fn bad_messages_are_config_errors_with_paths() {
+        let cases = [
+            (json!(["text"]), "r.prepend[0]"),
+            (json!([{"content":"x"}]), "r.prepend[0].role"),
+            (json!([{"role":"tool","content":"x"}]), "r.prepend[0].role"),
+            (
+                json!([{"role":"user","content":"x"},{"role":"user"}]),
+                "r.prepend[1].content",
+            ),
+            (
+                json!([{"role":"user","content":[{"text":"x"}]}]),
+                "r.prepend[0].content",
+            ),
+        ];
+        for (prepend, path) in cases {
+            let err = Decorations::compile(&messages(prepend), &[], "r").unwrap_err();
+            assert_eq!(err.path, path);
+        }
+        let err = Decorations::compile(&[], &messages(json!([5])), "r").unwrap_err();
+        assert_eq!(err.path, "r.append[0]");
+    }
+}
