@@ -170,3 +170,12 @@ wrk:
 ##   (knobs: BENCH_QUICK=1, BENCH_ROUTE=..., BENCH_ROUNDS=..., see integration/bench/run.py)
 bench: venv wasm bench-tools bench-profile wrk
 	$(VENV_PY) -m integration.bench
+
+## fuzz: each cargo-fuzz target in fuzz/ for FUZZ_SECONDS (needs the nightly toolchain; installs cargo-fuzz if missing)
+FUZZ_SECONDS ?= 30
+.PHONY: fuzz
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || cargo +nightly install cargo-fuzz --locked
+	cd fuzz && for target in config request sse flow; do \
+	  cargo +nightly fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 || exit 1; \
+	done
