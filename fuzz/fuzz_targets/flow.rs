@@ -21,14 +21,22 @@ const CONFIG: &str = r#"{"routes": [
 ]}"#;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, rest)) = data.split_first() else { return };
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
     let split = rest.len() / 2;
     let (body, answer) = rest.split_at(split);
     let env = |_: &str| None;
-    let Ok(plan) = parse_and_compile(CONFIG.as_bytes(), &env) else { return };
+    let Ok(plan) = parse_and_compile(CONFIG.as_bytes(), &env) else {
+        return;
+    };
     let mut flow = Flow::new(Rc::new(plan));
     let mut host = RecordingHost::new();
-    let path = if selector & 1 == 0 { "/a/v1/chat/completions" } else { "/v1/chat/completions" };
+    let path = if selector & 1 == 0 {
+        "/a/v1/chat/completions"
+    } else {
+        "/v1/chat/completions"
+    };
     host.request_headers = vec![
         (":method".into(), "POST".into()),
         (":path".into(), path.into()),
@@ -38,8 +46,15 @@ fuzz_target!(|data: &[u8]| {
     if flow.on_request_headers(&mut host, false) == Action::Continue
         && flow.on_request_body(&mut host, body.len(), true) == Action::Continue
     {
-        let content_type = if selector & 2 == 0 { "application/json" } else { "text/event-stream" };
-        host.response_headers = vec![(":status".into(), "200".into()), ("content-type".into(), content_type.into())];
+        let content_type = if selector & 2 == 0 {
+            "application/json"
+        } else {
+            "text/event-stream"
+        };
+        host.response_headers = vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), content_type.into()),
+        ];
         flow.on_response_headers(&mut host, false);
         let cut = usize::from(selector >> 2).min(answer.len());
         host.response_body = answer[..cut].to_vec();
@@ -53,7 +68,8 @@ fuzz_target!(|data: &[u8]| {
     }
     flow.on_log(&mut host);
     if let Some(reply) = &host.local_response {
-        let error: serde_json::Value = serde_json::from_slice(&reply.body).expect("local replies are JSON");
+        let error: serde_json::Value =
+            serde_json::from_slice(&reply.body).expect("local replies are JSON");
         assert!(error["error"]["message"].is_string(), "{error}");
     }
 });

@@ -6,7 +6,11 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(body) = parse_body(data) {
-        for operation in [Operation::ChatCompletions, Operation::Completions, Operation::Embeddings] {
+        for operation in [
+            Operation::ChatCompletions,
+            Operation::Completions,
+            Operation::Embeddings,
+        ] {
             let _ = validate(operation, &body);
         }
     }

@@ -5,7 +5,9 @@ use aigate::sse::SseParser;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&cut, stream)) = data.split_first() else { return };
+    let Some((&cut, stream)) = data.split_first() else {
+        return;
+    };
     let mut whole = Vec::new();
     let mut parser = SseParser::new();
     parser.push(stream, &mut whole);
