@@ -249,17 +249,7 @@ impl Flow {
         }
         self.state = State::ReadingRequest;
         if let Some(limits) = route.limits.as_ref().filter(|l| l.checks_synchronously()) {
-            let step = {
-                let mut ctx = RequestCtx {
-                    route_name: &route.name,
-                    request_headers: &self.request_headers,
-                    body: &mut self.body,
-                    exchange: &mut self.exchange,
-                    notes: &mut self.notes,
-                    host,
-                };
-                limits.check.start(&mut ctx)
-            };
+            let step = self.with_request_ctx(host, route, |ctx| limits.check.start(ctx));
             match step {
                 Step::Next => self.first_body_stage = 1,
                 Step::Reject(error) => return self.reject(host, error),
@@ -393,23 +383,59 @@ impl Flow {
         Ok(())
     }
 
+    /// Runs one call of a request stage with this request's context.
+    fn with_request_ctx(
+        &mut self,
+        host: &mut dyn Host,
+        route: &Route,
+        call: impl FnOnce(&mut RequestCtx<'_>) -> Step,
+    ) -> Step {
+        let mut ctx = RequestCtx {
+            route_name: &route.name,
+            request_headers: &self.request_headers,
+            body: &mut self.body,
+            exchange: &mut self.exchange,
+            notes: &mut self.notes,
+            host,
+        };
+        call(&mut ctx)
+    }
+
+    /// Runs one call of a response stage with this answer's context; keeps a verbatim
+    /// replacement body the stage set.
+    fn with_response_ctx(
+        &mut self,
+        host: &mut dyn Host,
+        route: &Route,
+        call: impl FnOnce(&mut ResponseCtx<'_>) -> Step,
+    ) -> Step {
+        let mut raw = None;
+        let step = {
+            let mut ctx = ResponseCtx {
+                route_name: &route.name,
+                request_headers: &self.request_headers,
+                body: &mut self.body,
+                raw_body: &mut raw,
+                exchange: &self.exchange,
+                notes: &mut self.notes,
+                overrides: &mut self.response_override,
+                host,
+            };
+            call(&mut ctx)
+        };
+        if raw.is_some() {
+            self.raw_response = raw;
+        }
+        step
+    }
+
     fn run_request_stages(&mut self, host: &mut dyn Host) -> Progress {
         let plan = Rc::clone(&self.plan);
         let Some(route) = plan.routes.get(self.route) else {
             return Progress::Done;
         };
         while let Some(stage) = route.request_stage(self.next_stage) {
-            let step = {
-                let mut ctx = RequestCtx {
-                    route_name: &route.name,
-                    request_headers: &self.request_headers,
-                    body: &mut self.body,
-                    exchange: &mut self.exchange,
-                    notes: &mut self.notes,
-                    host,
-                };
-                stage.start(&mut ctx)
-            };
+            let step = self.with_request_ctx(host, route, |ctx| stage.start(ctx));
             match self.follow_request_step(host, route, step) {
                 Some(progress) => return progress,
                 None => self.next_stage += 1,
@@ -446,15 +472,8 @@ impl Flow {
                         );
                         let reply = dispatch_failure_reply();
                         let stage = route.request_stage(self.next_stage)?;
-                        let mut ctx = RequestCtx {
-                            route_name: &route.name,
-                            request_headers: &self.request_headers,
-                            body: &mut self.body,
-                            exchange: &mut self.exchange,
-                            notes: &mut self.notes,
-                            host,
-                        };
-                        step = stage.on_reply(&mut ctx, &reply);
+                        step =
+                            self.with_request_ctx(host, route, |ctx| stage.on_reply(ctx, &reply));
                     }
                 },
             }
@@ -495,17 +514,7 @@ impl Flow {
                 let Some(stage) = route.request_stage(self.next_stage) else {
                     return;
                 };
-                let step = {
-                    let mut ctx = RequestCtx {
-                        route_name: &route.name,
-                        request_headers: &self.request_headers,
-                        body: &mut self.body,
-                        exchange: &mut self.exchange,
-                        notes: &mut self.notes,
-                        host,
-                    };
-                    stage.on_reply(&mut ctx, &reply)
-                };
+                let step = self.with_request_ctx(host, route, |ctx| stage.on_reply(ctx, &reply));
                 self.state = State::ReadingRequest;
                 let progress = match self.follow_request_step(host, route, step) {
                     Some(progress) => progress,
@@ -522,24 +531,7 @@ impl Flow {
                 let Some(stage) = route.response_stage(self.next_stage) else {
                     return;
                 };
-                let step = {
-                    let mut raw = None;
-                    let mut ctx = ResponseCtx {
-                        route_name: &route.name,
-                        request_headers: &self.request_headers,
-                        body: &mut self.body,
-                        raw_body: &mut raw,
-                        exchange: &self.exchange,
-                        notes: &mut self.notes,
-                        overrides: &mut self.response_override,
-                        host,
-                    };
-                    let step = stage.on_reply(&mut ctx, &reply);
-                    if raw.is_some() {
-                        self.raw_response = raw;
-                    }
-                    step
-                };
+                let step = self.with_response_ctx(host, route, |ctx| stage.on_reply(ctx, &reply));
                 self.state = State::Responding;
                 let progress = match self.follow_response_step(host, route, step) {
                     Some(progress) => progress,

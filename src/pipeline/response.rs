@@ -6,7 +6,7 @@ use std::rc::Rc;
 use serde_json::Value;
 
 use super::aggregate;
-use super::stage::{ResponseCtx, Step};
+use super::stage::Step;
 use super::stream::{self, StreamProcessor};
 use super::{filter_state, Action, Flow, Progress, ResponseMode, State};
 use crate::config::Route;
@@ -297,24 +297,7 @@ impl Flow {
             return Progress::Done;
         };
         while let Some(stage) = route.response_stage(self.next_stage) {
-            let step = {
-                let mut raw = None;
-                let mut ctx = ResponseCtx {
-                    route_name: &route.name,
-                    request_headers: &self.request_headers,
-                    body: &mut self.body,
-                    raw_body: &mut raw,
-                    exchange: &self.exchange,
-                    notes: &mut self.notes,
-                    overrides: &mut self.response_override,
-                    host,
-                };
-                let step = stage.start(&mut ctx);
-                if raw.is_some() {
-                    self.raw_response = raw;
-                }
-                step
-            };
+            let step = self.with_response_ctx(host, route, |ctx| stage.start(ctx));
             match self.follow_response_step(host, route, step) {
                 Some(progress) => return progress,
                 None => self.next_stage += 1,
@@ -351,21 +334,8 @@ impl Flow {
                         );
                         let reply = super::dispatch_failure_reply();
                         let stage = route.response_stage(self.next_stage)?;
-                        let mut raw = None;
-                        let mut ctx = ResponseCtx {
-                            route_name: &route.name,
-                            request_headers: &self.request_headers,
-                            body: &mut self.body,
-                            raw_body: &mut raw,
-                            exchange: &self.exchange,
-                            notes: &mut self.notes,
-                            overrides: &mut self.response_override,
-                            host,
-                        };
-                        step = stage.on_reply(&mut ctx, &reply);
-                        if raw.is_some() {
-                            self.raw_response = raw;
-                        }
+                        step =
+                            self.with_response_ctx(host, route, |ctx| stage.on_reply(ctx, &reply));
                     }
                 },
             }
