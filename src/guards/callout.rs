@@ -7,7 +7,7 @@ use super::outcome::GuardInfo;
 use crate::config::model::FailureMode;
 use crate::config::{Auth, Endpoint};
 use crate::host::{Callout, CalloutKind, CalloutReply, Host};
-use crate::pipeline::stage::Step;
+use crate::pipeline::stage::{RequestCtx, RequestStage, ResponseCtx, ResponseStage, Step};
 
 /// A JSON `POST` to the endpoint's cluster, with its own credential when it has one.
 pub fn post_json(
@@ -70,4 +70,48 @@ pub fn forwarded(names: &[String], request_headers: &[(String, String)]) -> Vec<
 /// A string a service chose to show the client, bounded.
 pub fn bounded(text: &str) -> String {
     crate::error::truncate_chars(text.trim(), 512)
+}
+
+/// A callout guard that sends the texts the model sees (or wrote) and judges the reply the
+/// same way on both sides: moderation and llm_check.
+pub trait TextVerdict: std::fmt::Debug {
+    /// The callout for these texts, or `Step::Next` when there is nothing to check.
+    fn call(&self, texts: Vec<String>) -> Step;
+    fn judge(&self, host: &mut dyn Host, reply: &CalloutReply) -> Step;
+}
+
+/// A `TextVerdict` on the prompt.
+#[derive(Debug)]
+pub struct OnRequest<G>(pub G);
+
+impl<G: TextVerdict> RequestStage for OnRequest<G> {
+    fn start(&self, ctx: &mut RequestCtx<'_>) -> Step {
+        self.0.call(super::text::request_texts(ctx.body))
+    }
+
+    fn on_reply(&self, ctx: &mut RequestCtx<'_>, reply: &CalloutReply) -> Step {
+        self.0.judge(ctx.host, reply)
+    }
+}
+
+/// A `TextVerdict` on the whole answer; it may reject, so it needs the status held (mode A).
+#[derive(Debug)]
+pub struct OnAnswer<G>(pub G);
+
+impl<G: TextVerdict> ResponseStage for OnAnswer<G> {
+    fn start(&self, ctx: &mut ResponseCtx<'_>) -> Step {
+        self.0.call(super::text::answer_texts(ctx.body))
+    }
+
+    fn on_reply(&self, ctx: &mut ResponseCtx<'_>, reply: &CalloutReply) -> Step {
+        self.0.judge(ctx.host, reply)
+    }
+
+    fn needs_whole_answer(&self) -> bool {
+        true
+    }
+
+    fn sets_status(&self) -> bool {
+        true
+    }
 }

@@ -151,8 +151,12 @@ fn compile_request(
             Box::new(RegexRequestStage(compile_regex(config, at, context)?))
         }
         GuardConfig::Webhook(config) => Box::new(compile_webhook(config, at, context)?),
-        GuardConfig::Moderation(config) => Box::new(compile_moderation(config, at, context)?),
-        GuardConfig::LlmCheck(config) => Box::new(compile_llm_check(config, at, context)?),
+        GuardConfig::Moderation(config) => {
+            Box::new(callout::OnRequest(compile_moderation(config, at, context)?))
+        }
+        GuardConfig::LlmCheck(config) => {
+            Box::new(callout::OnRequest(compile_llm_check(config, at, context)?))
+        }
     })
 }
 
@@ -172,12 +176,12 @@ fn compile_response(
         GuardConfig::Webhook(config) => Box::new(webhook::WebhookResponseGuard(compile_webhook(
             config, at, context,
         )?)),
-        GuardConfig::Moderation(config) => Box::new(moderation::ModerationResponseGuard(
-            compile_moderation(config, at, context)?,
-        )),
-        GuardConfig::LlmCheck(config) => Box::new(llm_check::LlmCheckResponseGuard(
-            compile_llm_check(config, at, context)?,
-        )),
+        GuardConfig::Moderation(config) => {
+            Box::new(callout::OnAnswer(compile_moderation(config, at, context)?))
+        }
+        GuardConfig::LlmCheck(config) => {
+            Box::new(callout::OnAnswer(compile_llm_check(config, at, context)?))
+        }
     };
     plan.response.push(stage);
     Ok(())

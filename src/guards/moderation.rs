@@ -3,13 +3,12 @@
 
 use serde_json::{json, Map, Value};
 
-use super::callout::{self, failed, json_reply};
+use super::callout::{self, failed, json_reply, TextVerdict};
 use super::outcome::GuardInfo;
-use super::text;
 use crate::config::model::FailureMode;
 use crate::config::Endpoint;
 use crate::host::{CalloutReply, Host};
-use crate::pipeline::stage::{RequestCtx, RequestStage, ResponseCtx, ResponseStage, Step};
+use crate::pipeline::stage::Step;
 
 #[derive(Debug)]
 pub struct ModerationGuard {
@@ -19,7 +18,7 @@ pub struct ModerationGuard {
     pub failure_mode: FailureMode,
 }
 
-impl ModerationGuard {
+impl TextVerdict for ModerationGuard {
     fn call(&self, texts: Vec<String>) -> Step {
         if texts.is_empty() {
             return Step::Next;
@@ -60,37 +59,5 @@ impl ModerationGuard {
         } else {
             Step::Next
         }
-    }
-}
-
-impl RequestStage for ModerationGuard {
-    fn start(&self, ctx: &mut RequestCtx<'_>) -> Step {
-        self.call(text::request_texts(ctx.body))
-    }
-
-    fn on_reply(&self, ctx: &mut RequestCtx<'_>, reply: &CalloutReply) -> Step {
-        self.judge(ctx.host, reply)
-    }
-}
-
-/// The same check on the answer's texts.
-#[derive(Debug)]
-pub struct ModerationResponseGuard(pub ModerationGuard);
-
-impl ResponseStage for ModerationResponseGuard {
-    fn start(&self, ctx: &mut ResponseCtx<'_>) -> Step {
-        self.0.call(text::answer_texts(ctx.body))
-    }
-
-    fn on_reply(&self, ctx: &mut ResponseCtx<'_>, reply: &CalloutReply) -> Step {
-        self.0.judge(ctx.host, reply)
-    }
-
-    fn needs_whole_answer(&self) -> bool {
-        true
-    }
-
-    fn sets_status(&self) -> bool {
-        true
     }
 }
