@@ -436,7 +436,7 @@ impl Flow {
         };
         while let Some(stage) = route.request_stage(self.next_stage) {
             let step = self.with_request_ctx(host, route, |ctx| stage.start(ctx));
-            match self.follow_request_step(host, route, step) {
+            match self.follow_step(host, route, Side::Request, step) {
                 Some(progress) => return progress,
                 None => self.next_stage += 1,
             }
@@ -444,24 +444,34 @@ impl Flow {
         self.finish_request(host, route)
     }
 
-    /// Carries out a stage's step; None means "go on with the next stage".
-    fn follow_request_step(
+    /// Carries out a stage's step; None means "go on with the next stage". A callout Envoy
+    /// refuses to start is answered to the stage at once as a failure.
+    fn follow_step(
         &mut self,
         host: &mut dyn Host,
         route: &Route,
+        side: Side,
         mut step: Step,
     ) -> Option<Progress> {
         loop {
             match step {
                 Step::Next => return None,
                 Step::Reject(error) => {
-                    self.reject(host, error);
+                    match side {
+                        Side::Request => {
+                            self.reject(host, error);
+                        }
+                        Side::Response => self.replace_with_error(host, error),
+                    }
                     return Some(Progress::Rejected);
                 }
                 Step::Call(callout) => match host.dispatch(&callout) {
                     Ok(token) => {
                         self.pending_token = Some(token);
-                        self.state = State::RequestCallout;
+                        self.state = match side {
+                            Side::Request => State::RequestCallout,
+                            Side::Response => State::ResponseCallout,
+                        };
                         return Some(Progress::Waiting);
                     }
                     Err(reason) => {
@@ -470,14 +480,31 @@ impl Flow {
                             route.name,
                             callout.cluster
                         );
-                        let reply = dispatch_failure_reply();
-                        let stage = route.request_stage(self.next_stage)?;
-                        step =
-                            self.with_request_ctx(host, route, |ctx| stage.on_reply(ctx, &reply));
+                        step = self.stage_reply(host, route, side, &dispatch_failure_reply())?;
                     }
                 },
             }
         }
+    }
+
+    /// Gives a callout's reply to the stage that asked for it.
+    fn stage_reply(
+        &mut self,
+        host: &mut dyn Host,
+        route: &Route,
+        side: Side,
+        reply: &CalloutReply,
+    ) -> Option<Step> {
+        Some(match side {
+            Side::Request => {
+                let stage = route.request_stage(self.next_stage)?;
+                self.with_request_ctx(host, route, |ctx| stage.on_reply(ctx, reply))
+            }
+            Side::Response => {
+                let stage = route.response_stage(self.next_stage)?;
+                self.with_response_ctx(host, route, |ctx| stage.on_reply(ctx, reply))
+            }
+        })
     }
 
     fn finish_request(&mut self, host: &mut dyn Host, route: &Route) -> Progress {
@@ -509,44 +536,41 @@ impl Flow {
         let Some(route) = plan.routes.get(self.route) else {
             return;
         };
-        match self.state {
-            State::RequestCallout => {
-                let Some(stage) = route.request_stage(self.next_stage) else {
-                    return;
-                };
-                let step = self.with_request_ctx(host, route, |ctx| stage.on_reply(ctx, &reply));
-                self.state = State::ReadingRequest;
-                let progress = match self.follow_request_step(host, route, step) {
-                    Some(progress) => progress,
-                    None => {
-                        self.next_stage += 1;
-                        self.run_request_stages(host)
-                    }
-                };
-                if progress == Progress::Done {
-                    host.resume_request();
+        let side = match self.state {
+            State::RequestCallout => Side::Request,
+            State::ResponseCallout => Side::Response,
+            _ => return,
+        };
+        let Some(step) = self.stage_reply(host, route, side, &reply) else {
+            return;
+        };
+        self.state = match side {
+            Side::Request => State::ReadingRequest,
+            Side::Response => State::Responding,
+        };
+        let progress = match self.follow_step(host, route, side, step) {
+            Some(progress) => progress,
+            None => {
+                self.next_stage += 1;
+                match side {
+                    Side::Request => self.run_request_stages(host),
+                    Side::Response => self.run_response_stages(host),
                 }
             }
-            State::ResponseCallout => {
-                let Some(stage) = route.response_stage(self.next_stage) else {
-                    return;
-                };
-                let step = self.with_response_ctx(host, route, |ctx| stage.on_reply(ctx, &reply));
-                self.state = State::Responding;
-                let progress = match self.follow_response_step(host, route, step) {
-                    Some(progress) => progress,
-                    None => {
-                        self.next_stage += 1;
-                        self.run_response_stages(host)
-                    }
-                };
-                if progress != Progress::Waiting {
-                    host.resume_response();
-                }
-            }
+        };
+        match side {
+            Side::Request if progress == Progress::Done => host.resume_request(),
+            Side::Response if progress != Progress::Waiting => host.resume_response(),
             _ => {}
         }
     }
+}
+
+/// Which half of the exchange a stage works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Request,
+    Response,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,9 +6,8 @@ use std::rc::Rc;
 use serde_json::Value;
 
 use super::aggregate;
-use super::stage::Step;
 use super::stream::{self, StreamProcessor};
-use super::{filter_state, Action, Flow, Progress, ResponseMode, State};
+use super::{filter_state, Action, Flow, Progress, ResponseMode, Side, State};
 use crate::config::Route;
 use crate::encoding;
 use crate::error::ApiError;
@@ -298,48 +297,13 @@ impl Flow {
         };
         while let Some(stage) = route.response_stage(self.next_stage) {
             let step = self.with_response_ctx(host, route, |ctx| stage.start(ctx));
-            match self.follow_response_step(host, route, step) {
+            match self.follow_step(host, route, Side::Response, step) {
                 Some(progress) => return progress,
                 None => self.next_stage += 1,
             }
         }
         self.finish_answer(host);
         Progress::Done
-    }
-
-    pub(super) fn follow_response_step(
-        &mut self,
-        host: &mut dyn Host,
-        route: &Route,
-        mut step: Step,
-    ) -> Option<Progress> {
-        loop {
-            match step {
-                Step::Next => return None,
-                Step::Reject(error) => {
-                    self.replace_with_error(host, error);
-                    return Some(Progress::Rejected);
-                }
-                Step::Call(callout) => match host.dispatch(&callout) {
-                    Ok(token) => {
-                        self.pending_token = Some(token);
-                        self.state = State::ResponseCallout;
-                        return Some(Progress::Waiting);
-                    }
-                    Err(reason) => {
-                        log::warn!(
-                            "aigate: route {}: callout to cluster {} failed: {reason}",
-                            route.name,
-                            callout.cluster
-                        );
-                        let reply = super::dispatch_failure_reply();
-                        let stage = route.response_stage(self.next_stage)?;
-                        step =
-                            self.with_response_ctx(host, route, |ctx| stage.on_reply(ctx, &reply));
-                    }
-                },
-            }
-        }
     }
 
     /// Writes the final answer: as JSON, or as a synthesised stream for a streaming client.
@@ -365,7 +329,7 @@ impl Flow {
 
     /// A rejection after the answer arrived: in-band for streams, else status and body replaced
     /// where headers are still held, else body replaced.
-    fn replace_with_error(&mut self, host: &mut dyn Host, error: ApiError) {
+    pub(super) fn replace_with_error(&mut self, host: &mut dyn Host, error: ApiError) {
         // A streaming client whose answer has not started (headers still held) gets a plain
         // error status, which SDKs raise before reading any stream.
         let bytes = if self.exchange.client_stream && !self.headers_held {
