@@ -5,6 +5,11 @@
 //!
 //!     cargo run --release --example pipeline_bench [-- integration/bench/route.json]
 //!
+//! `PIPELINE_BENCH_ONLY="32 KB"` runs one scenario; `PIPELINE_BENCH_ITERS=20` a fixed number
+//! of requests, for instruction counts that compare across changes:
+//!
+//!     PIPELINE_BENCH_ITERS=20 valgrind --tool=callgrind target/release/examples/pipeline_bench
+//!
 //! Times are medians per request in microseconds. V8 runs the same code a few times
 //! slower than native, and each host call costs extra there: read it for proportions.
 
@@ -240,6 +245,10 @@ fn main() {
         ("stream 200", 1024, true),
     ];
     let only = std::env::var("PIPELINE_BENCH_ONLY").ok();
+    // A fixed count makes instruction counts comparable (`valgrind --tool=callgrind`).
+    let fixed_iters: Option<usize> = std::env::var("PIPELINE_BENCH_ITERS")
+        .ok()
+        .and_then(|n| n.parse().ok());
     let mut calls_report = Vec::new();
     for (name, size, stream) in cases {
         if only.as_deref().is_some_and(|only| only != name) {
@@ -251,9 +260,13 @@ fn main() {
         let _ = one_request(&plan, &body, stream_chunks);
         let mut samples: Vec<Phases> = Vec::new();
         let started = Instant::now();
-        while samples.len() < 20
-            || (started.elapsed() < Duration::from_millis(500) && samples.len() < 5000)
-        {
+        while match fixed_iters {
+            Some(n) => samples.len() < n,
+            None => {
+                samples.len() < 20
+                    || (started.elapsed() < Duration::from_millis(500) && samples.len() < 5000)
+            }
+        } {
             samples.push(one_request(&plan, &body, stream_chunks).0);
         }
         let (_, host) = one_request(&plan, &body, stream_chunks);

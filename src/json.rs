@@ -60,7 +60,7 @@ fn needs_escape(word: u64) -> bool {
     (below_space | has_quote | has_backslash) != 0
 }
 
-fn write_str(text: &str, out: &mut Vec<u8>) {
+pub fn write_str(text: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = text.as_bytes();
     out.reserve(bytes.len() + 2);

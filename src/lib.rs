@@ -14,6 +14,7 @@ pub mod find;
 pub mod guards;
 pub mod host;
 pub mod json;
+pub mod json_view;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;

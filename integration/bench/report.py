@@ -194,41 +194,47 @@ def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
                 lines.append(
                     f"| {side} | {x['idle_rss_kib'] / 1024:.1f} | {x['loaded_rss_kib'] / 1024:.1f} | {x['peak_rss_kib'] / 1024:.1f} |"
                 )
-    prof = results.get("profile") or {}
-    if prof:
-        lines += [
-            "",
-            "**Where the time goes** (aigate built with `--features phase-profile`, alone in an Envoy; "
-            "time inside the VM per request, µs, host calls included; the profiling's own clock reads are subtracted)",
-            "",
-            "| prompt | in VM | request headers | request body | response headers | response body | host calls | in host calls |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name, p in prof.items():
-            ph = p["phases"]
-            calls = sum(h["per_request"] for h in p["host"].values())
-            host_us = sum(h["per_request"] * h["us_per_call"] for h in p["host"].values())
-
-            def us(phase: str) -> str:
-                return _f(ph.get(phase, {}).get("us", float("nan")), 1)
-
-            lines.append(
-                f"| {name} | {_f(p['total_us'], 1)} | {us('request_headers')} | {us('request_body')} "
-                f"| {us('response_headers')} | {us('response_body')} | {calls:.1f} | {host_us:.1f} |"
-            )
-        first = next(iter(prof.values()))
-        calls = sorted(first["host"].items(), key=lambda kv: -kv[1]["per_request"] * kv[1]["us_per_call"])
-        lines += [
-            "",
-            f"Host calls of one {next(iter(prof))} request (µs per call × calls): "
-            + ", ".join(f"{name} {h['us_per_call']:.2f} × {h['per_request']:.0f}" for name, h in calls)
-            + ".",
-        ]
+    lines += profile_lines(results.get("profile") or {})
     if summary["targets"]:
         lines += ["", "**Targets**", "", "| target | measured | met |", "|---|---:|:---:|"]
         for what, measured, met in summary["targets"]:
             lines.append(f"| {what} | {measured} | {'yes' if met else '**no**'} |")
     return "\n".join(lines) + "\n"
+
+
+def profile_lines(prof: dict[str, Any]) -> list[str]:
+    """The "where the time goes" table of the phase-profile pass."""
+    if not prof:
+        return []
+    lines = [
+        "",
+        "**Where the time goes** (aigate built with `--features phase-profile`, alone in an Envoy; "
+        "time inside the VM per request, µs, host calls included; the profiling's own clock reads are subtracted)",
+        "",
+        "| prompt | in VM | request headers | request body | response headers | response body | host calls | in host calls |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, p in prof.items():
+        ph = p["phases"]
+        calls = sum(h["per_request"] for h in p["host"].values())
+        host_us = sum(h["per_request"] * h["us_per_call"] for h in p["host"].values())
+
+        def us(phase: str) -> str:
+            return _f(ph.get(phase, {}).get("us", float("nan")), 1)
+
+        lines.append(
+            f"| {name} | {_f(p['total_us'], 1)} | {us('request_headers')} | {us('request_body')} "
+            f"| {us('response_headers')} | {us('response_body')} | {calls:.1f} | {host_us:.1f} |"
+        )
+    first = next(iter(prof.values()))
+    calls = sorted(first["host"].items(), key=lambda kv: -kv[1]["per_request"] * kv[1]["us_per_call"])
+    lines += [
+        "",
+        f"Host calls of one {next(iter(prof))} request (µs per call × calls): "
+        + ", ".join(f"{name} {h['us_per_call']:.2f} × {h['per_request']:.0f}" for name, h in calls)
+        + ".",
+    ]
+    return lines
 
 
 def update_benchmarks_md(path: Path, generated: str) -> None:

@@ -15,7 +15,8 @@ per throughput run), BENCH_LATENCY_DURATION, BENCH_CONNECTIONS, BENCH_TTFB_SAMPL
 BENCH_ROUTE (plugin config file; default integration/bench/route.json), BENCH_SCENARIOS
 (comma-separated names, e.g. "1 KB,stream 200"), BENCH_PIN (1: Envoy on the last CPU, the
 load generator and upstream on the others; 0: no pinning; default 1 when there are >= 2 CPUs),
-BENCH_WRITE (1: update BENCHMARKS.md; default on for full runs, off for quick ones).
+BENCH_WRITE (1: update BENCHMARKS.md; default on for full runs, off for quick ones),
+BENCH_PROFILE_ONLY=1 (only the phase-profile pass: seconds, for trying a change).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class Settings:
     scenarios: tuple[Scenario, ...]
     pin: bool
     write: bool
+    profile_only: bool
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -103,6 +105,7 @@ class Settings:
             scenarios=scenarios,
             pin=pin,
             write=(not quick) if write_env == "" else write_env != "0",
+            profile_only=os.environ.get("BENCH_PROFILE_ONLY", "") not in ("", "0"),
         )
 
 
@@ -463,6 +466,14 @@ def main() -> int:
         bodies[scenario.name] = path
 
     route_path = settings.route_path
+    if settings.profile_only:
+        upstream = Upstream(placement)
+        try:
+            profile = measure_profile(settings, placement, upstream, config.load_route_config(route_path), workdir, bodies)
+        finally:
+            upstream.stop()
+        print("\n".join(report.profile_lines(profile)))
+        return 0
     notes: list[str] = []
     upstream = Upstream(placement)
     envoy = None

@@ -30,12 +30,33 @@ pub enum Verdict {
 
 pub type Validator = fn(&str, usize, usize) -> Verdict;
 
+/// A byte every hit of a detector contains: text without one cannot hold a hit, and the
+/// regex search is skipped (most stream events and much prose have no digit or `@`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    AsciiDigit,
+    Byte(u8),
+    /// Operator patterns: nothing is known.
+    Anything,
+}
+
+impl Needs {
+    pub fn found_in(self, text: &[u8]) -> bool {
+        match self {
+            Needs::AsciiDigit => text.iter().any(u8::is_ascii_digit),
+            Needs::Byte(byte) => crate::find::byte(text, byte).is_some(),
+            Needs::Anything => true,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Builtin {
     pub name: &'static str,
     pub pattern: &'static str,
     pub reach: Reach,
     pub validate: Validator,
+    pub needs: Needs,
 }
 
 pub const NAMES: [&str; 5] = ["ssn", "credit_card", "email", "phone_number", "ipv4"];
@@ -46,6 +67,7 @@ const BUILTINS: [Builtin; 5] = [
         pattern: "[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}",
         reach: Reach::Run { alphabet: is_ssn_char, max_chars: 11 },
         validate: validate_ssn,
+        needs: Needs::AsciiDigit,
     },
     Builtin {
         name: "credit_card",
@@ -53,6 +75,7 @@ const BUILTINS: [Builtin; 5] = [
         // 19 digits and 18 separators.
         reach: Reach::Run { alphabet: is_card_char, max_chars: 37 },
         validate: validate_card,
+        needs: Needs::AsciiDigit,
     },
     Builtin {
         name: "email",
@@ -62,6 +85,7 @@ const BUILTINS: [Builtin; 5] = [
                   (?:\\.[A-Za-z0-9\\x{C0}-\\x{24F}\\x{370}-\\x{52F}-]+)*\\.[A-Za-z]{2,}",
         reach: Reach::Run { alphabet: is_email_char, max_chars: MAX_EMAIL_CHARS },
         validate: validate_email,
+        needs: Needs::Byte(b'@'),
     },
     Builtin {
         name: "phone_number",
@@ -72,12 +96,14 @@ const BUILTINS: [Builtin; 5] = [
         // "+" and 4 digits, then 6 groups of a separator and "(1234)".
         reach: Reach::Run { alphabet: is_phone_char, max_chars: 47 },
         validate: validate_phone,
+        needs: Needs::AsciiDigit,
     },
     Builtin {
         name: "ipv4",
         pattern: "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}",
         reach: Reach::Run { alphabet: is_ipv4_char, max_chars: 15 },
         validate: validate_ipv4,
+        needs: Needs::AsciiDigit,
     },
 ];
 

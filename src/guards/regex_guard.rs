@@ -5,13 +5,16 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
-use super::builtins::{self, next_char, Reach, Validator, Verdict};
+use super::builtins::{self, next_char, Needs, Reach, Validator, Verdict};
 use super::engine::PatternSet;
 use super::outcome::GuardInfo;
 use super::text;
 use crate::config::model::{RegexAction, RegexGuardConfig};
 use crate::config::ConfigError;
 use crate::pipeline::stage::{RequestCtx, RequestStage, ResponseCtx, ResponseStage, Step};
+
+/// Texts up to this long skip the detectors whose required byte they lack.
+const SHORT_TEXT_BYTES: usize = 512;
 
 /// One thing the guard looks for.
 #[derive(Debug)]
@@ -22,6 +25,7 @@ pub struct Detector {
     pub placeholder: String,
     pub reach: Reach,
     validate: Option<Validator>,
+    needs: Needs,
 }
 
 /// A hit at byte offsets `start..end` of detector `detector`.
@@ -73,6 +77,7 @@ impl Scanner {
                 placeholder: placeholder(builtin.name),
                 reach: builtin.reach,
                 validate: Some(builtin.validate),
+                needs: builtin.needs,
             });
         }
         for (index, pattern) in config.patterns.iter().enumerate() {
@@ -94,6 +99,7 @@ impl Scanner {
                 placeholder: placeholder(&pattern.name),
                 reach: Reach::Sentence,
                 validate: None,
+                needs: Needs::Anything,
             });
         }
         let builtin_count = config.builtins.len();
@@ -120,9 +126,28 @@ impl Scanner {
 
     fn scan_up_to(&self, text: &str, from: usize, hits: &mut Vec<Hit>, limit: usize) {
         let candidates: Vec<usize> = (0..self.set.len()).collect();
+        let tail = text.as_bytes().get(from..).unwrap_or_default();
+        // Each search has a fixed cost that dominates on the short texts of stream events;
+        // on long texts the engine's own literal prefilters are faster than this byte scan.
+        let prefilter = tail.len() <= SHORT_TEXT_BYTES;
+        let mut found: Vec<(Needs, bool)> = Vec::with_capacity(2);
         let mut next: Vec<Option<Hit>> = candidates
             .iter()
-            .map(|&i| self.next_valid(i, text, from))
+            .map(|&i| {
+                let needs = match self.detectors.get(i) {
+                    Some(detector) if prefilter => detector.needs,
+                    _ => Needs::Anything,
+                };
+                let possible = match found.iter().find(|(n, _)| *n == needs) {
+                    Some(&(_, possible)) => possible,
+                    None => {
+                        let possible = needs.found_in(tail);
+                        found.push((needs, possible));
+                        possible
+                    }
+                };
+                possible.then(|| self.next_valid(i, text, from)).flatten()
+            })
             .collect();
         while let Some(best) = next
             .iter()

@@ -230,3 +230,39 @@ fn config_errors_name_the_path() {
     let err = Scanner::compile(&config(vec![], vec![]), "g").unwrap_err();
     assert_eq!(err.path, "g");
 }
+
+mod prefilter {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+        /// Skipping detectors whose required byte is absent finds the same hits as searching
+        /// with every detector, from any start offset.
+        #[test]
+        fn skipping_finds_the_same_hits(
+            text in "[a-z0-9@. +()-]{0,60}",
+            from in 0usize..61,
+        ) {
+            let with = scanner(&builtins::NAMES, &[("code", "x[a-z]y")]);
+            let mut without = scanner(&builtins::NAMES, &[("code", "x[a-z]y")]);
+            for detector in &mut without.detectors {
+                detector.needs = Needs::Anything;
+            }
+            let from = from.min(text.len());
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            with.scan(&text, from, &mut a);
+            without.scan(&text, from, &mut b);
+            prop_assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn needs_are_checked_after_the_start() {
+        let s = scanner(&["email", "ssn"], &[]);
+        let mut hits = Vec::new();
+        s.scan("123-45-6789 and a@b.co", 12, &mut hits);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(s.detectors()[hits[0].detector].name, "email");
+    }
+}

@@ -10,8 +10,12 @@
 //! to the last sentence end (`.`, `!`, `?` before whitespace, a line break), at most
 //! `MAX_SENTENCE_HOLD_CHARS` characters.
 
+use std::borrow::Cow;
+use std::ops::Range;
 use std::rc::Rc;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::builtins::Reach;
@@ -20,6 +24,7 @@ use super::EventFilterFactory;
 use crate::config::model::RegexAction;
 use crate::error::ApiError;
 use crate::host::Host;
+use crate::json_view::{self, Edits, Kind};
 use crate::pipeline::stage::EventFilter;
 use crate::sse::SseEvent;
 
@@ -192,18 +197,25 @@ impl EventFilterFactory for StreamMaskFactory {
         Box::new(StreamMasker {
             guard: Rc::clone(&self.0),
             channels: Vec::new(),
-            last: Map::new(),
+            last: Default::default(),
             counted: false,
+            in_place: true,
         })
     }
 }
 
+/// The members of the last chunk a chunk the masker adds copies.
+const LAST_KEYS: [&str; 4] = ["id", "object", "created", "model"];
+
 pub struct StreamMasker {
     guard: Rc<RegexGuard>,
     channels: Vec<Channel>,
-    /// `id`, `object`, `created`, `model` of the last chunk, for a chunk the masker adds.
-    last: Map<String, Value>,
+    /// The JSON text of `LAST_KEYS` in the last chunk that had them. Streams repeat the same
+    /// values, so they are copied only when they change.
+    last: [Option<String>; 4],
     counted: bool,
+    /// Off only in tests, which check the in-place path against the `Value` path.
+    in_place: bool,
 }
 
 impl EventFilter for StreamMasker {
@@ -218,13 +230,22 @@ impl EventFilter for StreamMasker {
             out.push(event);
             return Ok(());
         }
+        if let Some(done) = self
+            .in_place
+            .then(|| self.on_event_in_place(&mut event, host))
+            .flatten()
+        {
+            done?;
+            out.push(event);
+            return Ok(());
+        }
         let Ok(mut value) = serde_json::from_str::<Value>(&event.data) else {
             out.push(event);
             return Ok(());
         };
-        for key in ["id", "object", "created", "model"] {
+        for (slot, key) in self.last.iter_mut().zip(LAST_KEYS) {
             if let Some(field) = value.get(key) {
-                self.last.insert(key.to_string(), field.clone());
+                *slot = Some(field.to_string());
             }
         }
         let mut changed = false;
@@ -246,6 +267,124 @@ impl EventFilter for StreamMasker {
 }
 
 impl StreamMasker {
+    /// The usual chunk, masked without building a `Value`: its texts are read from a borrowed
+    /// view and only the strings that change are rewritten in the event's text. None when the
+    /// chunk does not fit the view, or when flushing would add a field the chunk lacks: the
+    /// `Value` path handles those (nothing was changed yet).
+    fn on_event_in_place(
+        &mut self,
+        event: &mut SseEvent,
+        host: &mut dyn Host,
+    ) -> Option<Result<(), ApiError>> {
+        let data = event.data.as_str();
+        let chunk: ChunkView<'_> = serde_json::from_str(data).ok()?;
+        let choices = chunk.choices.unwrap_or_default();
+        let texts: Vec<Vec<(Field, &RawValue)>> = choices.iter().map(ChoiceView::texts).collect();
+        for ((position, choice), present) in choices.iter().enumerate().zip(&texts) {
+            if !json_view::is_null(choice.finish_reason) {
+                let index = choice.index_or(position);
+                let held = self.held_fields(index);
+                if held
+                    .iter()
+                    .any(|field| !present.iter().any(|(f, _)| f == field))
+                {
+                    return None;
+                }
+            }
+        }
+        for (slot, raw) in
+            self.last
+                .iter_mut()
+                .zip([chunk.id, chunk.object, chunk.created, chunk.model])
+        {
+            if let Some(raw) = raw {
+                if slot.as_deref() != Some(raw.get()) {
+                    *slot = Some(raw.get().to_string());
+                }
+            }
+        }
+        // Everything that can fail is read before the holds change.
+        let mut work = Vec::with_capacity(choices.len());
+        for ((position, choice), present) in choices.iter().enumerate().zip(texts) {
+            let logprobs = match choice
+                .logprobs
+                .filter(|raw| json_view::kind(raw) != Kind::Null)
+            {
+                Some(raw) => Some(json_view::range_in(data, raw.get())?),
+                None => None,
+            };
+            let mut pieces = Vec::with_capacity(present.len());
+            for (field, raw) in present {
+                pieces.push((
+                    field,
+                    json_view::range_in(data, raw.get())?,
+                    json_view::as_str(raw)?,
+                ));
+            }
+            let finished = !json_view::is_null(choice.finish_reason);
+            work.push((choice.index_or(position), logprobs, pieces, finished));
+        }
+        let rewritten = self.mask_in_place(data, work, host);
+        Some(rewritten.map(|rewritten| {
+            if let Some(data) = rewritten {
+                event.data = data;
+            }
+        }))
+    }
+
+    /// Feeds the chunk's texts (read by `on_event_in_place`) to their holds and rewrites the
+    /// strings whose released text differs. Returns the new text of the event, if it changed.
+    fn mask_in_place(
+        &mut self,
+        data: &str,
+        work: Vec<ChoiceTexts<'_>>,
+        host: &mut dyn Host,
+    ) -> Result<Option<String>, ApiError> {
+        let mut edits = Edits::default();
+        for (index, logprobs, pieces, finished) in work {
+            if let Some(range) = logprobs {
+                edits.replace(range, b"null".to_vec());
+            }
+            let mut outputs = Vec::with_capacity(pieces.len());
+            for (field, range, piece) in pieces {
+                let released = self.feed(index, field, &piece, host)?;
+                outputs.push((field, range, piece, released));
+            }
+            if finished {
+                for field in self.held_fields(index) {
+                    let rest = self.flush(index, field, host)?;
+                    if let Some(output) = outputs.iter_mut().find(|(f, ..)| *f == field) {
+                        output.3.push_str(&rest);
+                    }
+                }
+            }
+            for (_, range, piece, released) in outputs {
+                if released != piece {
+                    let mut bytes = Vec::with_capacity(released.len() + 2);
+                    crate::json::write_str(&released, &mut bytes);
+                    edits.replace(range, bytes);
+                }
+            }
+        }
+        if edits.is_empty() {
+            return Ok(None);
+        }
+        // Ranges come from one parse of this text and never overlap; should the rewrite fail
+        // anyway, the stream ends rather than pass unmasked text.
+        let rewritten = edits
+            .apply(data.as_bytes())
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        match rewritten {
+            Some(data) => Ok(Some(data)),
+            None => Err(ApiError::new(
+                500,
+                "api_error",
+                "guard_failed",
+                "The gateway could not apply the response guard to the stream.",
+            )),
+        }
+    }
+
     fn on_choice(
         &mut self,
         choice: &mut Value,
@@ -373,7 +512,15 @@ impl StreamMasker {
         if held.is_empty() {
             return Ok(());
         }
-        let legacy = self.last.get("object").and_then(Value::as_str) == Some("text_completion");
+        let last: Map<String, Value> = LAST_KEYS
+            .iter()
+            .zip(&self.last)
+            .filter_map(|(key, raw)| {
+                let value = serde_json::from_str(raw.as_deref()?).ok()?;
+                Some((key.to_string(), value))
+            })
+            .collect();
+        let legacy = last.get("object").and_then(Value::as_str) == Some("text_completion");
         let mut choices: Vec<Value> = Vec::new();
         for (choice, field) in held {
             let rest = self.flush(choice, field, host)?;
@@ -404,13 +551,112 @@ impl StreamMasker {
         if choices.is_empty() {
             return Ok(());
         }
-        let mut chunk = self.last.clone();
+        let mut chunk = last;
         chunk
             .entry("object")
             .or_insert_with(|| Value::String("chat.completion.chunk".into()));
         chunk.insert("choices".into(), Value::Array(choices));
         out.push(SseEvent::data(Value::Object(chunk).to_string()));
         Ok(())
+    }
+}
+
+/// Per choice of a chunk: its index, the range of non-null `logprobs`, its text fields
+/// (field, range of the JSON string, text), and whether it finished.
+type ChoiceTexts<'a> = (
+    u64,
+    Option<Range<usize>>,
+    Vec<(Field, Range<usize>, Cow<'a, str>)>,
+    bool,
+);
+
+/// The parts of a streamed chunk the masker reads, borrowed from the event's text.
+#[derive(Deserialize)]
+struct ChunkView<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    object: Option<&'a RawValue>,
+    #[serde(borrow)]
+    created: Option<&'a RawValue>,
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    choices: Option<Vec<ChoiceView<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceView<'a> {
+    #[serde(borrow)]
+    index: Option<&'a RawValue>,
+    #[serde(borrow)]
+    delta: Option<DeltaView<'a>>,
+    #[serde(borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow)]
+    logprobs: Option<&'a RawValue>,
+    #[serde(borrow)]
+    finish_reason: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct DeltaView<'a> {
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    refusal: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tool_calls: Option<Vec<ToolCallView<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallView<'a> {
+    #[serde(borrow)]
+    index: Option<&'a RawValue>,
+    #[serde(borrow)]
+    function: Option<FunctionView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionView<'a> {
+    #[serde(borrow)]
+    arguments: Option<&'a RawValue>,
+}
+
+fn raw_u64(raw: Option<&RawValue>) -> Option<u64> {
+    raw.and_then(|raw| raw.get().parse::<u64>().ok())
+}
+
+impl<'a> ChoiceView<'a> {
+    fn index_or(&self, position: usize) -> u64 {
+        raw_u64(self.index).unwrap_or(position as u64)
+    }
+
+    /// The text fields this chunk carries, in the order `fields_present` lists them.
+    fn texts(&self) -> Vec<(Field, &'a RawValue)> {
+        let string =
+            |raw: Option<&'a RawValue>| raw.filter(|raw| json_view::kind(raw) == Kind::String);
+        let mut texts = Vec::new();
+        if let Some(delta) = &self.delta {
+            if let Some(raw) = string(delta.content) {
+                texts.push((Field::Content, raw));
+            }
+            if let Some(raw) = string(delta.refusal) {
+                texts.push((Field::Refusal, raw));
+            }
+        }
+        if let Some(raw) = string(self.text) {
+            texts.push((Field::Text, raw));
+        }
+        if let Some(calls) = self.delta.as_ref().and_then(|d| d.tool_calls.as_ref()) {
+            for (position, call) in calls.iter().enumerate() {
+                let index = raw_u64(call.index).unwrap_or(position as u64);
+                if let Some(raw) = string(call.function.as_ref().and_then(|f| f.arguments)) {
+                    texts.push((Field::Tool(index), raw));
+                }
+            }
+        }
+        texts
     }
 }
 

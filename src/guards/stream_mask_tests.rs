@@ -390,3 +390,101 @@ fn non_json_and_usage_events_pass() {
     .unwrap();
     assert_eq!(out, vec![SseEvent::data("not json"), usage]);
 }
+
+/// What a client would read: each event's JSON (or its raw text when it is not JSON).
+fn parsed(events: &[SseEvent]) -> Vec<Result<Value, String>> {
+    events
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(&e.data).map_err(|_| e.data.clone()))
+        .collect()
+}
+
+fn masker(guard: Rc<RegexGuard>, in_place: bool) -> StreamMasker {
+    StreamMasker {
+        guard,
+        channels: Vec::new(),
+        last: Default::default(),
+        counted: false,
+        in_place,
+    }
+}
+
+mod in_place_matches_value_path {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One choice's part of an event: which text field, the piece, logprobs, finish.
+    fn choice_event(index: u64, field: u8, piece: &str, logprobs: bool, finish: bool) -> Value {
+        let mut choice = match field {
+            0 => json!({"index": index, "delta": {"content": piece}}),
+            1 => json!({"index": index, "delta": {"refusal": piece}}),
+            2 => json!({"index": index, "text": piece}),
+            3 => {
+                json!({"index": index, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}})
+            }
+            _ => json!({"index": index, "delta": {}}),
+        };
+        choice["logprobs"] = if logprobs {
+            json!({"content": [{"token": piece}]})
+        } else {
+            Value::Null
+        };
+        choice["finish_reason"] = if finish { json!("stop") } else { Value::Null };
+        choice
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn same_output_and_metrics(
+            cuts in proptest::collection::vec(0usize..400, 0..8),
+            fields in proptest::collection::vec(0u8..5, 9),
+            logprobs in proptest::collection::vec(any::<bool>(), 9),
+            two_choices in any::<bool>(),
+            finish_last in any::<bool>(),
+            done in any::<bool>(),
+            reject in any::<bool>(),
+        ) {
+            let text = sample();
+            let mut offsets: Vec<usize> = cuts
+                .iter()
+                .map(|cut| {
+                    let mut at = cut % (text.len() + 1);
+                    while !text.is_char_boundary(at) {
+                        at -= 1;
+                    }
+                    at
+                })
+                .collect();
+            offsets.push(0);
+            offsets.push(text.len());
+            offsets.sort_unstable();
+            offsets.dedup();
+            let pieces: Vec<&str> = offsets.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+            let mut events = Vec::new();
+            for (n, piece) in pieces.iter().enumerate() {
+                let last = n + 1 == pieces.len();
+                let mut choices = vec![choice_event(0, fields[n % 9], piece, logprobs[n % 9], last && finish_last)];
+                if two_choices {
+                    choices.push(choice_event(1, fields[(n + 3) % 9], piece, false, last && finish_last));
+                }
+                events.push(SseEvent::data(
+                    json!({"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m", "choices": choices}).to_string(),
+                ));
+            }
+            if done {
+                events.push(SseEvent::data("[DONE]"));
+            }
+            let action = if reject { RegexAction::Reject } else { RegexAction::Mask };
+            let mut results = Vec::new();
+            for in_place in [true, false] {
+                let mut host = RecordingHost::new();
+                let mut filter = masker(guard(action), in_place);
+                let out = run(&mut filter, events.clone(), &mut host);
+                let out = out.map(|events| parsed(&events)).map_err(|e| e.code);
+                results.push((out, host.counters.clone()));
+            }
+            prop_assert_eq!(&results[0], &results[1]);
+        }
+    }
+}

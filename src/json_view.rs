@@ -1,0 +1,173 @@
+//! Borrowed views of JSON text, for the hot paths that read a few fields of a body and
+//! change a few of its strings: instead of building a `serde_json::Value` and serialising
+//! all of it again, read typed views whose leaves are slices of the original text
+//! (`&RawValue`), and write the text back with only those slices replaced (`Edits`).
+//!
+//! serde_json parses and validates; a view type is a serde struct with borrowed fields.
+//! A view that does not fit the text (a field of another type, a repeated field) fails to
+//! parse, and the caller takes the general `Value` path instead.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use serde_json::value::RawValue;
+
+/// The JSON type of a raw value, from its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Null,
+    Bool,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+pub fn kind(raw: &RawValue) -> Kind {
+    match raw.get().as_bytes().first() {
+        Some(b'n') => Kind::Null,
+        Some(b't' | b'f') => Kind::Bool,
+        Some(b'"') => Kind::String,
+        Some(b'[') => Kind::Array,
+        Some(b'{') => Kind::Object,
+        _ => Kind::Number,
+    }
+}
+
+pub fn is_null(raw: Option<&RawValue>) -> bool {
+    raw.is_none_or(|raw| kind(raw) == Kind::Null)
+}
+
+/// The text of a JSON string, borrowed when it has no escapes.
+pub fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+}
+
+pub fn as_bool(raw: &RawValue) -> Option<bool> {
+    match raw.get() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// Where `part`, a slice of `whole` (a raw value borrowed from it), sits in `whole`.
+pub fn range_in(whole: &str, part: &str) -> Option<Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= whole.len()).then_some(start..end)
+}
+
+/// Replacements of byte ranges of one text, applied in one pass.
+#[derive(Debug, Default)]
+pub struct Edits {
+    edits: Vec<(Range<usize>, Vec<u8>)>,
+}
+
+impl Edits {
+    pub fn is_empty(&self) -> bool {
+        self.edits.is_empty()
+    }
+
+    /// Replaces `range` with `bytes` (an empty range inserts).
+    pub fn replace(&mut self, range: Range<usize>, bytes: Vec<u8>) {
+        self.edits.push((range, bytes));
+    }
+
+    /// Replaces the raw value `part` of `whole` with `text` as a JSON string.
+    pub fn replace_with_string(&mut self, whole: &str, part: &RawValue, text: &str) -> bool {
+        let Some(range) = range_in(whole, part.get()) else {
+            return false;
+        };
+        let mut bytes = Vec::with_capacity(text.len() + 2);
+        crate::json::write_str(text, &mut bytes);
+        self.replace(range, bytes);
+        true
+    }
+
+    /// `whole` with every edit made; None when two edits overlap or one is out of range.
+    pub fn apply(mut self, whole: &[u8]) -> Option<Vec<u8>> {
+        self.edits
+            .sort_by_key(|(range, _)| (range.start, range.end));
+        let grows: usize = self.edits.iter().map(|(_, bytes)| bytes.len()).sum();
+        let mut out = Vec::with_capacity(whole.len() + grows);
+        let mut at = 0;
+        for (range, bytes) in &self.edits {
+            if range.start < at || range.end < range.start {
+                return None;
+            }
+            out.extend_from_slice(whole.get(at..range.start)?);
+            out.extend_from_slice(bytes);
+            at = range.end;
+        }
+        out.extend_from_slice(whole.get(at..)?);
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct View<'a> {
+        #[serde(borrow)]
+        name: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        items: Vec<&'a RawValue>,
+    }
+
+    #[test]
+    fn views_borrow_and_edits_splice() {
+        let text = r#"{"items": [1, "two", null, {"a": [true]}], "name" : "caf\u00e9", "x": {}}"#;
+        let view: View<'_> = serde_json::from_str(text).unwrap();
+        let kinds: Vec<Kind> = view.items.iter().map(|raw| kind(raw)).collect();
+        assert_eq!(
+            kinds,
+            [Kind::Number, Kind::String, Kind::Null, Kind::Object]
+        );
+        let name = view.name.unwrap();
+        assert_eq!(as_str(name).unwrap(), "café");
+        assert!(matches!(
+            as_str(view.items[1]).unwrap(),
+            Cow::Borrowed("two")
+        ));
+        assert_eq!(as_str(view.items[0]), None);
+        let mut edits = Edits::default();
+        assert!(edits.replace_with_string(text, name, "a \"b\"\n"));
+        assert!(edits.replace_with_string(text, view.items[1], "2"));
+        let range = range_in(text, view.items[2].get()).unwrap();
+        edits.replace(range.end..range.end, b", 3".to_vec());
+        let out = String::from_utf8(edits.apply(text.as_bytes()).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            r#"{"items": [1, "2", null, 3, {"a": [true]}], "name" : "a \"b\"\n", "x": {}}"#
+        );
+    }
+
+    #[test]
+    fn repeated_fields_and_wrong_types_refuse_the_view() {
+        assert!(serde_json::from_str::<View<'_>>(r#"{"name": 1, "name": 2}"#).is_err());
+        assert!(serde_json::from_str::<View<'_>>(r#"{"items": {}}"#).is_err());
+        assert!(serde_json::from_str::<View<'_>>(r#"[]"#).is_err());
+    }
+
+    #[test]
+    fn overlapping_edits_are_refused() {
+        let mut edits = Edits::default();
+        edits.replace(0..3, b"x".to_vec());
+        edits.replace(2..4, b"y".to_vec());
+        assert_eq!(edits.apply(b"abcdef"), None);
+        let mut edits = Edits::default();
+        edits.replace(4..9, Vec::new());
+        assert_eq!(edits.apply(b"abc"), None);
+        assert_eq!(Edits::default().apply(b"abc").unwrap(), b"abc");
+        assert_eq!(range_in("abc", "xyz"), None);
+    }
+}
