@@ -65,7 +65,7 @@ impl Operation {
     }
 }
 
-const ROLES: [&str; 6] = [
+pub const ROLES: [&str; 6] = [
     "system",
     "developer",
     "user",

@@ -10,7 +10,20 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
+
+/// An object member that may be absent. Unlike `Option<&RawValue>`, which reads a JSON
+/// `null` as absent, it keeps a present `null` (as the raw text `null`): a rewrite must not
+/// add a member the text already has. Use with `#[serde(borrow, default)]`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Member<'a>(pub Option<&'a RawValue>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Member<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <&'a RawValue>::deserialize(deserializer).map(|raw| Member(Some(raw)))
+    }
+}
 
 /// The JSON type of a raw value, from its first byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +69,41 @@ pub fn as_bool(raw: &RawValue) -> Option<bool> {
     }
 }
 
+/// True when no array or object in `text` is nested deeper than `limit`. Views skip members
+/// they do not name without serde_json's depth limit (128) on `Value`s, so callers that must
+/// refuse what a `Value` parse refuses check this first.
+pub fn nesting_within(text: &[u8], limit: usize) -> bool {
+    let opens = text.iter().filter(|b| matches!(b, b'[' | b'{')).count();
+    if opens <= limit {
+        return true;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
 /// Where `part`, a slice of `whole` (a raw value borrowed from it), sits in `whole`.
 pub fn range_in(whole: &str, part: &str) -> Option<Range<usize>> {
     let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
@@ -72,6 +120,11 @@ pub struct Edits {
 impl Edits {
     pub fn is_empty(&self) -> bool {
         self.edits.is_empty()
+    }
+
+    /// Adds all of `other`'s edits.
+    pub fn append(&mut self, other: Edits) {
+        self.edits.extend(other.edits);
     }
 
     /// Replaces `range` with `bytes` (an empty range inserts).
@@ -156,6 +209,17 @@ mod tests {
         assert!(serde_json::from_str::<View<'_>>(r#"{"name": 1, "name": 2}"#).is_err());
         assert!(serde_json::from_str::<View<'_>>(r#"{"items": {}}"#).is_err());
         assert!(serde_json::from_str::<View<'_>>(r#"[]"#).is_err());
+    }
+
+    #[test]
+    fn nesting_is_measured_outside_strings() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(nesting_within(deep(5).as_bytes(), 5));
+        assert!(!nesting_within(deep(6).as_bytes(), 5));
+        let text = format!(r#"{{"a": "{}", "b": [[1]]}}"#, "[{".repeat(10));
+        assert!(nesting_within(text.as_bytes(), 3));
+        assert!(!nesting_within(text.as_bytes(), 2));
+        assert!(nesting_within(br#"["\"[[[[", []]"#, 2));
     }
 
     #[test]

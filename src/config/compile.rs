@@ -164,6 +164,15 @@ pub struct Plan {
     pub allow_on_headers_stop_iteration: bool,
 }
 
+impl Plan {
+    /// True when some route matches on Envoy's route name (worth a host call to read it).
+    pub fn matches_route_names(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|route| route.matcher.route_name.is_some())
+    }
+}
+
 /// Parses JSON text and compiles it, reporting the first fault with its JSON path.
 pub fn parse_and_compile(text: &[u8], env: &dyn EnvLookup) -> Result<Plan, ConfigError> {
     let deserializer = &mut serde_json::Deserializer::from_slice(text);

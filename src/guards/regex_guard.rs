@@ -11,6 +11,7 @@ use super::outcome::GuardInfo;
 use super::text;
 use crate::config::model::{RegexAction, RegexGuardConfig};
 use crate::config::ConfigError;
+use crate::pipeline::in_place::Text;
 use crate::pipeline::stage::{RequestCtx, RequestStage, ResponseCtx, ResponseStage, Step};
 
 /// Texts up to this long skip the detectors whose required byte they lack.
@@ -279,6 +280,40 @@ impl RegexGuard {
     }
 }
 
+impl RegexGuard {
+    /// The guard on texts read in place (`pipeline::in_place`): the verdict, masks and
+    /// metrics of `apply` on the same texts.
+    pub fn apply_in_place(&self, texts: &mut [Text<'_>], host: &mut dyn crate::host::Host) -> Step {
+        match self.action {
+            RegexAction::Reject => {
+                if texts.iter().any(|text| self.scanner.has_hit(&text.text)) {
+                    Step::Reject(self.info.block(host))
+                } else {
+                    Step::Next
+                }
+            }
+            RegexAction::Mask => {
+                let mut masked = false;
+                let mut hits = Vec::new();
+                for text in texts.iter_mut() {
+                    hits.clear();
+                    self.scanner.scan(&text.text, 0, &mut hits);
+                    if !hits.is_empty() {
+                        let replaced = self.scanner.replace(&text.text, 0, text.text.len(), &hits);
+                        text.text = std::borrow::Cow::Owned(replaced);
+                        text.changed = true;
+                        masked = true;
+                    }
+                }
+                if masked {
+                    self.info.masked(host);
+                }
+                Step::Next
+            }
+        }
+    }
+}
+
 /// The guard on the request's texts.
 #[derive(Debug)]
 pub struct RegexRequestStage(pub Rc<RegexGuard>);
@@ -286,6 +321,10 @@ pub struct RegexRequestStage(pub Rc<RegexGuard>);
 impl RequestStage for RegexRequestStage {
     fn start(&self, ctx: &mut RequestCtx<'_>) -> Step {
         self.0.apply(ctx.body, ctx.host, text::visit_request)
+    }
+
+    fn regex_guard(&self) -> Option<&RegexGuard> {
+        Some(&self.0)
     }
 }
 
@@ -305,6 +344,10 @@ impl ResponseStage for RegexResponseStage {
 
     fn sets_status(&self) -> bool {
         self.0.action == RegexAction::Reject
+    }
+
+    fn regex_guard(&self) -> Option<&RegexGuard> {
+        Some(&self.0)
     }
 }
 

@@ -6,6 +6,7 @@
 //! Every host interaction goes through `Host`, so all of it runs natively in tests.
 
 pub mod aggregate;
+pub mod in_place;
 pub mod matching;
 pub mod stage;
 pub mod stream;
@@ -97,6 +98,9 @@ pub struct Flow {
     first_byte_ms: u64,
     first_token_recorded: bool,
     accounted: bool,
+    /// Bodies of the common route are rewritten in place (`in_place`); off, every body
+    /// takes the general `Value` path (tests compare the two).
+    in_place: bool,
 }
 
 impl Flow {
@@ -126,7 +130,13 @@ impl Flow {
             first_byte_ms: 0,
             first_token_recorded: false,
             accounted: false,
+            in_place: true,
         }
+    }
+
+    /// Turns the in-place path off (or on again) for this request.
+    pub fn set_in_place(&mut self, on: bool) {
+        self.in_place = on;
     }
 
     fn route(&self) -> Option<&Route> {
@@ -148,9 +158,12 @@ impl Flow {
             name.make_ascii_lowercase();
         }
         self.request_headers = headers;
-        let route_name = host
-            .property(&["xds", "route_name"])
-            .and_then(|bytes| String::from_utf8(bytes).ok());
+        let route_name = if self.plan.matches_route_names() {
+            host.property(&["xds", "route_name"])
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+        } else {
+            None
+        };
         let selected = {
             let input = matching::MatchInput {
                 route_name: route_name.as_deref(),
@@ -338,6 +351,12 @@ impl Flow {
         }
         self.request_body_size = body_size;
         let bytes = host.request_body(body_size).unwrap_or_default();
+        if let Some(progress) = self.request_in_place(&bytes, host) {
+            return match progress {
+                Progress::Done => Action::Continue,
+                Progress::Waiting | Progress::Rejected => Action::Pause,
+            };
+        }
         match self.prepare_request(&bytes, host) {
             Ok(()) => {}
             Err(error) => return self.reject(host, error),
@@ -363,24 +382,101 @@ impl Flow {
             object.insert("model".into(), Value::String(model.clone()));
         }
         let client_stream = self.operation != Operation::Embeddings && api::is_stream(&body);
-        let upstream_stream = route.provider.upstream_stream(
+        let upstream_stream = self.upstream_stream(route, client_stream);
+        let wants_usage = api::wants_stream_usage(&body);
+        self.start_exchange(host, model, client_stream, upstream_stream, wants_usage);
+        self.body = body;
+        Ok(())
+    }
+
+    fn upstream_stream(&self, route: &Route, client_stream: bool) -> bool {
+        route.provider.upstream_stream(
             client_stream,
             route.needs_whole_answer(),
             !self.plan.allow_on_headers_stop_iteration,
-        );
-        let now_ms = self.started_ms; // read in the headers phase: one clock read fewer
+        )
+    }
+
+    fn start_exchange(
+        &mut self,
+        host: &mut dyn Host,
+        model: String,
+        client_stream: bool,
+        upstream_stream: bool,
+        client_wants_usage: bool,
+    ) {
+        host.set_filter_state(filter_state::MODEL, &model);
         self.exchange = Exchange {
-            model: model.clone(),
+            model,
             client_stream,
             upstream_stream,
-            client_wants_usage: api::wants_stream_usage(&body),
-            created: now_ms / 1000,
+            client_wants_usage,
+            created: self.started_ms / 1000, // read in the headers phase: one clock read fewer
             id: format!("chatcmpl-{}", random_hex(12)),
             operation: self.operation,
         };
-        host.set_filter_state(filter_state::MODEL, &model);
-        self.body = body;
-        Ok(())
+    }
+
+    /// The common route's request (an OpenAI-shaped provider, no shaping, only regex guards
+    /// as body stages) without a `Value`: read in place, guarded, and written back only
+    /// where it changed (`in_place`). None when the general path must handle it; nothing
+    /// has happened then.
+    fn request_in_place(&mut self, bytes: &[u8], host: &mut dyn Host) -> Option<Progress> {
+        let plan = Rc::clone(&self.plan);
+        let route = plan.routes.get(self.route)?;
+        if !self.in_place
+            || !route.shaping.is_identity()
+            || !route.provider.codec().takes_openai_body()
+        {
+            return None;
+        }
+        let guards = (self.first_body_stage..)
+            .map_while(|index| route.request_stage(index))
+            .map(|stage| stage.regex_guard())
+            .collect::<Option<Vec<_>>>()?;
+        let body = std::str::from_utf8(bytes).ok()?;
+        let mut request = in_place::read_request(body, self.operation)?;
+        let client_stream = self.operation != Operation::Embeddings && request.stream;
+        let upstream_stream = self.upstream_stream(route, client_stream);
+        let model = route
+            .provider
+            .resolve_model(request.requested_model.as_deref())
+            .map(Option::unwrap_or_default)
+            .and_then(|model| route.provider.check_model_name(&model).map(|()| model));
+        let (model, mut edits) = match model {
+            Err(error) => {
+                self.reject(host, error);
+                return Some(Progress::Rejected);
+            }
+            Ok(model) => {
+                let edits =
+                    request.field_edits(&model, self.operation, client_stream, upstream_stream)?;
+                (model, edits)
+            }
+        };
+        self.start_exchange(
+            host,
+            model,
+            client_stream,
+            upstream_stream,
+            request.wants_usage,
+        );
+        for guard in guards {
+            if let Step::Reject(error) = guard.apply_in_place(&mut request.texts, host) {
+                self.reject(host, error);
+                return Some(Progress::Rejected);
+            }
+        }
+        edits.append(in_place::text_edits(&request.texts));
+        if !edits.is_empty() {
+            let Some(rewritten) = edits.apply(bytes) else {
+                self.reject(host, internal_error());
+                return Some(Progress::Rejected);
+            };
+            host.replace_request_body(self.request_body_size, &rewritten);
+        }
+        self.request_written(host);
+        Some(Progress::Done)
     }
 
     /// Runs one call of a request stage with this request's context.
@@ -517,12 +613,17 @@ impl Flow {
         };
         let bytes = crate::json::to_vec(&encoded, self.request_body_size + 64);
         host.replace_request_body(self.request_body_size, &bytes);
+        self.request_written(host);
+        Progress::Done
+    }
+
+    /// The body is final: headers held until now follow it upstream.
+    fn request_written(&mut self, host: &mut dyn Host) {
         if self.plan.allow_on_headers_stop_iteration {
             let model = self.exchange.model.clone();
             self.write_upstream_headers(host, Some(&model), Some(self.exchange.upstream_stream));
         }
         self.state = State::Upstream;
-        Progress::Done
     }
 
     // ---------------------------------------------------------------- callouts

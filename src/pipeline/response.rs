@@ -6,6 +6,8 @@ use std::rc::Rc;
 use serde_json::Value;
 
 use super::aggregate;
+use super::in_place;
+use super::stage::Step;
 use super::stream::{self, StreamProcessor};
 use super::{filter_state, Action, Flow, Progress, ResponseMode, Side, State};
 use crate::config::Route;
@@ -238,6 +240,12 @@ impl Flow {
                         return Action::Continue;
                     }
                 };
+                if let Some(progress) = self.answer_in_place(host, &body) {
+                    return match progress {
+                        Progress::Waiting => Action::Pause,
+                        Progress::Done | Progress::Rejected => Action::Continue,
+                    };
+                }
                 match self.prepare_answer(&body) {
                     Ok(()) => {}
                     Err(error) => {
@@ -253,6 +261,46 @@ impl Flow {
             }
             None => Action::Continue,
         }
+    }
+
+    /// The common route's answer (a JSON answer of an OpenAI-shaped provider, only regex
+    /// guards as response stages) without a `Value`: usage read and texts guarded in place,
+    /// written back only when they changed. None when the general path must handle it;
+    /// nothing has happened then.
+    fn answer_in_place(&mut self, host: &mut dyn Host, body: &[u8]) -> Option<Progress> {
+        let plan = Rc::clone(&self.plan);
+        let route = plan.routes.get(self.route)?;
+        if !self.in_place
+            || self.exchange.client_stream
+            || self.exchange.upstream_stream
+            || self.response_encoding.is_some()
+            || !route.provider.codec().takes_openai_body()
+        {
+            return None;
+        }
+        let guards = (0..)
+            .map_while(|index| route.response_stage(index))
+            .map(|stage| stage.regex_guard())
+            .collect::<Option<Vec<_>>>()?;
+        let text = std::str::from_utf8(body).ok()?;
+        let mut answer = in_place::read_answer(text)?;
+        self.exchange_usage = answer.usage;
+        for guard in guards {
+            if let Step::Reject(error) = guard.apply_in_place(&mut answer.texts, host) {
+                self.replace_with_error(host, error);
+                return Some(Progress::Rejected);
+            }
+        }
+        let edits = answer.edits();
+        if !edits.is_empty() {
+            let Some(rewritten) = edits.apply(body) else {
+                self.replace_with_error(host, super::internal_error());
+                return Some(Progress::Rejected);
+            };
+            host.replace_response_body(0, self.response_body_size, &rewritten);
+        }
+        self.account(host);
+        Some(Progress::Done)
     }
 
     /// Translates the buffered answer to an OpenAI `chat.completion` and reads its usage.

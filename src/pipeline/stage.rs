@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::guards::regex_guard::RegexGuard;
 use crate::host::{Callout, CalloutReply, Host};
 use crate::providers::Exchange;
 use crate::sse::SseEvent;
@@ -47,6 +48,11 @@ pub trait RequestStage: Debug {
     fn on_reply(&self, _ctx: &mut RequestCtx<'_>, _reply: &CalloutReply) -> Step {
         Step::Next
     }
+    /// The regex guard this stage is, if it is one: the body can then be rewritten in
+    /// place (`in_place`) when every stage is.
+    fn regex_guard(&self) -> Option<&RegexGuard> {
+        None
+    }
 }
 
 /// What a response stage may change beyond the body: status and headers, honoured where the
@@ -83,6 +89,10 @@ pub trait ResponseStage: Debug {
     /// instructions). Needs the response headers held, which only
     /// `allow_on_headers_stop_iteration` allows; without it the config is refused.
     fn sets_status(&self) -> bool;
+    /// As `RequestStage::regex_guard`.
+    fn regex_guard(&self) -> Option<&RegexGuard> {
+        None
+    }
 }
 
 /// Works on a stream event by event (OpenAI `chat.completion.chunk` events), for example a

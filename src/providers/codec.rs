@@ -37,6 +37,12 @@ pub trait Codec: Sync {
     /// Whether non-streamed answers need `decode_response` (the answer is buffered then).
     fn translates_responses(&self) -> bool;
 
+    /// True when the provider takes the OpenAI body as it is, but for the model and
+    /// stream options (`pipeline::in_place` can then rewrite it without a `Value`).
+    fn takes_openai_body(&self) -> bool {
+        false
+    }
+
     /// Turns the shaped OpenAI chat request (model already resolved) into the native body.
     fn encode_request(
         &self,

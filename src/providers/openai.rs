@@ -19,6 +19,10 @@ impl Codec for OpenAiCodec {
         false
     }
 
+    fn takes_openai_body(&self) -> bool {
+        true
+    }
+
     fn encode_request(
         &self,
         request: &Value,

@@ -42,6 +42,10 @@ impl FieldRules {
 
     /// Defaults fill fields the client left out (absent or `null`); overrides always set
     /// theirs, and an override of `null` removes the field.
+    pub fn is_empty(&self) -> bool {
+        self.defaults.is_empty() && self.overrides.is_empty()
+    }
+
     pub fn apply(&self, body: &mut Value) {
         let Some(object) = body.as_object_mut() else {
             return;

@@ -62,6 +62,11 @@ impl Shaping {
     }
 
     /// Applies the shaping stages to a request body, in the documented order.
+    /// True when `apply` never changes a body (no templates, decorations or field rules).
+    pub fn is_identity(&self) -> bool {
+        self.templates.is_empty() && self.decorations.is_empty() && self.fields.is_empty()
+    }
+
     pub fn apply(&self, body: &mut Value) -> Result<(), ApiError> {
         self.apply_template(body)?;
         self.decorations.apply(body);
