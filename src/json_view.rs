@@ -73,24 +73,14 @@ pub fn as_bool(raw: &RawValue) -> Option<bool> {
 /// they do not name without serde_json's depth limit (128) on `Value`s, so callers that must
 /// refuse what a `Value` parse refuses check this first.
 pub fn nesting_within(text: &[u8], limit: usize) -> bool {
-    let opens = text.iter().filter(|b| matches!(b, b'[' | b'{')).count();
-    if opens <= limit {
-        return true;
-    }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &byte in text {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut depth = 0usize;
+    let mut at = 0;
+    while let Some(&byte) = text.get(at) {
         match byte {
-            b'"' => in_string = true,
+            b'"' => match string_end(text, at + 1) {
+                Some(end) => at = end,
+                None => return true, // an unterminated string: the parse refuses it anyway
+            },
             b'[' | b'{' => {
                 depth += 1;
                 if depth > limit {
@@ -100,8 +90,28 @@ pub fn nesting_within(text: &[u8], limit: usize) -> bool {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        at += 1;
     }
     true
+}
+
+/// The index of the quote that ends a JSON string whose text starts at `from`. Strings are
+/// most of a body: their text is skipped eight bytes at a time up to each quote, and a quote
+/// after an odd run of backslashes is escaped.
+fn string_end(text: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let quote = from + crate::find::byte(text.get(from..)?, b'"')?;
+        let backslashes = text
+            .get(..quote)?
+            .iter()
+            .rev()
+            .take_while(|byte| **byte == b'\\')
+            .count();
+        if backslashes % 2 == 0 {
+            return Some(quote);
+        }
+        from = quote + 1;
+    }
 }
 
 /// Where `part`, a slice of `whole` (a raw value borrowed from it), sits in `whole`.
@@ -220,6 +230,9 @@ mod tests {
         assert!(nesting_within(text.as_bytes(), 3));
         assert!(!nesting_within(text.as_bytes(), 2));
         assert!(nesting_within(br#"["\"[[[[", []]"#, 2));
+        assert!(nesting_within(br#"["\\", [[]]]"#, 3));
+        assert!(!nesting_within(br#"["\\", [[]]]"#, 2));
+        assert!(nesting_within(br#"["unterminated [[[[["#, 1));
     }
 
     #[test]
