@@ -5,7 +5,8 @@
 //!
 //!     cargo run --release --example pipeline_bench [-- integration/bench/route.json]
 //!
-//! `PIPELINE_BENCH_ONLY="32 KB"` runs one scenario; `PIPELINE_BENCH_ITERS=20` a fixed number
+//! `PIPELINE_BENCH_GENERAL=1` sends every body through the general `Value` path (no
+//! in-place rewrite), to compare the two. `PIPELINE_BENCH_ONLY="32 KB"` runs one scenario; `PIPELINE_BENCH_ITERS=20` a fixed number
 //! of requests, for instruction counts that compare across changes:
 //!
 //!     PIPELINE_BENCH_ITERS=20 valgrind --tool=callgrind target/release/examples/pipeline_bench
@@ -160,6 +161,7 @@ fn new_host(body: &[u8]) -> CountingHost {
 fn one_request(plan: &Rc<Plan>, body: &[u8], stream: Option<&[Vec<u8>]>) -> (Phases, CountingHost) {
     let mut host = new_host(body);
     let mut flow = Flow::new(Rc::clone(plan));
+    flow.set_in_place(std::env::var_os("PIPELINE_BENCH_GENERAL").is_none());
     let mut phases = Phases::default();
 
     let t = Instant::now();
