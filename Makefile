@@ -7,7 +7,6 @@
 #   make cli         the native `aigate` CLI (check / explain) in target/release/aigate
 #   make soak        minutes of mixed traffic through Envoy, memory figures (not part of `test`)
 #   make bench       plain Envoy vs Envoy + aigate, side by side (BENCH_QUICK=1: ~1 minute)
-#   make bench-v8    instructions per request of the pipeline inside V8 (exact, repeatable)
 #
 # Python tooling lives in .venv (created from integration/requirements.txt).
 
@@ -26,7 +25,7 @@ PYTEST_ARGS  ?=
 
 BENCH_TARGET := target/bench
 
-.PHONY: venv toolchain wasm lint unit e2e test run cli wasm-opt release oci soak bench bench-tools bench-profile bench-v8 wrk
+.PHONY: venv toolchain wasm lint unit e2e test run cli wasm-opt release oci soak bench bench-tools bench-profile wrk
 
 ## venv: .venv with the e2e requirements (re-installs only when they change)
 venv: $(VENV_STAMP)
@@ -159,16 +158,6 @@ bench-tools:
 ## bench-profile: aigate with per-phase timing inside the VM (the bench's "where the time goes" pass)
 bench-profile:
 	cargo build --release --target $(WASM_TARGET) --lib --features phase-profile --target-dir $(BENCH_TARGET)/profile
-
-## bench-v8: instructions per request of the pipeline inside V8 (Node.js under callgrind):
-##   exact and repeatable on a busy machine, for before/after comparisons (integration/bench/v8count.py)
-bench-v8: venv
-	@command -v valgrind >/dev/null 2>&1 && command -v node >/dev/null 2>&1 || { \
-	  echo "bench-v8: installing valgrind and nodejs"; \
-	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
-	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends valgrind nodejs; }
-	cargo build --release --target $(WASM_TARGET) --manifest-path integration/bench/v8/Cargo.toml --target-dir $(BENCH_TARGET)/v8
-	$(VENV_PY) -m integration.bench.v8count
 
 ## wrk: the load generator, from Debian's packages when missing
 wrk:
