@@ -24,8 +24,9 @@ use std::rc::Rc;
 use crate::config::compile::compile_endpoint;
 use crate::config::model::{GuardConfig, GuardsConfig, RejectConfig};
 use crate::config::{Auth, ConfigError, EnvLookup};
+use crate::pipeline::stage::Side;
 use crate::pipeline::stage::{EventFilter, RequestStage, ResponseStage};
-use outcome::{GuardInfo, RejectPolicy, Side};
+use outcome::{GuardInfo, RejectPolicy};
 use regex_guard::{RegexGuard, RegexRequestStage, RegexResponseStage, Scanner};
 
 /// Makes a fresh per-stream filter for each streamed answer.

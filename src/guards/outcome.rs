@@ -7,21 +7,7 @@ use crate::config::model::FailureMode;
 use crate::error::ApiError;
 use crate::host::Host;
 use crate::metrics;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Request,
-    Response,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Request => "request",
-            Side::Response => "response",
-        }
-    }
-}
+use crate::pipeline::stage::Side;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

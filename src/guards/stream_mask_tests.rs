@@ -1,7 +1,8 @@
 use super::*;
-use crate::guards::outcome::{GuardInfo, RejectPolicy, Side};
+use crate::guards::outcome::{GuardInfo, RejectPolicy};
 use crate::guards::regex_guard::tests::scanner;
 use crate::host::RecordingHost;
+use crate::pipeline::stage::Side;
 
 const ALL: [&str; 5] = ["ssn", "credit_card", "email", "phone_number", "ipv4"];
 

@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::host::{CalloutReply, Host};
 use crate::providers::{Exchange, CLIENT_CREDENTIAL_HEADERS};
 use crate::usage::Usage;
-use stage::{Notes, RequestCtx, ResponseCtx, ResponseOverride, Step};
+use stage::{Notes, RequestCtx, ResponseCtx, ResponseOverride, Side, Step};
 use stream::StreamProcessor;
 
 /// What the glue returns to Envoy from a phase callback.
@@ -665,13 +665,6 @@ impl Flow {
             _ => {}
         }
     }
-}
-
-/// Which half of the exchange a stage works on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Request,
-    Response,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -43,6 +43,22 @@ pub struct RequestCtx<'a> {
     pub host: &'a mut dyn Host,
 }
 
+/// Which half of the exchange a stage works on (also a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Request,
+    Response,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Request => "request",
+            Side::Response => "response",
+        }
+    }
+}
+
 pub trait RequestStage: Debug {
     fn start(&self, ctx: &mut RequestCtx<'_>) -> Step;
     fn on_reply(&self, _ctx: &mut RequestCtx<'_>, _reply: &CalloutReply) -> Step {

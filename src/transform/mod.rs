@@ -19,7 +19,7 @@ use crate::config::{compile_endpoint, ConfigError, Endpoint, EnvLookup};
 use crate::error::ApiError;
 use crate::host::{CalloutReply, Host};
 use crate::metrics;
-use crate::pipeline::stage::{RequestStage, ResponseStage};
+use crate::pipeline::stage::{RequestStage, ResponseStage, Side};
 use callout::{ModelReply, ReplyError};
 
 pub use request::RequestTransformer;
@@ -66,21 +66,6 @@ impl TransformPlan {
             None => None,
         };
         Ok(TransformPlan { request, response })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Request,
-    Response,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Request => "request",
-            Side::Response => "response",
-        }
     }
 }
 
