@@ -142,14 +142,19 @@ impl Edits {
         self.edits.push((range, bytes));
     }
 
+    /// Replaces `range` with `text` as a JSON string.
+    pub fn replace_with_str(&mut self, range: Range<usize>, text: &str) {
+        let mut bytes = Vec::with_capacity(text.len() + 2);
+        crate::json::write_str(text, &mut bytes);
+        self.replace(range, bytes);
+    }
+
     /// Replaces the raw value `part` of `whole` with `text` as a JSON string.
     pub fn replace_with_string(&mut self, whole: &str, part: &RawValue, text: &str) -> bool {
         let Some(range) = range_in(whole, part.get()) else {
             return false;
         };
-        let mut bytes = Vec::with_capacity(text.len() + 2);
-        crate::json::write_str(text, &mut bytes);
-        self.replace(range, bytes);
+        self.replace_with_str(range, text);
         true
     }
 

@@ -25,6 +25,7 @@ use crate::config::model::RegexAction;
 use crate::error::ApiError;
 use crate::host::Host;
 use crate::json_view::{self, Edits, Kind};
+use crate::pipeline::in_place::ToolCallView;
 use crate::pipeline::stage::EventFilter;
 use crate::sse::SseEvent;
 
@@ -360,9 +361,7 @@ impl StreamMasker {
             }
             for (_, range, piece, released) in outputs {
                 if released != piece {
-                    let mut bytes = Vec::with_capacity(released.len() + 2);
-                    crate::json::write_str(&released, &mut bytes);
-                    edits.replace(range, bytes);
+                    edits.replace_with_str(range, &released);
                 }
             }
         }
@@ -607,20 +606,6 @@ struct DeltaView<'a> {
     refusal: Option<&'a RawValue>,
     #[serde(borrow)]
     tool_calls: Option<Vec<ToolCallView<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct ToolCallView<'a> {
-    #[serde(borrow)]
-    index: Option<&'a RawValue>,
-    #[serde(borrow)]
-    function: Option<FunctionView<'a>>,
-}
-
-#[derive(Deserialize)]
-struct FunctionView<'a> {
-    #[serde(borrow)]
-    arguments: Option<&'a RawValue>,
 }
 
 fn raw_u64(raw: Option<&RawValue>) -> Option<u64> {

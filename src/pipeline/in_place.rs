@@ -93,16 +93,19 @@ struct PartView<'a> {
     refusal: Option<&'a RawValue>,
 }
 
+/// A tool call of a message, or of a stream chunk's delta (which numbers them by `index`).
 #[derive(Deserialize)]
-struct ToolCallView<'a> {
+pub(crate) struct ToolCallView<'a> {
     #[serde(borrow)]
-    function: Option<FunctionView<'a>>,
+    pub index: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub function: Option<FunctionView<'a>>,
 }
 
 #[derive(Deserialize)]
-struct FunctionView<'a> {
+pub(crate) struct FunctionView<'a> {
     #[serde(borrow)]
-    arguments: Option<&'a RawValue>,
+    pub arguments: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -195,16 +198,8 @@ pub fn read_request(body: &str, operation: Operation) -> Option<Request<'_>> {
                 read_message(body, message, 0, true, &mut texts)?;
             }
         }
-        Operation::Completions => match view.prompt.map(json_view::kind) {
-            Some(Kind::String) => {}
-            Some(Kind::Array) => {
-                let items: Vec<&RawValue> = serde_json::from_str(view.prompt?.get()).ok()?;
-                if items.is_empty() || !items.iter().all(|item| is_string(Some(item))) {
-                    return None;
-                }
-            }
-            _ => return None,
-        },
+        // Checked below, with the prompt's texts.
+        Operation::Completions => {}
         Operation::Embeddings => match view.input.map(json_view::kind) {
             Some(Kind::String | Kind::Array) => {}
             _ => return None,
@@ -212,17 +207,18 @@ pub fn read_request(body: &str, operation: Operation) -> Option<Request<'_>> {
         Operation::ListModels => return None,
     }
     // Every operation's guard reads these, as `text::visit_request` does.
-    for raw in [view.prompt, view.suffix, view.input].into_iter().flatten() {
-        match json_view::kind(raw) {
-            Kind::String => texts.push(Text::read(body, raw, 0)?),
-            Kind::Array => {
-                let items: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
-                for item in items.into_iter().filter(|item| is_string(Some(item))) {
-                    texts.push(Text::read(body, item, 0)?);
-                }
-            }
-            _ => {}
-        }
+    let prompt = match view.prompt {
+        Some(raw) => Some(read_strings(body, raw, &mut texts)?),
+        None => None,
+    };
+    for raw in [view.suffix, view.input].into_iter().flatten() {
+        read_strings(body, raw, &mut texts)?;
+    }
+    // A string, or a non-empty array of strings (as `api::validate` demands).
+    if operation == Operation::Completions
+        && !matches!(prompt, Some(Strings::One | Strings::All(1..)))
+    {
+        return None;
     }
     let requested_model = match model {
         Some(raw) => Some(json_view::as_str(raw)?),
@@ -238,6 +234,46 @@ pub fn read_request(body: &str, operation: Operation) -> Option<Request<'_>> {
         has_stream_options: view.stream_options.0.is_some(),
         texts,
     })
+}
+
+/// What `read_strings` found.
+enum Strings {
+    /// A string.
+    One,
+    /// An array whose items are all strings, this many.
+    All(usize),
+    /// An array with other items, or another type.
+    Other,
+}
+
+/// A string's text, or the strings of an array (other items skipped, as token arrays are).
+fn read_strings<'a>(
+    body: &'a str,
+    raw: &'a RawValue,
+    texts: &mut Vec<Text<'a>>,
+) -> Option<Strings> {
+    match json_view::kind(raw) {
+        Kind::String => {
+            texts.push(Text::read(body, raw, 0)?);
+            Some(Strings::One)
+        }
+        Kind::Array => {
+            let items: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
+            let mut strings = 0;
+            for item in &items {
+                if is_string(Some(item)) {
+                    texts.push(Text::read(body, item, 0)?);
+                    strings += 1;
+                }
+            }
+            Some(if strings == items.len() {
+                Strings::All(strings)
+            } else {
+                Strings::Other
+            })
+        }
+        _ => Some(Strings::Other),
+    }
 }
 
 /// The texts of a message, in `text::visit_message`'s order. `strict`: the request's
@@ -395,16 +431,16 @@ impl Answer<'_> {
 pub fn text_edits(texts: &[Text<'_>]) -> Edits {
     let mut edits = Edits::default();
     for text in texts.iter().filter(|text| text.changed) {
-        let mut bytes = Vec::with_capacity(text.text.len() + 2);
         if text.plain {
             // Guards only cut out pieces and add placeholders: nothing to escape.
+            let mut bytes = Vec::with_capacity(text.text.len() + 2);
             bytes.push(b'"');
             bytes.extend_from_slice(text.text.as_bytes());
             bytes.push(b'"');
+            edits.replace(text.range.clone(), bytes);
         } else {
-            crate::json::write_str(&text.text, &mut bytes);
+            edits.replace_with_str(text.range.clone(), &text.text);
         }
-        edits.replace(text.range.clone(), bytes);
     }
     edits
 }
