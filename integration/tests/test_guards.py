@@ -175,6 +175,21 @@ def test_regex_masks_string_content(envoy, mock):
     assert guard_counter(envoy, "mask", "regex", "request", "masked") == before + 1
 
 
+def test_regex_edits_the_body_in_place_and_leaves_the_rest_byte_for_byte(envoy, mock):
+    # On this route (OpenAI provider, no shaping, only regex guards) the filter splices the
+    # masked strings into the client's bytes: spacing, key order and the escapes of strings
+    # it did not change reach the provider as sent.
+    clean = b'{ "temperature" : 0.5,\n  "model":"gpt-4o-mini",  "messages":[{"role":"user","content":"caf\\u00e9 at 9"}], "user":"u1" }'
+    response = post(envoy, "mask", content=clean)
+    assert response.status_code == 200, response.text
+    assert upstream_chats(mock)[-1].body == clean
+
+    dirty = b'{"messages":[{"role":"system","content":"keep \\u0041"},{"role":"user","content":"mail bob@example.com"}],"model":"gpt-4o-mini"}'
+    response = post(envoy, "mask", content=dirty)
+    assert response.status_code == 200, response.text
+    assert upstream_chats(mock)[-1].body == dirty.replace(b"bob@example.com", b"<EMAIL>")
+
+
 def test_regex_masks_array_parts_and_tool_arguments_of_a_text_plain_body(envoy, mock):
     body = {
         "model": "gpt-4o-mini",
