@@ -407,5 +407,73 @@ mod tests {
         assert!(validate(Operation::Completions, &json!({"prompt":5})).is_err());
         assert!(validate(Operation::Embeddings, &json!({"input":["a"]})).is_ok());
         assert!(validate(Operation::Embeddings, &json!({})).is_err());
+        for ok in [
+            json!("a"),
+            json!(["a", "b"]),
+            json!([1, 2]),
+            json!([[1], [2, 3]]),
+        ] {
+            assert!(validate(Operation::Embeddings, &json!({"input": ok})).is_ok());
+        }
+        for bad in [
+            json!([["a"]]),
+            json!(["a", 1]),
+            json!([[1, "a"]]),
+            json!({"a": 1}),
+        ] {
+            let err = validate(Operation::Embeddings, &json!({"input": bad})).unwrap_err();
+            assert!(err.message.contains("'input'"), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn text_in_shapes_that_are_not_the_apis_is_refused() {
+        for (message, needle) in [
+            (
+                json!({"role": "user", "content": [{"type": "text", "text": 5}]}),
+                "messages[0].content[0].text",
+            ),
+            (
+                json!({"role": "user", "content": [{"type": "text"}]}),
+                "messages[0].content[0].text",
+            ),
+            (
+                json!({"role": "assistant", "content": [{"type": "refusal", "refusal": ["no"]}]}),
+                "messages[0].content[0].refusal",
+            ),
+            (
+                json!({"role": "assistant", "content": "x", "refusal": {"r": "no"}}),
+                "messages[0].refusal",
+            ),
+            (
+                json!({"role": "assistant", "content": null, "tool_calls": {"function": {"arguments": "x"}}}),
+                "messages[0].tool_calls",
+            ),
+            (
+                json!({"role": "assistant", "content": null, "tool_calls": ["x"]}),
+                "messages[0].tool_calls[0]",
+            ),
+            (
+                json!({"role": "assistant", "content": null, "tool_calls": [{"function": "x"}]}),
+                "messages[0].tool_calls[0].function",
+            ),
+            (
+                json!({"role": "assistant", "content": null, "tool_calls": [{"function": {"arguments": {"a": 1}}}]}),
+                "messages[0].tool_calls[0].function.arguments",
+            ),
+            (
+                json!({"role": "assistant", "content": null, "function_call": {"arguments": 5}}),
+                "messages[0].function_call.arguments",
+            ),
+        ] {
+            let err =
+                validate(Operation::ChatCompletions, &json!({"messages": [message]})).unwrap_err();
+            assert_eq!(err.status, 400);
+            assert!(
+                err.message.contains(&format!("'{needle}'")),
+                "{} should name {needle}",
+                err.message
+            );
+        }
     }
 }
