@@ -116,7 +116,16 @@ pub(crate) fn encode(
         }
     }
     if turns.is_empty() {
-        return Err(common::no_turns(NAME));
+        // OpenAI answers a conversation of instructions alone; Anthropic needs a turn, so
+        // the instructions become it (and no `system` is sent).
+        if system.is_empty() {
+            return Err(common::no_turns(NAME));
+        }
+        let blocks = system
+            .drain(..)
+            .map(|(text, cache)| with_cache(json!({"type": "text", "text": text}), cache))
+            .collect();
+        turns.push(("user", blocks));
     }
     let messages: Vec<Value> = turns
         .into_iter()

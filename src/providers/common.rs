@@ -223,13 +223,13 @@ pub fn refuse_function_call(message: &Value, at: &str, provider: &str) -> Result
     }
 }
 
-/// A conversation made only of system/developer messages has no turn to send.
+/// A conversation with no text at all to send (only empty system/developer messages).
 pub fn no_turns(provider: &str) -> ApiError {
     invalid(
         "messages",
         &format!(
-            "provider {provider} needs at least one user, assistant or tool message besides \
-             the system and developer messages"
+            "provider {provider} needs a message with some content: a user, assistant or \
+             tool message, or a non-empty system or developer message"
         ),
     )
 }

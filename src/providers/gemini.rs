@@ -172,7 +172,12 @@ pub(crate) fn encode(request: &Value) -> Result<Value, ApiError> {
         }
     }
     if contents.is_empty() {
-        return Err(common::no_turns(NAME));
+        // OpenAI answers a conversation of instructions alone; Gemini needs a turn, so the
+        // instructions become it (and no `systemInstruction` is sent).
+        if system.is_empty() {
+            return Err(common::no_turns(NAME));
+        }
+        contents.push(("user", std::mem::take(&mut system)));
     }
     let contents: Vec<Value> = contents
         .into_iter()

@@ -480,10 +480,17 @@ fn stream_usage_fields_left_out_keep_their_start_value() {
 }
 
 #[test]
-fn system_only_and_legacy_function_call_are_refused() {
-    let err = encode_err(json!({"messages": [
+fn system_only_is_sent_as_the_turn_and_legacy_function_call_refused() {
+    // Instructions alone (OpenAI answers them): they become the user turn.
+    let body = encode_ok(json!({"messages": [
         {"role": "system", "content": "Be terse."}, {"role": "developer", "content": "Really."}
     ]}));
+    assert_eq!(body.get("system"), None);
+    assert_eq!(
+        body["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "Be terse."}, {"type": "text", "text": "Really."}]}])
+    );
+    let err = encode_err(json!({"messages": [{"role": "system", "content": ""}]}));
     assert_eq!((err.status, err.code.as_str()), (400, "invalid_value"));
     assert!(err.message.contains("'messages'"), "{}", err.message);
     let err = encode_err(json!({"messages": [

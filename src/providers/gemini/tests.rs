@@ -497,9 +497,14 @@ fn replayed_calls_without_a_signature_get_the_placeholder_on_the_first() {
 }
 
 #[test]
-fn system_only_and_legacy_function_call_are_refused() {
-    let err =
-        encode(&json!({"messages": [{"role": "system", "content": "Be terse."}]})).unwrap_err();
+fn system_only_is_sent_as_the_turn_and_legacy_function_call_refused() {
+    let body = encode(&json!({"messages": [{"role": "system", "content": "Be terse."}]})).unwrap();
+    assert_eq!(body.get("systemInstruction"), None);
+    assert_eq!(
+        body["contents"],
+        json!([{"role": "user", "parts": [{"text": "Be terse."}]}])
+    );
+    let err = encode(&json!({"messages": [{"role": "developer", "content": []}]})).unwrap_err();
     assert_eq!((err.status, err.code.as_str()), (400, "invalid_value"));
     let err = encode(&json!({"messages": [
         {"role": "user", "content": "Weather?"},
