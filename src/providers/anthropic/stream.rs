@@ -104,6 +104,17 @@ impl StreamDecoder for AnthropicStream {
                             self.chunks
                                 .tool_call_start(0, tool, field("id"), field("name")),
                         );
+                        // The input normally streams as pieces after an empty `{}` here;
+                        // one given whole at the start is the arguments.
+                        let input = content.and_then(|c| c.get("input"));
+                        if let Some(input) =
+                            input.filter(|i| i.as_object().is_some_and(|o| !o.is_empty()))
+                        {
+                            if let Some((_, _, sent)) = self.tool_block(block) {
+                                *sent = true;
+                            }
+                            out.push(self.chunks.tool_call_arguments(0, tool, &input.to_string()));
+                        }
                     }
                     Some("text") => {
                         let text = content

@@ -553,3 +553,48 @@ fn normalize_gives_guards_the_decoded_arguments_and_joined_system() {
     assert_eq!(sent["system"], request["messages"][0]["content"]);
     assert_eq!(encode_ok(request), sent);
 }
+
+/// Arguments are always valid JSON: `{}` for a call streamed without pieces, the input
+/// itself when the start event carries it whole, and never doubled.
+#[test]
+fn streamed_tool_arguments_are_always_json() {
+    let event = |data: Value| {
+        format!(
+            "event: {}\ndata: {data}\n\n",
+            data["type"].as_str().unwrap()
+        )
+    };
+    let stream: String = [
+        json!({"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "a", "name": "f", "input": {}}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "b", "name": "g", "input": {"x": 1}}}),
+        json!({"type": "content_block_stop", "index": 1}),
+        json!({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "c", "name": "h", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "{\"y\":"}}),
+        json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "2}"}}),
+        json!({"type": "content_block_stop", "index": 2}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 3}}),
+        json!({"type": "message_stop"}),
+    ]
+    .into_iter()
+    .map(event)
+    .collect();
+    let out = process_stream(
+        AnthropicCodec.stream_decoder(&exchange(true)),
+        &[stream.as_bytes()],
+        false,
+    );
+    let mut arguments = [String::new(), String::new(), String::new()];
+    for event in crate::providers::test_support::events_json(&out) {
+        for call in event["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let index = call["index"].as_u64().unwrap() as usize;
+            arguments[index].push_str(call["function"]["arguments"].as_str().unwrap_or_default());
+        }
+    }
+    assert_eq!(arguments, ["{}", "{\"x\":1}", "{\"y\":2}"]);
+}
