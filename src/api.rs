@@ -135,11 +135,88 @@ pub fn validate(operation: Operation, body: &Value) -> Result<(), ApiError> {
             None => Err(missing_param("prompt")),
         },
         Operation::Embeddings => match object.get("input") {
-            Some(Value::String(_) | Value::Array(_)) => Ok(()),
-            Some(_) => Err(invalid_param("input", "must be a string or an array")),
+            Some(input) if embeddings_input_shape(input).is_some() => Ok(()),
+            Some(_) => Err(invalid_param(
+                "input",
+                "must be a string, an array of strings, an array of integers (tokens) or an \
+                 array of arrays of integers",
+            )),
             None => Err(missing_param("input")),
         },
         Operation::ListModels => Ok(()),
+    }
+}
+
+/// What an embeddings `input` is, if it is one of the API's shapes: a string, an array of
+/// strings (text), or an array of token ids or of token arrays (not text). An empty array
+/// is left to the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddingsInput {
+    Text,
+    Tokens,
+}
+
+pub fn embeddings_input_shape(input: &Value) -> Option<EmbeddingsInput> {
+    let is_token = |item: &Value| item.is_u64() || item.is_i64();
+    match input {
+        Value::String(_) => Some(EmbeddingsInput::Text),
+        Value::Array(items) if items.iter().all(Value::is_string) => Some(EmbeddingsInput::Text),
+        Value::Array(items) if items.iter().all(is_token) => Some(EmbeddingsInput::Tokens),
+        Value::Array(items)
+            if items.iter().all(|item| {
+                item.as_array()
+                    .is_some_and(|tokens| tokens.iter().all(is_token))
+            }) =>
+        {
+            Some(EmbeddingsInput::Tokens)
+        }
+        _ => None,
+    }
+}
+
+/// Content part types whose text field guards read, and that field.
+pub const TEXT_PARTS: [(&str, &str); 2] = [("text", "text"), ("refusal", "refusal")];
+
+/// A message's `tool_calls` (null or an array of objects whose `function` is an object with
+/// string `arguments`) and legacy `function_call` (null or such an object): anything else
+/// would carry text past the guards.
+fn validate_calls(message: &serde_json::Map<String, Value>, index: usize) -> Result<(), ApiError> {
+    let function = |function: &Value, at: &str| -> Result<(), ApiError> {
+        let Some(function) = function.as_object() else {
+            return Err(invalid_param(at, "must be an object"));
+        };
+        match function.get("arguments") {
+            None | Some(Value::String(_)) => Ok(()),
+            Some(_) => Err(invalid_param(
+                &format!("{at}.arguments"),
+                "must be a string (JSON text)",
+            )),
+        }
+    };
+    match message.get("tool_calls") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(calls)) => {
+            for (call_index, call) in calls.iter().enumerate() {
+                let at = format!("messages[{index}].tool_calls[{call_index}]");
+                let Some(call) = call.as_object() else {
+                    return Err(invalid_param(&at, "must be an object"));
+                };
+                match call.get("function") {
+                    None | Some(Value::Null) => {}
+                    Some(value) => function(value, &format!("{at}.function"))?,
+                }
+            }
+        }
+        Some(_) => {
+            return Err(invalid_param(
+                &format!("messages[{index}].tool_calls"),
+                "must be an array",
+            ))
+        }
+    }
+    match message.get("function_call") {
+        None | Some(Value::Null) => Ok(()),
+        Some(value) => function(value, &format!("messages[{index}].function_call")),
     }
 }
 
@@ -173,6 +250,16 @@ fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
             }
             None => return Err(missing_param(&format!("messages[{index}].role"))),
         }
+        validate_calls(message, index)?;
+        match message.get("refusal") {
+            None | Some(Value::Null | Value::String(_)) => {}
+            Some(_) => {
+                return Err(invalid_param(
+                    &format!("messages[{index}].refusal"),
+                    "must be a string or null",
+                ))
+            }
+        }
         match message.get("content") {
             None | Some(Value::Null) => {
                 let has_tool_calls = message.get("tool_calls").is_some_and(Value::is_array)
@@ -184,11 +271,17 @@ fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
             Some(Value::String(_)) => {}
             Some(Value::Array(parts)) => {
                 for (part_index, part) in parts.iter().enumerate() {
-                    if part.get("type").and_then(Value::as_str).is_none() {
-                        return Err(invalid_param(
-                            &format!("messages[{index}].content[{part_index}]"),
-                            "must be an object with a \"type\"",
-                        ));
+                    let at = format!("messages[{index}].content[{part_index}]");
+                    let Some(kind) = part.get("type").and_then(Value::as_str) else {
+                        return Err(invalid_param(&at, "must be an object with a \"type\""));
+                    };
+                    if let Some((_, field)) = TEXT_PARTS.iter().find(|(k, _)| *k == kind) {
+                        if !part.get(field).is_some_and(Value::is_string) {
+                            return Err(invalid_param(
+                                &format!("{at}.{field}"),
+                                "must be a string",
+                            ));
+                        }
                     }
                 }
             }
@@ -314,5 +407,73 @@ mod tests {
         assert!(validate(Operation::Completions, &json!({"prompt":5})).is_err());
         assert!(validate(Operation::Embeddings, &json!({"input":["a"]})).is_ok());
         assert!(validate(Operation::Embeddings, &json!({})).is_err());
+        for ok in [
+            json!("a"),
+            json!(["a", "b"]),
+            json!([1, 2]),
+            json!([[1], [2, 3]]),
+        ] {
+            assert!(validate(Operation::Embeddings, &json!({"input": ok})).is_ok());
+        }
+        for bad in [
+            json!([["a"]]),
+            json!(["a", 1]),
+            json!([[1, "a"]]),
+            json!({"a": 1}),
+        ] {
+            let err = validate(Operation::Embeddings, &json!({"input": bad})).unwrap_err();
+            assert!(err.message.contains("'input'"), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn text_in_shapes_that_are_not_the_apis_is_refused() {
+        for (message, needle) in [
+            (
+                json!({"role": "user", "content": [{"type": "text", "text": 5}]}),
+                "messages[0].content[0].text",
+            ),
+            (
+                json!({"role": "user", "content": [{"type": "text"}]}),
+                "messages[0].content[0].text",
+            ),
+            (
+                json!({"role": "assistant", "content": [{"type": "refusal", "refusal": ["no"]}]}),
+                "messages[0].content[0].refusal",
+            ),
+            (
+                json!({"role": "assistant", "content": "x", "refusal": {"r": "no"}}),
+                "messages[0].refusal",
+            ),
+            (
+                json!({"role": "assistant", "content": null, "tool_calls": {"function": {"arguments": "x"}}}),
+                "messages[0].tool_calls",
+            ),
+            (
+                json!({"role": "assistant", "content": null, "tool_calls": ["x"]}),
+                "messages[0].tool_calls[0]",
+            ),
+            (
+                json!({"role": "assistant", "content": null, "tool_calls": [{"function": "x"}]}),
+                "messages[0].tool_calls[0].function",
+            ),
+            (
+                json!({"role": "assistant", "content": null, "tool_calls": [{"function": {"arguments": {"a": 1}}}]}),
+                "messages[0].tool_calls[0].function.arguments",
+            ),
+            (
+                json!({"role": "assistant", "content": null, "function_call": {"arguments": 5}}),
+                "messages[0].function_call.arguments",
+            ),
+        ] {
+            let err =
+                validate(Operation::ChatCompletions, &json!({"messages": [message]})).unwrap_err();
+            assert_eq!(err.status, 400);
+            assert!(
+                err.message.contains(&format!("'{needle}'")),
+                "{} should name {needle}",
+                err.message
+            );
+        }
     }
 }

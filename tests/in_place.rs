@@ -62,8 +62,12 @@ fn message(seed: &[usize]) -> Value {
     let role = pick(&["user", "system", "assistant", "tool", "bogus"], seed[0]);
     let text = pick(&TEXTS, seed[1]);
     let mut message = json!({"role": role});
-    match seed[2] % 6 {
+    match seed[2] % 9 {
         0 | 1 => message["content"] = json!(text),
+        // Shapes that are not the API's: refused by both paths, never forwarded unguarded.
+        6 => message["content"] = json!([{"type": "text", "text": [text]}]),
+        7 => message["content"] = json!([["text", text]]),
+        8 => message["content"] = json!([{"type": "refusal", "refusal": {"text": text}}]),
         2 => {
             message["content"] = json!([{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": "http://x"}}])
         }
@@ -73,6 +77,18 @@ fn message(seed: &[usize]) -> Value {
     }
     if seed[3] % 3 == 0 {
         message["tool_calls"] = json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": pick(&TEXTS, seed[4])}}]);
+    }
+    match seed[3] % 14 {
+        2 => {
+            message["tool_calls"] = json!({"id": "c1", "type": "function", "function": {"name": "f", "arguments": pick(&TEXTS, seed[4])}})
+        }
+        5 => {
+            message["tool_calls"] = json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": pick(&TEXTS, seed[4])}}}])
+        }
+        8 => message["tool_calls"] = json!([["c1", {"arguments": pick(&TEXTS, seed[4])}]]),
+        11 => message["function_call"] = json!({"name": "g", "arguments": pick(&TEXTS, seed[4])}),
+        13 => message["function_call"] = json!(["g", pick(&TEXTS, seed[4])]),
+        _ => {}
     }
     if seed[3] % 5 == 1 {
         message["refusal"] = json!(pick(&TEXTS, seed[4]));
@@ -88,7 +104,8 @@ fn request(seed: &[usize]) -> (String, Vec<u8>) {
         ),
         1 => (
             "/v1/embeddings",
-            json!({"input": pick(&[json!(pick(&TEXTS, seed[1])), json!([pick(&TEXTS, seed[2]), [1, 2]]), json!(3)], seed[3])}),
+            json!({"input": pick(&[json!(pick(&TEXTS, seed[1])), json!([pick(&TEXTS, seed[2]), [1, 2]]), json!(3),
+                json!([[pick(&TEXTS, seed[2])]]), json!([[1, 2], [3]]), json!([1, 2]), json!([pick(&TEXTS, seed[1]), pick(&TEXTS, seed[2])])], seed[3])}),
         ),
         _ => {
             let count = 1 + seed[1] % 3;
@@ -292,4 +309,72 @@ fn unchanged_bodies_are_not_rewritten() {
         String::from_utf8(host.request_body.clone()).unwrap(),
         r#"{"model":"gpt-4o", "messages":[{"role":"user","content":"mail <EMAIL>"}]}"#
     );
+}
+
+/// Text in shapes that are not the API's is refused with a 400 that names the field, by
+/// both paths, instead of being forwarded past the guards.
+#[test]
+fn malformed_text_shapes_are_refused_by_both_paths() {
+    let plan = plan(1, false);
+    let ssn = "SSN 123-45-6789";
+    for (path, body, field) in [
+        (
+            "/v1/embeddings",
+            json!({"model": "m", "input": [[ssn]]}),
+            "input",
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "m", "input": [ssn, 5]}),
+            "input",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": [ssn]}]}]}),
+            "messages[0].content[0].text",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": {"t": ssn}}]}]}),
+            "messages[0].content[0].text",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "m", "messages": [{"role": "assistant", "content": null, "tool_calls": {"id": "c", "type": "function", "function": {"name": "f", "arguments": ssn}}}]}),
+            "messages[0].tool_calls",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "m", "messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": {"a": ssn}}}]}]}),
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "m", "messages": [{"role": "assistant", "content": "x", "refusal": [ssn]}]}),
+            "messages[0].refusal",
+        ),
+    ] {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        for in_place in [true, false] {
+            let seen = run(&plan, in_place, path, &bytes, b"{}");
+            let (status, error) = seen
+                .local
+                .clone()
+                .unwrap_or_else(|| panic!("forwarded: {body}"));
+            assert_eq!(status, 400, "{body}");
+            let message = error["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains(&format!("'{field}'")),
+                "{message} should name {field}"
+            );
+            assert_eq!(error["error"]["type"], "invalid_request_error");
+        }
+    }
+    // Token arrays are not text, and are the API's.
+    for input in [json!([1, 2]), json!([[1, 2], [3]])] {
+        let bytes = serde_json::to_vec(&json!({"model": "m", "input": input})).unwrap();
+        let seen = run(&plan, true, "/v1/embeddings", &bytes, b"{}");
+        assert_eq!(seen.local, None);
+        assert_eq!(seen.upstream.unwrap()["input"], input);
+    }
 }

@@ -405,3 +405,188 @@ fn gemini_errors_keep_their_status() {
         assert_eq!(body["error"]["type"], "rate_limit_error");
     }
 }
+
+fn guarded(provider: Value, action: &str) -> Rc<Plan> {
+    let guard = json!({"regex": {"builtins": ["ssn"], "action": action,
+        "patterns": [{"name": "codename", "pattern": "(?i)project\\s+falcon"}]}});
+    let config = json!({
+        "allow_on_headers_stop_iteration": true,
+        "routes": [{"name": "llm", "match": {"route_name": "llm"}, "provider": provider,
+                    "guards": {"request": [guard]}}],
+    });
+    let env = |name: &str| match name {
+        "ANTHROPIC_API_KEY" => Some("sk-ant-server".to_string()),
+        "GEMINI_API_KEY" => Some("g-server".to_string()),
+        _ => None,
+    };
+    Rc::new(parse_and_compile(config.to_string().as_bytes(), &env).unwrap())
+}
+
+/// JSON escapes inside the JSON strings the translation parses (tool-call `arguments`,
+/// Gemini tool results) reach the provider decoded: the guards must read them decoded.
+const ESCAPED_TOOL_TURN: &str = r#"{"model": "m", "messages": [
+    {"role": "user", "content": "look up the file"},
+    {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+        "function": {"name": "lookup", "arguments": "{\"ssn\": \"\\u0031\\u0032\\u0033-45-6789\", \"q\": \"pr\\u006fject falcon\"}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "{\"owner\": \"pr\\u006fject "}, {"type": "text", "text": "falcon\", \"id\": \"\\u0031\\u0032\\u0033-45-6789\"}"}]},
+    {"role": "system", "content": "project"},
+    {"role": "developer", "content": "falcon"}
+]}"#;
+
+#[test]
+fn guards_read_what_the_translation_sends() {
+    let providers = [
+        json!({"kind": "anthropic", "auth": {"key": {"env": "ANTHROPIC_API_KEY"}}}),
+        json!({"kind": "gemini", "auth": {"key": {"env": "GEMINI_API_KEY"}}, "model": "gemini-2.5-flash"}),
+    ];
+    let request = json_of(ESCAPED_TOOL_TURN.as_bytes());
+    for provider in providers {
+        let kind = provider["kind"].clone();
+        let (_, host) = send(&guarded(provider.clone(), "mask"), &request);
+        assert_eq!(host.local_response, None, "{kind}");
+        let mut upstream = json_of(&host.request_body);
+        if kind == "anthropic" {
+            // Anthropic gets tool results as text, escapes and all, as OpenAI would: what
+            // the guard read. Out of the comparison below.
+            let result = upstream["messages"][2]["content"][0]["content"].take();
+            assert_eq!(result, request["messages"][2]["content"], "{kind}");
+        }
+        let sent = upstream.to_string();
+        assert!(!sent.contains("6789"), "{kind}: {sent}");
+        assert!(
+            !sent.to_lowercase().contains("project falcon"),
+            "{kind}: {sent}"
+        );
+        // Anthropic joins the system texts with a blank line: still one codename.
+        assert!(!sent.contains("project\\n\\nfalcon"), "{kind}: {sent}");
+        assert!(!sent.contains("\\u00"), "{kind}: {sent}");
+        // The arguments are still JSON objects, masked inside.
+        let input = match kind.as_str().unwrap() {
+            "anthropic" => upstream["messages"][1]["content"][0]["input"].clone(),
+            _ => upstream["contents"][1]["parts"][0]["functionCall"]["args"].clone(),
+        };
+        assert!(input.is_object(), "{kind}: {input}");
+        assert_eq!(input["ssn"], "<SSN>", "{kind}");
+        assert_eq!(input["q"], "<CODENAME>", "{kind}");
+
+        let (_, host) = send(&guarded(provider, "reject"), &request);
+        let reply = host.local_response.as_ref().expect("rejected");
+        assert_eq!(reply.status, 403, "{kind}");
+    }
+}
+
+fn sse(events: &[Value]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for event in events {
+        let kind = event["type"].as_str().unwrap();
+        out.extend_from_slice(format!("event: {kind}\ndata: {event}\n\n").as_bytes());
+    }
+    out
+}
+
+/// A hostile or unusual Anthropic stream: the start and the end repeated, a tool call with
+/// no input, and a `message_delta` whose usage leaves out the input counts.
+fn anthropic_odd_stream() -> Vec<u8> {
+    let start = json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+        "content": [], "model": "claude-sonnet-4-5", "stop_reason": null,
+        "usage": {"input_tokens": 3, "cache_read_input_tokens": 10, "output_tokens": 1}}});
+    sse(&[
+        start.clone(),
+        start,
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "now", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": ""}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 7, "cache_read_input_tokens": 10}}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}),
+        json!({"type": "message_stop"}),
+    ])
+}
+
+#[test]
+fn anthropic_stream_one_role_one_finish_cumulative_usage_json_arguments() {
+    let request = json!({"model": "m", "stream": true, "stream_options": {"include_usage": true},
+                         "messages": [{"role": "user", "content": "Time?"}],
+                         "tools": [{"type": "function", "function": {"name": "now"}}]});
+    let (mut flow, mut host) = send(&anthropic(false), &request);
+    let client = respond(
+        &mut flow,
+        &mut host,
+        200,
+        "text/event-stream",
+        &[&anthropic_odd_stream()],
+    );
+    let events = events(&client);
+    let deltas: Vec<&Value> = events
+        .iter()
+        .filter_map(|e| e.get("choices").and_then(|c| c.get(0)))
+        .collect();
+    let roles = deltas
+        .iter()
+        .filter(|c| c["delta"].get("role").is_some())
+        .count();
+    assert_eq!(roles, 1, "{events:?}");
+    let finishes: Vec<&Value> = deltas
+        .iter()
+        .map(|c| &c["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finishes, vec![&json!("tool_calls")], "{events:?}");
+    let arguments: String = deltas
+        .iter()
+        .filter_map(|c| c["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(arguments, "{}");
+    // message_delta carried only output tokens: input and cache reads keep their start value.
+    let usage = &events[events.len() - 2]["usage"];
+    assert_eq!(usage["prompt_tokens"], 13, "{usage}");
+    assert_eq!(usage["completion_tokens"], 9, "{usage}");
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"], 10,
+        "{usage}"
+    );
+    assert_eq!(tokens(&host, "anthropic", "m"), (13, 9, 22));
+    // The same answer as JSON gives the same arguments.
+    let (mut flow, mut host) = send(
+        &anthropic(false),
+        &json!({"model": "m", "messages": [{"role": "user", "content": "Time?"}]}),
+    );
+    let answer = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "stop_reason": "tool_use",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": "now", "input": {}}],
+        "usage": {"input_tokens": 3, "cache_read_input_tokens": 10, "output_tokens": 9}});
+    let client = respond(
+        &mut flow,
+        &mut host,
+        200,
+        "application/json",
+        &[answer.to_string().as_bytes()],
+    );
+    assert_eq!(
+        json_of(&client)["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+        "{}"
+    );
+}
+
+#[test]
+fn gemini_stream_one_finish_per_choice() {
+    let request = json!({"stream": true, "messages": [{"role": "user", "content": "Sky?"}]});
+    let (mut flow, mut host) = send(&gemini_fixed(false), &request);
+    let event = |text: &str| {
+        json!({"candidates": [{"index": 0, "content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 3, "totalTokenCount": 5}})
+    };
+    let stream = format!("data: {}\n\ndata: {}\n\n", event("blue"), event(""));
+    let client = respond(
+        &mut flow,
+        &mut host,
+        200,
+        "text/event-stream",
+        &[stream.as_bytes()],
+    );
+    let events = events(&client);
+    let finishes = events
+        .iter()
+        .filter_map(|e| e.get("choices").and_then(|c| c.get(0)))
+        .filter(|c| !c["finish_reason"].is_null())
+        .count();
+    assert_eq!(finishes, 1, "{events:?}");
+}

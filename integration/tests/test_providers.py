@@ -401,7 +401,16 @@ def test_gemini_tool_call_round_trip(envoy, mock):
     second = client.chat.completions.create(model=GEMINI, messages=messages, tools=[WEATHER_TOOL])
     assert second.choices[0].finish_reason == "stop"
     contents = mock.last.json["contents"]
-    assert contents[1] == {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "mock", "unit": "celsius"}}}]}
+    # The mock's call carried no thoughtSignature: Google's placeholder goes back in its place.
+    assert contents[1] == {
+        "role": "model",
+        "parts": [
+            {
+                "functionCall": {"name": "get_weather", "args": {"city": "mock", "unit": "celsius"}},
+                "thoughtSignature": "skip_thought_signature_validator",
+            }
+        ],
+    }
     assert contents[2] == {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"temp": 21}}}]}
 
 
@@ -538,3 +547,125 @@ def test_raw_http_answer_shapes(envoy):
         assert r.headers["content-type"].startswith("text/event-stream")
         raw = b"".join(r.iter_raw())
     assert raw.endswith(b"data: [DONE]\n\n")
+
+
+# --- Translation fidelity and guards on translated routes (issue 12) ------------------------
+
+GUARD = {
+    "regex": {
+        "builtins": ["ssn"],
+        "patterns": [{"name": "codename", "pattern": "(?i)project\\s+falcon"}],
+        "action": "mask",
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def envoy_guarded(envoy_factory, mock):
+    mock.add_route("POST", r"/v1beta/openai/embeddings", llm.openai_chat)
+    routes = [
+        {**ANTHROPIC_ROUTE, "name": "claude-guarded", "guards": {"request": [GUARD]}},
+        {**GEMINI_FIXED_ROUTE, "name": "gemini-guarded", "guards": {"request": [GUARD]}},
+        {**GEMINI_COMPAT_ROUTE, "name": "compat-guarded", "guards": {"request": [GUARD]}},
+    ]
+    return envoy_factory(plugin_config={"routes": routes}, env=ENV, clusters={"mock_llm": mock})
+
+
+ESCAPED_ARGUMENTS = '{"ssn": "\\u0031\\u0032\\u0033-45-6789", "q": "pr\\u006fject falcon"}'
+
+
+@pytest.mark.parametrize("prefix", ["anthropic", "gemini"])
+def test_guards_read_tool_arguments_as_the_provider_gets_them(envoy_guarded, mock, prefix):
+    messages = [
+        {"role": "user", "content": "look it up"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ESCAPED_ARGUMENTS}}],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"owner": "pr\\u006fject falcon"}'},
+        {"role": "user", "content": "thanks"},
+    ]
+    sdk(envoy_guarded, prefix).chat.completions.create(model=CLAUDE if prefix == "anthropic" else GEMINI, messages=messages)
+    sent = mock.last.json
+    if prefix == "anthropic":
+        call = sent["messages"][1]["content"][0]["input"]
+    else:
+        call = sent["contents"][1]["parts"][0]["functionCall"]["args"]
+        # Gemini gets the tool result decoded too: masked as well.
+        assert sent["contents"][2]["parts"][0]["functionResponse"]["response"] == {"owner": "<CODENAME>"}
+    assert call == {"ssn": "<SSN>", "q": "<CODENAME>"}
+    assert "6789" not in mock.last.text and "falcon" not in json.dumps(call)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "path", "body", "field"),
+    [
+        ("gemini-openai", "embeddings", {"model": "m", "input": [["SSN 123-45-6789"]]}, "input"),
+        (
+            "gemini-openai",
+            "chat/completions",
+            {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": ["SSN 123-45-6789"]}]}]},
+            "messages[0].content[0].text",
+        ),
+        (
+            "anthropic",
+            "chat/completions",
+            {
+                "model": CLAUDE,
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": None, "tool_calls": {"id": "c", "type": "function", "function": {"name": "f", "arguments": "123-45-6789"}}},
+                ],
+            },
+            "messages[1].tool_calls",
+        ),
+    ],
+)
+def test_malformed_text_shapes_are_refused(envoy_guarded, mock, prefix, path, body, field):
+    before = len(mock.requests)
+    response = httpx.post(
+        f"{envoy_guarded.base_url}/{prefix}/v1/{path}", json=body, headers={"authorization": f"Bearer {CLIENT_KEY}"}, timeout=30
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and f"'{field}'" in error["message"]
+    assert all(b"6789" not in r.body for r in mock.requests[before:])
+
+
+def _anthropic_odd_stream() -> bytes:
+    start = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": CLAUDE,
+             "content": [], "stop_reason": None, "usage": {"input_tokens": 3, "cache_read_input_tokens": 10, "output_tokens": 1}}}
+    events = [
+        start,
+        start,
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 7, "cache_read_input_tokens": 10}},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}},
+        {"type": "message_stop"},
+    ]
+    return b"".join(sse.sse_event(e, event=e["type"]) for e in events)
+
+
+def test_anthropic_stream_repeats_and_cumulative_usage(envoy, mock):
+    mock.enqueue_reply(llm.sse_reply(_anthropic_odd_stream()), path="/v1/messages")
+    chunks = list(
+        sdk(envoy, "anthropic").chat.completions.create(
+            model=CLAUDE,
+            stream=True,
+            stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "Weather?"}],
+            tools=[WEATHER_TOOL],
+        )
+    )
+    roles = [ch.delta.role for c in chunks for ch in c.choices if ch.delta.role]
+    finishes = [ch.finish_reason for c in chunks for ch in c.choices if ch.finish_reason]
+    assert roles == ["assistant"], "one role chunk per choice"
+    assert finishes == ["tool_calls"], "one finish_reason per choice"
+    arguments = "".join(tc.function.arguments or "" for c in chunks for ch in c.choices for tc in (ch.delta.tool_calls or []))
+    assert json.loads(arguments) == {}
+    usage = [c.usage for c in chunks if c.usage is not None][-1]
+    # message_delta left the input count out: it keeps its message_start value.
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (13, 9, 22)
+    assert usage.prompt_tokens_details.cached_tokens == 10

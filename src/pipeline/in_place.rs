@@ -15,7 +15,7 @@ use std::ops::Range;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::api::{Operation, ROLES};
+use crate::api::{Operation, ROLES, TEXT_PARTS};
 use crate::json_view::{self, Edits, Kind, Member};
 use crate::usage::Usage;
 
@@ -60,7 +60,7 @@ struct RequestView<'a> {
     #[serde(borrow, default)]
     stream_options: Member<'a>,
     #[serde(borrow)]
-    messages: Option<Vec<MessageView<'a>>>,
+    messages: Option<Vec<&'a RawValue>>,
     #[serde(borrow)]
     prompt: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -78,9 +78,9 @@ struct MessageView<'a> {
     #[serde(borrow)]
     refusal: Option<&'a RawValue>,
     #[serde(borrow)]
-    tool_calls: Option<Vec<ToolCallView<'a>>>,
+    tool_calls: Option<&'a RawValue>,
     #[serde(borrow)]
-    function_call: Option<FunctionView<'a>>,
+    function_call: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -100,6 +100,13 @@ pub(crate) struct ToolCallView<'a> {
     pub index: Option<&'a RawValue>,
     #[serde(borrow)]
     pub function: Option<FunctionView<'a>>,
+}
+
+/// A message's tool call, its `function` kept raw to check its kind first.
+#[derive(Deserialize)]
+struct CallView<'a> {
+    #[serde(borrow)]
+    function: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -185,25 +192,30 @@ pub fn read_request(body: &str, operation: Operation) -> Option<Request<'_>> {
                 return None;
             }
             for message in messages {
+                if json_view::kind(message) != Kind::Object {
+                    return None; // "must be an object"
+                }
+                let message: MessageView<'_> = serde_json::from_str(message.get()).ok()?;
                 let role = json_view::as_str(message.role?)?;
                 if !ROLES.contains(&role.as_ref()) {
                     return None;
                 }
-                if message.content.is_none()
-                    && message.tool_calls.is_none()
-                    && message.function_call.is_none()
-                {
+                let has_calls = message.tool_calls.map(json_view::kind) == Some(Kind::Array)
+                    || message.function_call.map(json_view::kind) == Some(Kind::Object);
+                if json_view::is_null(message.content) && !has_calls {
                     return None; // content is required without tool calls
                 }
-                read_message(body, message, 0, true, &mut texts)?;
+                read_message(body, &message, 0, true, &mut texts)?;
             }
         }
         // Checked below, with the prompt's texts.
         Operation::Completions => {}
-        Operation::Embeddings => match view.input.map(json_view::kind) {
-            Some(Kind::String | Kind::Array) => {}
-            _ => return None,
-        },
+        // A string or an array of strings (read below), or of tokens, as `api::validate`
+        // demands; anything else takes the general path, which refuses it.
+        Operation::Embeddings => {
+            let input: serde_json::Value = serde_json::from_str(view.input?.get()).ok()?;
+            crate::api::embeddings_input_shape(&input)?;
+        }
         Operation::ListModels => return None,
     }
     // Every operation's guard reads these, as `text::visit_request` does.
@@ -289,10 +301,28 @@ fn read_message<'a>(
         None | Some((Kind::Null, _)) => {}
         Some((Kind::String, raw)) => texts.push(Text::read(body, raw, choice)?),
         Some((Kind::Array, raw)) => {
-            let parts: Vec<PartView<'_>> = serde_json::from_str(raw.get()).ok()?;
-            for part in &parts {
-                if strict && !is_string(part.kind) {
-                    return None;
+            let parts: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
+            for part in parts {
+                if json_view::kind(part) != Kind::Object {
+                    if strict {
+                        return None;
+                    }
+                    continue;
+                }
+                let part: PartView<'_> = serde_json::from_str(part.get()).ok()?;
+                if strict {
+                    // A `type`, and a string where a text part's text is (`api::TEXT_PARTS`).
+                    let kind = json_view::as_str(part.kind?)?;
+                    for (text_kind, field) in TEXT_PARTS {
+                        let raw = if field == "text" {
+                            part.text
+                        } else {
+                            part.refusal
+                        };
+                        if kind == text_kind && !is_string(raw) {
+                            return None;
+                        }
+                    }
                 }
                 for raw in [part.text, part.refusal].into_iter().flatten() {
                     if json_view::kind(raw) == Kind::String {
@@ -304,19 +334,45 @@ fn read_message<'a>(
         Some(_) if strict => return None,
         Some(_) => {}
     }
-    if let Some(raw) = message.refusal.filter(|raw| is_string(Some(raw))) {
-        texts.push(Text::read(body, raw, choice)?);
+    match message.refusal.map(|raw| (json_view::kind(raw), raw)) {
+        None | Some((Kind::Null, _)) => {}
+        Some((Kind::String, raw)) => texts.push(Text::read(body, raw, choice)?),
+        Some(_) if strict => return None, // "must be a string or null"
+        Some(_) => {}
     }
-    for call in message.tool_calls.iter().flatten() {
-        if let Some(raw) = call.function.as_ref().and_then(|f| f.arguments) {
-            if json_view::kind(raw) == Kind::String {
-                texts.push(Text::read(body, raw, choice)?);
+    // Tool calls: null or an array of objects; a `function`: null or an object whose
+    // `arguments` is a string (as `api::validate` demands of requests).
+    let calls: Vec<&RawValue> = match message.tool_calls.map(json_view::kind) {
+        None | Some(Kind::Null) => Vec::new(),
+        Some(Kind::Array) => serde_json::from_str(message.tool_calls?.get()).ok()?,
+        Some(_) if strict => return None,
+        Some(_) => Vec::new(),
+    };
+    let mut functions = Vec::new();
+    for call in calls {
+        if json_view::kind(call) != Kind::Object {
+            if strict {
+                return None;
             }
+            continue;
         }
+        let call: CallView<'_> = serde_json::from_str(call.get()).ok()?;
+        functions.push(call.function);
     }
-    if let Some(raw) = message.function_call.as_ref().and_then(|f| f.arguments) {
-        if json_view::kind(raw) == Kind::String {
-            texts.push(Text::read(body, raw, choice)?);
+    functions.push(message.function_call);
+    for function in functions.into_iter().flatten() {
+        match json_view::kind(function) {
+            Kind::Null => continue,
+            Kind::Object => {}
+            _ if strict => return None,
+            _ => continue,
+        }
+        let function: FunctionView<'_> = serde_json::from_str(function.get()).ok()?;
+        match function.arguments.map(|raw| (json_view::kind(raw), raw)) {
+            None => {}
+            Some((Kind::String, raw)) => texts.push(Text::read(body, raw, choice)?),
+            Some(_) if strict => return None,
+            Some(_) => {}
         }
     }
     Some(())

@@ -531,6 +531,9 @@ impl Flow {
             return Progress::Done;
         };
         while let Some(stage) = route.request_stage(self.next_stage) {
+            // Each stage reads what the translation will send (JSON-in-string fields
+            // decoded), also after a transformer rewrote the request.
+            route.provider.codec().normalize_request(&mut self.body);
             let step = self.with_request_ctx(host, route, |ctx| stage.start(ctx));
             match self.follow_step(host, route, Side::Request, step) {
                 Some(progress) => return progress,

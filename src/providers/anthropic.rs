@@ -51,6 +51,10 @@ impl Codec for AnthropicCodec {
         encode(request, provider.anthropic.max_tokens, exchange)
     }
 
+    fn normalize_request(&self, request: &mut Value) {
+        normalize(request);
+    }
+
     fn decode_response(&self, body: &[u8], exchange: &Exchange) -> Result<Option<Value>, ApiError> {
         let answer: Value =
             serde_json::from_slice(body).map_err(|_| common::invalid_upstream(NAME))?;
@@ -81,7 +85,8 @@ pub(crate) fn encode(
         ApiError::invalid_request("invalid_body", "The request body must be a JSON object.")
     })?;
     common::check_fields(request, NAME, &MAPPED)?;
-    let mut system: Vec<String> = Vec::new();
+    // Each system/developer message's text, and the `cache_control` one of its parts carried.
+    let mut system: Vec<(String, Option<&Value>)> = Vec::new();
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for (index, message) in common::messages(request)?.iter().enumerate() {
         let at = format!("messages[{index}]");
@@ -89,11 +94,18 @@ pub(crate) fn encode(
             "system" | "developer" => {
                 let text = common::text_only(message.get("content"), &at, NAME)?;
                 if !text.is_empty() {
-                    system.push(text);
+                    let cache = common::cache_controls(message.get("content"))
+                        .into_iter()
+                        .flatten()
+                        .next_back();
+                    system.push((text, cache));
                 }
             }
             "user" => push_turn(&mut turns, "user", user_blocks(message, &at)?),
-            "assistant" => push_turn(&mut turns, "assistant", assistant_blocks(message, &at)?),
+            "assistant" => {
+                common::refuse_function_call(message, &at, NAME)?;
+                push_turn(&mut turns, "assistant", assistant_blocks(message, &at)?)
+            }
             "tool" => push_turn(&mut turns, "user", vec![tool_result(message, &at)?]),
             other => {
                 return Err(common::unsupported(
@@ -102,6 +114,18 @@ pub(crate) fn encode(
                 ))
             }
         }
+    }
+    if turns.is_empty() {
+        // OpenAI answers a conversation of instructions alone; Anthropic needs a turn, so
+        // the instructions become it (and no `system` is sent).
+        if system.is_empty() {
+            return Err(common::no_turns(NAME));
+        }
+        let blocks = system
+            .drain(..)
+            .map(|(text, cache)| with_cache(json!({"type": "text", "text": text}), cache))
+            .collect();
+        turns.push(("user", blocks));
     }
     let messages: Vec<Value> = turns
         .into_iter()
@@ -112,8 +136,16 @@ pub(crate) fn encode(
     body.insert("messages".into(), Value::Array(messages));
     let max_tokens = common::max_tokens(request)?.unwrap_or(default_max_tokens);
     body.insert("max_tokens".into(), json!(max_tokens));
-    if !system.is_empty() {
-        body.insert("system".into(), Value::String(system.join("\n\n")));
+    if system.iter().any(|(_, cache)| cache.is_some()) {
+        // Cache breakpoints need blocks: one per message, marked where a part was.
+        let blocks = system
+            .iter()
+            .map(|(text, cache)| with_cache(json!({"type": "text", "text": text}), *cache))
+            .collect();
+        body.insert("system".into(), Value::Array(blocks));
+    } else if !system.is_empty() {
+        let texts: Vec<&str> = system.iter().map(|(text, _)| text.as_str()).collect();
+        body.insert("system".into(), Value::String(texts.join("\n\n")));
     }
     for (from, to) in [
         ("temperature", "temperature"),
@@ -146,12 +178,80 @@ fn push_turn(turns: &mut Vec<(&'static str, Vec<Value>)>, role: &'static str, bl
     }
 }
 
+/// The request rewritten into what the translation sends, before guards read it: tool-call
+/// arguments in the JSON form `input` gets, and the system/developer texts joined as
+/// `system` gets them (see `Codec::normalize_request`).
+pub(crate) fn normalize(request: &mut Value) {
+    common::canonical_arguments(request);
+    let Some(messages) = request.get_mut("messages").and_then(Value::as_array_mut) else {
+        return;
+    };
+    let is_instruction = |m: &Value| matches!(common::role(m), "system" | "developer");
+    let mut first: Option<usize> = None;
+    let mut texts: Vec<String> = Vec::new();
+    for (index, message) in messages.iter().enumerate() {
+        if !is_instruction(message) {
+            continue;
+        }
+        let content = message.get("content");
+        if common::cache_controls(content).iter().any(Option::is_some) {
+            return; // sent as blocks, one per message, as the guards read them
+        }
+        let Some(text) = common::joined_text(content) else {
+            return; // non-text content: the translation refuses it
+        };
+        first.get_or_insert(index);
+        if !text.is_empty() {
+            texts.push(text);
+        }
+    }
+    let Some(first) = first else { return };
+    let joined = texts.join("\n\n");
+    for (index, message) in messages.iter_mut().enumerate() {
+        if index >= first && is_instruction(message) {
+            if let Some(object) = message.as_object_mut() {
+                let text = if index == first {
+                    joined.clone()
+                } else {
+                    String::new()
+                };
+                object.insert("content".into(), Value::String(text));
+            }
+        }
+    }
+}
+
+fn with_cache(mut block: Value, cache: Option<&Value>) -> Value {
+    if let (Some(object), Some(cache)) = (block.as_object_mut(), cache) {
+        object.insert("cache_control".into(), cache.clone());
+    }
+    block
+}
+
+/// The content blocks of a message's parts, empty text left out, each part's
+/// `cache_control` kept.
+fn blocks<'a>(
+    message: &'a Value,
+    at: &str,
+    block: impl Fn(Part<'a>) -> Result<Value, ApiError>,
+) -> Result<Vec<Value>, ApiError> {
+    let content = message.get("content");
+    let caches = common::cache_controls(content);
+    let mut out = Vec::new();
+    for (index, part) in common::parts(content, at)?.into_iter().enumerate() {
+        if part == Part::Text("") {
+            continue;
+        }
+        out.push(with_cache(
+            block(part)?,
+            caches.get(index).copied().flatten(),
+        ));
+    }
+    Ok(out)
+}
+
 fn user_blocks(message: &Value, at: &str) -> Result<Vec<Value>, ApiError> {
-    common::parts(message.get("content"), at)?
-        .into_iter()
-        .filter(|part| *part != Part::Text(""))
-        .map(|part| content_block(part, at))
-        .collect()
+    blocks(message, at, |part| content_block(part, at))
 }
 
 fn content_block(part: Part<'_>, at: &str) -> Result<Value, ApiError> {
@@ -167,19 +267,13 @@ fn content_block(part: Part<'_>, at: &str) -> Result<Value, ApiError> {
 }
 
 fn assistant_blocks(message: &Value, at: &str) -> Result<Vec<Value>, ApiError> {
-    let mut blocks = Vec::new();
-    for part in common::parts(message.get("content"), at)? {
-        match part {
-            Part::Text("") => {}
-            Part::Text(text) => blocks.push(json!({"type": "text", "text": text})),
-            _ => {
-                return Err(common::unsupported(
-                    NAME,
-                    &format!("{at}: non-text content in an assistant message"),
-                ))
-            }
-        }
-    }
+    let mut blocks = blocks(message, at, |part| match part {
+        Part::Text(text) => Ok(json!({"type": "text", "text": text})),
+        _ => Err(common::unsupported(
+            NAME,
+            &format!("{at}: non-text content in an assistant message"),
+        )),
+    })?;
     for call in common::tool_calls(message, at)? {
         blocks.push(
             json!({"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}),
@@ -195,12 +289,19 @@ fn tool_result(message: &Value, at: &str) -> Result<Value, ApiError> {
         .ok_or_else(|| common::invalid(&format!("{at}.tool_call_id"), "is required"))?;
     let content = match message.get("content") {
         Some(Value::String(text)) => Value::String(text.clone()),
-        other => Value::Array(
-            common::parts(other, at)?
-                .into_iter()
-                .map(|part| content_block(part, at))
-                .collect::<Result<_, _>>()?,
-        ),
+        other => {
+            let caches = common::cache_controls(other);
+            Value::Array(
+                common::parts(other, at)?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, part)| {
+                        let cache = caches.get(index).copied().flatten();
+                        content_block(part, at).map(|block| with_cache(block, cache))
+                    })
+                    .collect::<Result<_, _>>()?,
+            )
+        }
     };
     Ok(json!({"type": "tool_result", "tool_use_id": id, "content": content}))
 }
@@ -258,25 +359,40 @@ pub(crate) fn finish_reason(stop_reason: Option<&str>) -> Option<&'static str> {
     })
 }
 
-/// Anthropic's `input_tokens` leaves out cached input; OpenAI's `prompt_tokens` counts it.
-pub(crate) fn usage_counts(usage: Option<&Value>, counts: &mut super::common::TokenCounts) {
-    let Some(usage) = usage else { return };
-    let field = |name: &str| usage.get(name).and_then(Value::as_u64);
-    let (input, created, read) = (
-        field("input_tokens"),
-        field("cache_creation_input_tokens"),
-        field("cache_read_input_tokens"),
-    );
-    if input.is_some() || created.is_some() || read.is_some() {
-        let read = read.unwrap_or_default();
-        counts.prompt = input
-            .unwrap_or_default()
-            .saturating_add(created.unwrap_or_default())
-            .saturating_add(read);
-        counts.cached = read;
+/// Anthropic's usage counters. Each is cumulative: a later report of one replaces it, and
+/// one a report leaves out keeps its value (a stream's `message_delta` after its
+/// `message_start`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    input: u64,
+    cache_creation: u64,
+    cache_read: u64,
+    output: u64,
+}
+
+impl Usage {
+    pub(crate) fn merge(&mut self, usage: Option<&Value>) {
+        let Some(usage) = usage else { return };
+        for (name, counter) in [
+            ("input_tokens", &mut self.input),
+            ("cache_creation_input_tokens", &mut self.cache_creation),
+            ("cache_read_input_tokens", &mut self.cache_read),
+            ("output_tokens", &mut self.output),
+        ] {
+            if let Some(value) = usage.get(name).and_then(Value::as_u64) {
+                *counter = value;
+            }
+        }
     }
-    if let Some(output) = field("output_tokens") {
-        counts.completion = output;
+
+    /// Anthropic's `input_tokens` leaves out cached input; OpenAI's `prompt_tokens` counts it.
+    pub(crate) fn apply(&self, counts: &mut super::common::TokenCounts) {
+        counts.prompt = self
+            .input
+            .saturating_add(self.cache_creation)
+            .saturating_add(self.cache_read);
+        counts.cached = self.cache_read;
+        counts.completion = self.output;
     }
 }
 
@@ -311,7 +427,9 @@ fn decode(answer: &Value, exchange: &Exchange) -> Result<Value, ApiError> {
     }
     let finish = finish_reason(answer.get("stop_reason").and_then(Value::as_str)).unwrap_or("stop");
     let mut counts = common::TokenCounts::default();
-    usage_counts(answer.get("usage"), &mut counts);
+    let mut usage = Usage::default();
+    usage.merge(answer.get("usage"));
+    usage.apply(&mut counts);
     let choice = json!({
         "index": 0,
         "message": common::assistant_message(text, tool_calls),

@@ -43,6 +43,14 @@ pub trait Codec: Sync {
         false
     }
 
+    /// Rewrites the validated OpenAI request, before any guard reads it, into the texts the
+    /// translation will send: where `encode_request` parses a JSON string (tool-call
+    /// `arguments`, Gemini tool results) or joins texts (system messages), the request gets
+    /// the parsed value's canonical JSON or the joined text, so a guard never reads an
+    /// escaped or split form of what the provider decodes. What cannot be rewritten is left
+    /// for `encode_request` to refuse.
+    fn normalize_request(&self, _request: &mut Value) {}
+
     /// Turns the shaped OpenAI chat request (model already resolved) into the native body.
     fn encode_request(
         &self,

@@ -199,6 +199,93 @@ fn image<'a>(url: &'a str, at: &str) -> Result<Part<'a>, ApiError> {
     Err(invalid(at, "must be an http(s) URL or a base64 data: URL"))
 }
 
+/// Each content part's `cache_control` (an Anthropic extension of the OpenAI parts that
+/// LiteLLM and other gateways accept), in the order of `parts`.
+pub fn cache_controls(content: Option<&Value>) -> Vec<Option<&Value>> {
+    match content {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| item.get("cache_control").filter(|c| !c.is_null()))
+            .collect(),
+        Some(Value::String(_)) => vec![None],
+        _ => Vec::new(),
+    }
+}
+
+/// The deprecated `function_call` of an assistant message is refused, never dropped.
+pub fn refuse_function_call(message: &Value, at: &str, provider: &str) -> Result<(), ApiError> {
+    match message.get("function_call") {
+        None | Some(Value::Null) => Ok(()),
+        Some(_) => Err(unsupported(
+            provider,
+            &format!("{at}.function_call (deprecated; send tool_calls)"),
+        )),
+    }
+}
+
+/// A conversation with no text at all to send (only empty system/developer messages).
+pub fn no_turns(provider: &str) -> ApiError {
+    invalid(
+        "messages",
+        &format!(
+            "provider {provider} needs a message with some content: a user, assistant or \
+             tool message, or a non-empty system or developer message"
+        ),
+    )
+}
+
+/// A JSON text written back the way the translation will send it (`serde_json`'s compact
+/// form: no `\uXXXX` escapes but for control characters), so that guards read what the
+/// provider gets. None when it is not JSON (the translation refuses it or sends it as text).
+pub fn canonical_json(text: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    Some(value.to_string())
+}
+
+/// Rewrites every `tool_calls[].function.arguments` string of the request's messages into
+/// its canonical JSON form (see `canonical_json`): the translation parses the arguments and
+/// sends them decoded, so the guards must read them decoded.
+pub fn canonical_arguments(request: &mut Value) {
+    let Some(messages) = request.get_mut("messages").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for message in messages {
+        let Some(calls) = message.get_mut("tool_calls").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for call in calls {
+            if let Some(Value::String(arguments)) = call
+                .get_mut("function")
+                .and_then(|f| f.get_mut("arguments"))
+            {
+                if let Some(canonical) = canonical_json(arguments) {
+                    *arguments = canonical;
+                }
+            }
+        }
+    }
+}
+
+/// The text of a message whose parts are all text, joined; None for other content.
+pub fn joined_text(content: Option<&Value>) -> Option<String> {
+    match content? {
+        Value::String(text) => Some(text.clone()),
+        Value::Array(items) => {
+            let mut text = String::new();
+            for item in items {
+                match item.get("type").and_then(Value::as_str) {
+                    Some(kind @ ("text" | "refusal")) => {
+                        text.push_str(item.get(kind)?.as_str()?);
+                    }
+                    _ => return None,
+                }
+            }
+            Some(text)
+        }
+        _ => None,
+    }
+}
+
 /// The text of a `system`/`developer` message: text parts only.
 pub fn text_only(content: Option<&Value>, at: &str, provider: &str) -> Result<String, ApiError> {
     let mut text = String::new();
@@ -246,6 +333,8 @@ pub fn function_tools<'a>(
                 ));
             }
             let function = tool.get("function");
+            // `strict` is a guarantee of OpenAI's sampler that no other provider gives: it is
+            // dropped (the schema itself is sent), as docs/CONFIG.md says.
             let name = function
                 .and_then(|f| f.get("name"))
                 .and_then(Value::as_str)

@@ -22,6 +22,11 @@ use crate::error::ApiError;
 
 const NAME: &str = "gemini";
 const SIGNATURE_MARK: &str = "~ts~";
+/// Google's documented stand-in for a `thoughtSignature` the client did not carry (a call
+/// that did not come from this route, or history rebuilt without it): Gemini 3 refuses a
+/// replayed function call without a signature, and accepts this one
+/// (<https://ai.google.dev/gemini-api/docs/thought-signatures>).
+const PLACEHOLDER_SIGNATURE: &str = "skip_thought_signature_validator";
 
 const MAPPED: [&str; 18] = [
     "model",
@@ -59,6 +64,10 @@ impl Codec for GeminiCodec {
         _exchange: &Exchange,
     ) -> Result<Value, ApiError> {
         encode(request)
+    }
+
+    fn normalize_request(&self, request: &mut Value) {
+        normalize(request);
     }
 
     fn decode_response(&self, body: &[u8], exchange: &Exchange) -> Result<Option<Value>, ApiError> {
@@ -118,6 +127,7 @@ pub(crate) fn encode(request: &Value) -> Result<Value, ApiError> {
             }
             "user" => push_content(&mut contents, "user", user_parts(message, &at)?),
             "assistant" => {
+                common::refuse_function_call(message, &at, NAME)?;
                 let mut parts = Vec::new();
                 for part in common::parts(message.get("content"), &at)? {
                     match part {
@@ -131,13 +141,18 @@ pub(crate) fn encode(request: &Value) -> Result<Value, ApiError> {
                         }
                     }
                 }
-                for call in common::tool_calls(message, &at)? {
+                for (number, call) in common::tool_calls(message, &at)?.into_iter().enumerate() {
                     call_names.push((call.id, call.name));
                     let mut part =
                         json!({"functionCall": {"name": call.name, "args": call.arguments}});
-                    if let (Some(object), Some((_, signature))) =
-                        (part.as_object_mut(), call.id.split_once(SIGNATURE_MARK))
-                    {
+                    // Gemini signs the first of parallel calls only; a first call without
+                    // the signature it came with gets Google's placeholder.
+                    let signature = match call.id.split_once(SIGNATURE_MARK) {
+                        Some((_, signature)) => Some(signature),
+                        None if number == 0 => Some(PLACEHOLDER_SIGNATURE),
+                        None => None,
+                    };
+                    if let (Some(object), Some(signature)) = (part.as_object_mut(), signature) {
                         object.insert("thoughtSignature".into(), Value::String(signature.into()));
                     }
                     parts.push(part);
@@ -156,6 +171,14 @@ pub(crate) fn encode(request: &Value) -> Result<Value, ApiError> {
             }
         }
     }
+    if contents.is_empty() {
+        // OpenAI answers a conversation of instructions alone; Gemini needs a turn, so the
+        // instructions become it (and no `systemInstruction` is sent).
+        if system.is_empty() {
+            return Err(common::no_turns(NAME));
+        }
+        contents.push(("user", std::mem::take(&mut system)));
+    }
     let contents: Vec<Value> = contents
         .into_iter()
         .map(|(role, parts)| json!({"role": role, "parts": parts}))
@@ -171,6 +194,35 @@ pub(crate) fn encode(request: &Value) -> Result<Value, ApiError> {
         body.insert("generationConfig".into(), Value::Object(config));
     }
     Ok(Value::Object(body))
+}
+
+/// The request rewritten into what the translation sends, before guards read it (see
+/// `Codec::normalize_request`): tool-call arguments and tool results in the JSON form Gemini
+/// gets (`args`, `functionResponse.response`), and each system/developer message's parts
+/// joined as its `systemInstruction` part is.
+pub(crate) fn normalize(request: &mut Value) {
+    common::canonical_arguments(request);
+    let Some(messages) = request.get_mut("messages").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for message in messages {
+        let role = common::role(message);
+        if !matches!(role, "system" | "developer" | "tool") {
+            continue;
+        }
+        let tool = role == "tool";
+        let Some(mut text) = common::joined_text(message.get("content")) else {
+            continue; // non-text content: the translation refuses it
+        };
+        if tool {
+            if let Some(canonical) = common::canonical_json(&text) {
+                text = canonical;
+            }
+        }
+        if let Some(object) = message.as_object_mut() {
+            object.insert("content".into(), Value::String(text));
+        }
+    }
 }
 
 /// Gemini wants turns alternating, and all function responses to one model turn in the

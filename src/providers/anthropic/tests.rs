@@ -456,3 +456,145 @@ fn usage_chunk_is_dropped_unless_asked_for() {
     assert!(!text.contains("\"usage\""));
     assert_eq!(processor.usage(), Some(crate::usage::Usage::new(25, 15)));
 }
+
+/// `message_delta` usage is cumulative; a field it leaves out keeps its `message_start` value.
+#[test]
+fn stream_usage_fields_left_out_keep_their_start_value() {
+    let stream = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":3,\"cache_creation_input_tokens\":2,\"cache_read_input_tokens\":8,\"output_tokens\":1}}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":5,\"cache_read_input_tokens\":8}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+    let out = process_stream(
+        AnthropicCodec.stream_decoder(&exchange(true)),
+        &[stream.as_bytes()],
+        false,
+    );
+    let events = crate::providers::test_support::events_json(&out);
+    let usage = &events[events.len() - 2]["usage"];
+    assert_eq!(
+        *usage,
+        json!({"prompt_tokens": 13, "completion_tokens": 5, "total_tokens": 18,
+               "prompt_tokens_details": {"cached_tokens": 8}})
+    );
+}
+
+#[test]
+fn system_only_is_sent_as_the_turn_and_legacy_function_call_refused() {
+    // Instructions alone (OpenAI answers them): they become the user turn.
+    let body = encode_ok(json!({"messages": [
+        {"role": "system", "content": "Be terse."}, {"role": "developer", "content": "Really."}
+    ]}));
+    assert_eq!(body.get("system"), None);
+    assert_eq!(
+        body["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "Be terse."}, {"type": "text", "text": "Really."}]}])
+    );
+    let err = encode_err(json!({"messages": [{"role": "system", "content": ""}]}));
+    assert_eq!((err.status, err.code.as_str()), (400, "invalid_value"));
+    assert!(err.message.contains("'messages'"), "{}", err.message);
+    let err = encode_err(json!({"messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": null, "function_call": {"name": "w", "arguments": "{}"}},
+        {"role": "user", "content": "And?"}
+    ]}));
+    assert_eq!(
+        (err.status, err.code.as_str()),
+        (400, "unsupported_parameter")
+    );
+    assert!(
+        err.message.contains("messages[1].function_call"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn cache_control_parts_become_anthropic_cache_breakpoints() {
+    let ephemeral = json!({"type": "ephemeral"});
+    let body = encode_ok(json!({"messages": [
+        {"role": "system", "content": [{"type": "text", "text": "Long rules.", "cache_control": ephemeral}]},
+        {"role": "user", "content": [{"type": "text", "text": "Doc", "cache_control": ephemeral}, {"type": "text", "text": "Q?"}]},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "t1", "content": [{"type": "text", "text": "42", "cache_control": ephemeral}]}
+    ]}));
+    assert_eq!(
+        body["system"],
+        json!([{"type": "text", "text": "Long rules.", "cache_control": ephemeral}])
+    );
+    assert_eq!(
+        body["messages"][0]["content"],
+        json!([{"type": "text", "text": "Doc", "cache_control": ephemeral}, {"type": "text", "text": "Q?"}])
+    );
+    assert_eq!(
+        body["messages"][2]["content"][0]["content"],
+        json!([{"type": "text", "text": "42", "cache_control": ephemeral}])
+    );
+}
+
+#[test]
+fn normalize_gives_guards_the_decoded_arguments_and_joined_system() {
+    let mut request = json!({"messages": [
+        {"role": "system", "content": [{"type": "text", "text": "pro"}, {"type": "text", "text": "ject"}]},
+        {"role": "user", "content": "hi"},
+        {"role": "developer", "content": "falcon"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "t", "type": "function",
+            "function": {"name": "f", "arguments": "{ \"a\" : \"\\u0031\\u0032\" }"}}]}
+    ]});
+    let sent = encode_ok(request.clone());
+    normalize(&mut request);
+    assert_eq!(request["messages"][0]["content"], "project\n\nfalcon");
+    assert_eq!(request["messages"][2]["content"], "");
+    assert_eq!(
+        request["messages"][3]["tool_calls"][0]["function"]["arguments"],
+        "{\"a\":\"12\"}"
+    );
+    // What the guards read is what is sent, and the translation does not change.
+    assert_eq!(sent["system"], request["messages"][0]["content"]);
+    assert_eq!(encode_ok(request), sent);
+}
+
+/// Arguments are always valid JSON: `{}` for a call streamed without pieces, the input
+/// itself when the start event carries it whole, and never doubled.
+#[test]
+fn streamed_tool_arguments_are_always_json() {
+    let event = |data: Value| {
+        format!(
+            "event: {}\ndata: {data}\n\n",
+            data["type"].as_str().unwrap()
+        )
+    };
+    let stream: String = [
+        json!({"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "a", "name": "f", "input": {}}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "b", "name": "g", "input": {"x": 1}}}),
+        json!({"type": "content_block_stop", "index": 1}),
+        json!({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "c", "name": "h", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "{\"y\":"}}),
+        json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "2}"}}),
+        json!({"type": "content_block_stop", "index": 2}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 3}}),
+        json!({"type": "message_stop"}),
+    ]
+    .into_iter()
+    .map(event)
+    .collect();
+    let out = process_stream(
+        AnthropicCodec.stream_decoder(&exchange(true)),
+        &[stream.as_bytes()],
+        false,
+    );
+    let mut arguments = [String::new(), String::new(), String::new()];
+    for event in crate::providers::test_support::events_json(&out) {
+        for call in event["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let index = call["index"].as_u64().unwrap() as usize;
+            arguments[index].push_str(call["function"]["arguments"].as_str().unwrap_or_default());
+        }
+    }
+    assert_eq!(arguments, ["{}", "{\"x\":1}", "{\"y\":2}"]);
+}

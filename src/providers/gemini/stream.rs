@@ -18,6 +18,8 @@ use crate::sse::SseEvent;
 #[derive(Default)]
 struct Candidate {
     role_sent: bool,
+    /// One `finish_reason` per choice, even if `finishReason` comes again.
+    finish_sent: bool,
     tools: usize,
 }
 
@@ -95,6 +97,9 @@ impl GeminiStream {
             }
         }
         if let Some(reason) = candidate.get("finishReason").and_then(Value::as_str) {
+            if std::mem::replace(&mut self.candidate(index).finish_sent, true) {
+                return;
+            }
             let called_tools = self.candidate(index).tools > 0;
             let event = self.delta(index, json!({}), Some(finish_reason(reason, called_tools)));
             out.push(event);

@@ -467,3 +467,76 @@ fn several_candidates_stream_as_several_choices() {
     assert_eq!(completion["choices"][1]["finish_reason"], "length");
     assert_eq!(completion["usage"]["total_tokens"], 7);
 }
+
+#[test]
+fn replayed_calls_without_a_signature_get_the_placeholder_on_the_first() {
+    let body = encode(&json!({"messages": [
+        {"role": "user", "content": "Weather and time?"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_abc", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}},
+            {"id": "call_def", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+        ]},
+        {"role": "tool", "tool_call_id": "call_abc", "content": "{\"temp\": 18}"},
+        {"role": "tool", "tool_call_id": "call_def", "content": "{\"time\": \"10:00\"}"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1~ts~c2lnbmVk", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+        ]},
+        {"role": "tool", "tool_call_id": "call_1~ts~c2lnbmVk", "content": "later"}
+    ]}))
+    .unwrap();
+    let parts = &body["contents"][1]["parts"];
+    assert_eq!(
+        parts[0]["thoughtSignature"],
+        "skip_thought_signature_validator"
+    );
+    assert!(parts[1].get("thoughtSignature").is_none());
+    assert_eq!(
+        body["contents"][3]["parts"][0]["thoughtSignature"],
+        "c2lnbmVk"
+    );
+}
+
+#[test]
+fn system_only_is_sent_as_the_turn_and_legacy_function_call_refused() {
+    let body = encode(&json!({"messages": [{"role": "system", "content": "Be terse."}]})).unwrap();
+    assert_eq!(body.get("systemInstruction"), None);
+    assert_eq!(
+        body["contents"],
+        json!([{"role": "user", "parts": [{"text": "Be terse."}]}])
+    );
+    let err = encode(&json!({"messages": [{"role": "developer", "content": []}]})).unwrap_err();
+    assert_eq!((err.status, err.code.as_str()), (400, "invalid_value"));
+    let err = encode(&json!({"messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": null, "function_call": {"name": "w", "arguments": "{}"}}
+    ]}))
+    .unwrap_err();
+    assert_eq!(
+        (err.status, err.code.as_str()),
+        (400, "unsupported_parameter")
+    );
+}
+
+#[test]
+fn normalize_gives_guards_the_tool_result_as_sent() {
+    let mut request = json!({"messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+            "function": {"name": "f", "arguments": "{\"q\": \"pr\\u006fject\"}"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": [{"type": "text", "text": "{\"a\": \"\\u0031"}, {"type": "text", "text": "2\"}"}]},
+        {"role": "system", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+    ]});
+    let sent = encode(&request).unwrap();
+    normalize(&mut request);
+    assert_eq!(
+        request["messages"][1]["tool_calls"][0]["function"]["arguments"],
+        "{\"q\":\"project\"}"
+    );
+    assert_eq!(request["messages"][2]["content"], "{\"a\":\"12\"}");
+    assert_eq!(request["messages"][3]["content"], "ab");
+    assert_eq!(
+        sent["contents"][2]["parts"][0]["functionResponse"]["response"],
+        json!({"a": "12"})
+    );
+    assert_eq!(encode(&request).unwrap(), sent);
+}
