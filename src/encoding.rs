@@ -151,7 +151,9 @@ fn gzip_header_len(bytes: &[u8]) -> Result<Option<usize>, DecodeError> {
     }
     for flag in [FNAME, FCOMMENT] {
         if flags & flag != 0 {
-            let Some(end) = bytes.get(at..).and_then(|rest| rest.iter().position(|b| *b == 0))
+            let Some(end) = bytes
+                .get(at..)
+                .and_then(|rest| rest.iter().position(|b| *b == 0))
             else {
                 return Ok(None);
             };
@@ -336,14 +338,33 @@ mod tests {
         let text: Vec<u8> = (0..600)
             .flat_map(|i| format!("data: {{\"n\":{i}}}\n\n").into_bytes())
             .collect();
-        let mut named = vec![0x1f, 0x8b, 8, FNAME | FEXTRA, 0, 0, 0, 0, 0, 255, 3, 0, 1, 2, 3];
+        let mut named = vec![
+            0x1f,
+            0x8b,
+            8,
+            FNAME | FEXTRA,
+            0,
+            0,
+            0,
+            0,
+            0,
+            255,
+            3,
+            0,
+            1,
+            2,
+            3,
+        ];
         named.extend(b"stream.txt\0");
         named.extend(miniz_oxide::deflate::compress_to_vec(&text, 6));
         named.extend([0u8; 8]);
         for (encoding, zipped) in [
             ("gzip", gzip_for_tests(&text)),
             ("gzip", named),
-            ("deflate", miniz_oxide::deflate::compress_to_vec_zlib(&text, 6)),
+            (
+                "deflate",
+                miniz_oxide::deflate::compress_to_vec_zlib(&text, 6),
+            ),
             ("deflate", miniz_oxide::deflate::compress_to_vec(&text, 6)),
         ] {
             for size in [1, 2, 7, 11, 4096, zipped.len()] {
@@ -358,11 +379,17 @@ mod tests {
         }
         let mut cut = Inflater::new("gzip").unwrap();
         let zipped = gzip_for_tests(&text);
-        cut.push(&zipped[..zipped.len() / 2], &mut Vec::new()).unwrap();
+        cut.push(&zipped[..zipped.len() / 2], &mut Vec::new())
+            .unwrap();
         assert!(!cut.is_complete());
-        assert!(matches!(Inflater::new("br"), Err(DecodeError::Unsupported(_))));
+        assert!(matches!(
+            Inflater::new("br"),
+            Err(DecodeError::Unsupported(_))
+        ));
         let mut bad = Inflater::new("gzip").unwrap();
-        assert!(bad.push(b"data: {}\n\n plain text", &mut Vec::new()).is_err());
+        assert!(bad
+            .push(b"data: {}\n\n plain text", &mut Vec::new())
+            .is_err());
     }
 
     #[test]

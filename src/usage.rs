@@ -133,7 +133,8 @@ mod tests {
     fn usage_is_found_in_the_tail_of_a_large_answer() {
         let tail = br#"logprob":-0.1}]}}],"usage":{"prompt_tokens":12,"completion_tokens":3000000},"system_fingerprint":"fp"}"#;
         assert_eq!(from_json_tail(tail), Some(Usage::new(12, 3_000_000)));
-        let spaced = br#"...] , "usage" : {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}"#;
+        let spaced =
+            br#"...] , "usage" : {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}"#;
         assert_eq!(from_json_tail(spaced), Some(Usage::new(1, 2)));
         // The last key wins: usage quoted in the text earlier is escaped, so never matches.
         let text = br#"{"content":"say \"usage\":{\"prompt_tokens\":9}"}],"usage":{"prompt_tokens":4,"completion_tokens":5}}"#;

@@ -370,10 +370,10 @@ impl Flow {
         }
         self.request_body_size = body_size;
         let bytes = match host.request_body(body_size) {
-            Some(bytes) => bytes,
+            Some(bytes) if bytes.len() == body_size => bytes,
             None if body_size == 0 => Vec::new(),
-            // Never forward a body the guards could not read.
-            None => return self.reject(host, unreadable_body()),
+            // Never forward a body the guards could not read (or read only part of).
+            _ => return self.reject(host, unreadable_body()),
         };
         if let Some(progress) = self.request_in_place(&bytes, host) {
             return match progress {
