@@ -222,33 +222,68 @@ def test_answer_ending_with_trailers_is_masked_and_accounted(envoy: Envoy, flow_
     assert log_of(envoy, rid)["aigate_total_tokens"] == "23"
 
 
+def stream_chunk(content: str) -> dict[str, Any]:
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+    }
+
+
+STREAM_USAGE = {**stream_chunk(""), "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}}
+
+
+def streamed_text(body: str) -> str:
+    out = ""
+    for line in body.splitlines():
+        if line.startswith("data: {"):
+            data = json.loads(line[6:])
+            for choice in data.get("choices") or []:
+                out += choice["delta"].get("content") or ""
+    return out
+
+
 def test_stream_ending_with_trailers_is_masked_and_accounted(envoy: Envoy, flow_mock: MockServer):
     rid = new_id()
-    def chunk(content: str) -> dict[str, Any]:
-        return {
-            "id": "c",
-            "object": "chat.completion.chunk",
-            "created": 1,
-            "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
-        }
-
-    usage = {**chunk(""), "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}}
-    # No [DONE]: only the trailers end the stream, with the masker still holding the tail.
-    stream = sse_event(chunk(f"ssn {SSN}")) + sse_event(usage) + sse_event(chunk(" ok 12"))
+    stream = sse_event(stream_chunk(f"ssn {SSN}")) + sse_event(stream_chunk(" ok")) + sse_event(STREAM_USAGE)
+    stream += b"data: [DONE]\n\n"
     flow_mock.enqueue_reply(
         Reply(200, headers={"content-type": "text/event-stream"}, chunks=[stream[:60], stream[60:]], trailers={"x-end": "1"})
     )
-    r = httpx.post(envoy.base_url + "/guarded/v1/chat/completions", json=chat("hi", stream=True), timeout=10, headers={"x-request-id": rid})
-    assert r.status_code == 200
-    assert SSN not in r.text and "6789" not in r.text, r.text
-    text = "".join(
-        json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-        for line in r.text.splitlines()
-        if line.startswith("data: {") and json.loads(line[6:]).get("choices")
+    r = httpx.post(
+        envoy.base_url + "/guarded/v1/chat/completions", json=chat("hi", stream=True), timeout=10, headers={"x-request-id": rid}
     )
-    assert text == "ssn <SSN> ok 12", r.text
+    assert r.status_code == 200
+    assert streamed_text(r.text) == "ssn <SSN> ok", r.text
     assert log_of(envoy, rid)["aigate_total_tokens"] == "13"
+
+
+def test_stream_ended_by_trailers_with_text_held_back_fails_clearly(envoy: Envoy, flow_mock: MockServer):
+    """No [DONE]: only the trailers end the stream, while the masker holds back "12" (it may
+    begin an SSN). Envoy lets nothing be added to the body from the trailers callback, so
+    the stream must end in an error the client sees, not silently short."""
+    rid = new_id()
+    stream = sse_event(stream_chunk(f"ssn {SSN}")) + sse_event(STREAM_USAGE) + sse_event(stream_chunk(" ok 12"))
+    flow_mock.enqueue_reply(
+        Reply(200, headers={"content-type": "text/event-stream"}, chunks=[stream[:60], stream[60:]], trailers={"x-end": "1"})
+    )
+    received = b""
+    with pytest.raises(httpx.RemoteProtocolError):
+        with httpx.stream(
+            "POST",
+            envoy.base_url + "/guarded/v1/chat/completions",
+            json=chat("hi", stream=True),
+            timeout=10,
+            headers={"x-request-id": rid},
+        ) as r:
+            for piece in r.iter_raw():
+                received += piece
+    assert SSN.encode() not in received and b"6789" not in received, received
+    entry = log_of(envoy, rid)
+    assert entry["aigate_outcome"] == "stream_end_undeliverable", entry
+    assert entry["aigate_total_tokens"] == "13", entry
 
 
 # ------------------------------------------------------------------ item 16: bodiless errors

@@ -93,6 +93,9 @@ pub struct Flow {
     /// The size Envoy reported at the last response body callback (cumulative while the
     /// answer is buffered): an answer that ends with trailers is finished from there.
     response_seen: usize,
+    /// True while the answer's trailers callback finishes it (nothing can be added to a
+    /// relayed body then).
+    at_trailers: bool,
     response_override: ResponseOverride,
     /// A response stage's verbatim replacement of the answer (a transformer's reply).
     raw_response: Option<Vec<u8>>,
@@ -136,6 +139,7 @@ impl Flow {
             response: None,
             response_body_size: 0,
             response_seen: 0,
+            at_trailers: false,
             response_override: ResponseOverride::default(),
             raw_response: None,
             response_encoding: None,

@@ -238,8 +238,10 @@ impl Flow {
                     None => decoded,
                 };
                 if let Some(out) = out {
-                    // Nothing in, nothing owed: no write (there may be no body to write to).
-                    if body_size > 0 || !out.is_empty() {
+                    if self.at_trailers && !out.is_empty() {
+                        self.end_undeliverable(host);
+                    } else if body_size > 0 || !out.is_empty() {
+                        // Nothing in, nothing owed: no write (there may be no body to write to).
                         host.replace_response_body(0, body_size, &out);
                     }
                 }
@@ -334,7 +336,34 @@ impl Flow {
             Some(ResponseMode::BufferJson | ResponseMode::Error(_)) => self.response_seen,
             _ => 0,
         };
-        self.on_response_body(host, buffered, true)
+        self.at_trailers = true;
+        let action = self.on_response_body(host, buffered, true);
+        self.at_trailers = false;
+        action
+    }
+
+    /// A relayed stream ended with trailers while the filter still owed the client events
+    /// (text a response guard held back, a translated stream's closing events): Envoy lets
+    /// nothing be added to a body it already passed on, so the stream is ended with an error
+    /// (Envoy resets it) rather than silently cut short.
+    fn end_undeliverable(&mut self, host: &mut dyn Host) {
+        let error = ApiError::new(
+            502,
+            "api_error",
+            "stream_end_undeliverable",
+            "The provider's stream ended with trailers before the gateway could send its end.",
+        );
+        log::warn!(
+            "aigate: route {}: a stream ended with trailers while events were still owed; ending it with an error",
+            self.route().map(|r| r.name.as_str()).unwrap_or_default()
+        );
+        host.send_response(
+            error.status,
+            &[("content-type".to_string(), "application/json".to_string())],
+            &error.body(),
+        );
+        host.set_filter_state(filter_state::OUTCOME, &error.code);
+        self.count_error(host, &error.code);
     }
 
     /// The common route's answer (a JSON answer of an OpenAI-shaped provider, only regex
