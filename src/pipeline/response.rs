@@ -286,6 +286,8 @@ impl Flow {
                 }
                 self.response_body_size = body_size;
                 let body = host.response_body(0, body_size).unwrap_or_default();
+                // Charged if the answer turns out to carry no usage.
+                self.usage_estimate = Some(usage::estimate(self.request_body_size, body.len()));
                 let body = match encoding::decode(self.response_encoding.as_deref(), &body) {
                     Ok(decoded) => decoded.into_owned(),
                     Err(reason) => {
