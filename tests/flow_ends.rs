@@ -379,6 +379,29 @@ fn a_stream_cut_before_its_end_is_a_failure() {
 }
 
 #[test]
+fn a_gemini_stream_cut_before_its_finish_reason_is_a_failure() {
+    let plan = plan(
+        json!({"provider": {"kind": "gemini", "auth": {"key": {"value": "g-key"}}, "model": "gemini-2.5-flash"}}),
+        false,
+    );
+    let mut flow = Flow::new(plan);
+    let mut host = host_for(&chat("hi", true));
+    flow.on_request_headers(&mut host, false);
+    let size = host.request_body.len();
+    flow.on_request_body(&mut host, size, true);
+    start_answer(&mut flow, &mut host, 200, "text/event-stream");
+    let body = sse(
+        &json!({"candidates": [{"index": 0, "content": {"role": "model", "parts": [{"text": "Hel"}]}}]}),
+    );
+    host.response_body = body.clone().into_bytes();
+    flow.on_response_body(&mut host, body.len(), true);
+    let client = String::from_utf8(host.response_body.clone()).unwrap();
+    assert!(client.contains("incomplete_upstream_stream"), "{client}");
+    assert_eq!(outcome(&host), Some("incomplete_upstream_stream"));
+    assert_eq!(errors(&host, "incomplete_upstream_stream"), 1);
+}
+
+#[test]
 fn an_openai_stream_with_an_error_event_is_a_failure() {
     let mut flow = Flow::new(plan_plain());
     let mut host = host_for(&chat("hi", true));
