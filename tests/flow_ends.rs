@@ -609,6 +609,32 @@ fn a_gzip_stream_is_decoded_for_the_client_and_its_usage_read() {
 }
 
 #[test]
+fn a_truncated_gzip_stream_ends_with_an_error_event() {
+    let mut flow = Flow::new(plan_plain());
+    let mut host = host_for(&chat("hi", true));
+    flow.on_request_headers(&mut host, false);
+    let size = host.request_body.len();
+    flow.on_request_body(&mut host, size, true);
+    host.response_headers = vec![
+        (":status".into(), "200".into()),
+        ("content-type".into(), "text/event-stream".into()),
+        ("content-encoding".into(), "gzip".into()),
+    ];
+    flow.on_response_headers(&mut host, false);
+    let plain = format!(
+        "{}data: [DONE]\n\n",
+        sse(&chunk(&"long answer ".repeat(50)))
+    );
+    let zipped = gzip(plain.as_bytes());
+    host.response_body = zipped[..zipped.len() / 2].to_vec();
+    flow.on_response_body(&mut host, zipped.len() / 2, true);
+    let client = String::from_utf8_lossy(&host.response_body).into_owned();
+    assert!(client.contains("invalid_upstream_response"), "{client}");
+    assert!(client.ends_with("data: [DONE]\n\n"), "{client}");
+    assert_eq!(outcome(&host), Some("invalid_upstream_response"));
+}
+
+#[test]
 fn a_stream_in_an_unknown_encoding_is_refused_clearly() {
     let (host, _) = gzip_stream(json!({}), "br");
     let reply = host.local_response.as_ref().expect("a local reply");

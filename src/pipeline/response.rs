@@ -205,7 +205,16 @@ impl Flow {
                 let mut decoded = None;
                 if let Some(inflater) = &mut self.stream_inflater {
                     let mut out = Vec::with_capacity(chunk.len() * 4);
-                    match inflater.push(&chunk, &mut out) {
+                    let result = inflater.push(&chunk, &mut out).and_then(|()| {
+                        if end_of_stream && !inflater.is_complete() {
+                            Err(encoding::DecodeError::Corrupt(
+                                "the compressed data is truncated",
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    });
+                    match result {
                         Ok(()) => decoded = Some(out),
                         Err(reason) => {
                             self.stream_inflater = None;
