@@ -55,6 +55,8 @@ class Reply:
     - `abort`: after the delay, reset the TCP connection instead of answering.
     - `abort_after_chunks`: send that many chunks, then reset the connection
       (an upstream dying mid-stream).
+    - `trailers`: with `chunks`, HTTP/1.1 trailer fields sent after the last chunk (the
+      Envoy cluster needs `http_protocol_options.enable_trailers` to pass them on).
     """
 
     status: int = 200
@@ -65,6 +67,7 @@ class Reply:
     chunk_delay_s: float | None = None
     abort: bool = False
     abort_after_chunks: int | None = None
+    trailers: dict[str, str] | None = None
 
 
 @dataclass
@@ -252,7 +255,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
                     # The end of the body leaves with the last piece, as real servers do:
                     # clients that hang up right after `data: [DONE]` still let Envoy
                     # see the end of stream.
-                    frame += b"0\r\n\r\n"
+                    frame += b"0\r\n" + _trailer_block(reply.trailers) + b"\r\n"
                 self.wfile.write(frame)
                 self.wfile.flush()
                 if not last and delay > 0 and not release.is_set():
@@ -274,6 +277,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.connection.close()
         except OSError:
             pass
+
+
+def _trailer_block(trailers: dict[str, str] | None) -> bytes:
+    return b"".join(f"{k}: {v}\r\n".encode() for k, v in (trailers or {}).items())
 
 
 def _encode_body(body: Body, headers: dict[str, str]) -> bytes:

@@ -62,7 +62,7 @@ enum State {
 
 enum ResponseMode {
     /// Bytes pass unchanged; a copy is kept to read usage at the end.
-    ObserveJson(Vec<u8>),
+    ObserveJson(response::Observed),
     /// The whole answer is buffered and rewritten (translation, stages, synthesised stream).
     BufferJson,
     /// An upstream error, rewritten into the OpenAI error shape.
@@ -78,6 +78,9 @@ pub struct Flow {
     request_headers: Vec<(String, String)>,
     started_ms: u64,
     request_body_size: usize,
+    /// The buffered request body's size at its last body callback: a request that ends with
+    /// trailers is read from the trailers callback with it.
+    request_seen: usize,
     body: Value,
     exchange: Exchange,
     notes: Notes,
@@ -87,12 +90,25 @@ pub struct Flow {
     pending_token: Option<u32>,
     response: Option<ResponseMode>,
     response_body_size: usize,
+    /// The size Envoy reported at the last response body callback (cumulative while the
+    /// answer is buffered): an answer that ends with trailers is finished from there.
+    response_seen: usize,
+    /// True while the answer's trailers callback finishes it (nothing can be added to a
+    /// relayed body then).
+    at_trailers: bool,
     response_override: ResponseOverride,
     /// A response stage's verbatim replacement of the answer (a transformer's reply).
     raw_response: Option<Vec<u8>>,
     /// The answer's `content-encoding` when not identity: decoded wherever the filter reads it.
     response_encoding: Option<String>,
+    /// Decodes a compressed event stream as it flows; the client gets it decoded.
+    stream_inflater: Option<crate::encoding::Inflater>,
+    /// A compressed stream that could not be decoded was ended with an error event: the
+    /// rest of it is dropped.
+    stream_broken: bool,
     exchange_usage: Option<Usage>,
+    /// What an answer whose usage never arrived is charged instead (`usage::estimate`).
+    usage_estimate: Option<Usage>,
     headers_held: bool,
     first_byte_recorded: bool,
     first_byte_ms: u64,
@@ -113,6 +129,7 @@ impl Flow {
             request_headers: Vec::new(),
             started_ms: 0,
             request_body_size: 0,
+            request_seen: 0,
             body: Value::Null,
             exchange: Exchange::default(),
             notes: Notes::default(),
@@ -121,10 +138,15 @@ impl Flow {
             pending_token: None,
             response: None,
             response_body_size: 0,
+            response_seen: 0,
+            at_trailers: false,
             response_override: ResponseOverride::default(),
             raw_response: None,
             response_encoding: None,
+            stream_inflater: None,
+            stream_broken: false,
             exchange_usage: None,
+            usage_estimate: None,
             headers_held: false,
             first_byte_recorded: false,
             first_byte_ms: 0,
@@ -346,11 +368,17 @@ impl Flow {
         if body_size as u64 > max {
             return self.reject(host, body_too_large(max));
         }
+        self.request_seen = body_size;
         if !end_of_stream {
             return Action::Pause;
         }
         self.request_body_size = body_size;
-        let bytes = host.request_body(body_size).unwrap_or_default();
+        let bytes = match host.request_body(body_size) {
+            Some(bytes) if bytes.len() == body_size => bytes,
+            None if body_size == 0 => Vec::new(),
+            // Never forward a body the guards could not read (or read only part of).
+            _ => return self.reject(host, unreadable_body()),
+        };
         if let Some(progress) = self.request_in_place(&bytes, host) {
             return match progress {
                 Progress::Done => Action::Continue,
@@ -365,6 +393,18 @@ impl Flow {
         match self.run_request_stages(host) {
             Progress::Done => Action::Continue,
             Progress::Waiting | Progress::Rejected => Action::Pause,
+        }
+    }
+
+    /// A request that ends with trailers (HTTP/2 HEADERS after the last DATA frame) ends
+    /// here instead of at a body callback with end of stream: it is read and guarded exactly
+    /// as if its last body callback had ended it. Returning `Pause` holds the trailers (and so
+    /// the request) until the body stages finish.
+    pub fn on_request_trailers(&mut self, host: &mut dyn Host) -> Action {
+        match self.state {
+            State::ReadingRequest => self.on_request_body(host, self.request_seen, true),
+            State::RequestCallout => Action::Pause,
+            _ => Action::Continue,
         }
     }
 
@@ -683,6 +723,15 @@ fn body_too_large(max: u64) -> ApiError {
         "invalid_request_error",
         "request_too_large",
         format!("The request body exceeds the limit of {max} bytes."),
+    )
+}
+
+fn unreadable_body() -> ApiError {
+    ApiError::new(
+        500,
+        "api_error",
+        "unreadable_request_body",
+        "The gateway could not read the request body, so it was not forwarded.",
     )
 }
 

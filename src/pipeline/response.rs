@@ -69,12 +69,11 @@ impl Flow {
             host.set_response_header("content-length", None);
             host.set_response_header("content-encoding", None);
             host.set_response_header("content-type", Some("application/json"));
-            return if end_of_stream {
-                self.finish_error_response(host, status, &[]);
-                Action::Continue
-            } else {
-                Action::Continue
-            };
+            if end_of_stream {
+                // No body follows, so there is none to replace: answer with the error object.
+                return self.answer_bodiless_error(host, status);
+            }
+            return Action::Continue;
         }
         // Only a stream the filter asked for is treated as one: skip the header read otherwise.
         let content_type = if self.exchange.upstream_stream {
@@ -92,6 +91,18 @@ impl Flow {
             && self.exchange.client_stream
             && !route.needs_whole_answer();
         if relay && is_event_stream {
+            if let Some(name) = self.response_encoding.clone() {
+                // Read event by event, so decoded as it flows; the client gets it decoded.
+                match encoding::Inflater::new(&name) {
+                    Ok(inflater) => self.stream_inflater = Some(inflater),
+                    Err(reason) => {
+                        let error = unreadable_answer(&reason);
+                        return self.answer_locally(host, error.status, &error, &error.code);
+                    }
+                }
+                host.set_response_header("content-encoding", None);
+                host.set_response_header("content-length", None);
+            }
             let codec = route.provider.codec();
             let filters = route
                 .guards
@@ -121,7 +132,7 @@ impl Flow {
             || route.response_stage(0).is_some()
             || route.provider.codec().translates_responses();
         if !changes_body {
-            self.response = Some(ResponseMode::ObserveJson(Vec::new()));
+            self.response = Some(ResponseMode::ObserveJson(Observed::default()));
             if end_of_stream {
                 self.account(host);
             }
@@ -165,6 +176,7 @@ impl Flow {
             };
         }
         self.record_first_byte(host);
+        self.response_seen = body_size;
         match self.response.take() {
             Some(ResponseMode::ObserveJson(mut copy)) => {
                 // An empty end-of-stream call has nothing to read: spare the host call.
@@ -172,16 +184,13 @@ impl Flow {
                     .then(|| host.response_body(0, body_size))
                     .flatten();
                 if let Some(chunk) = chunk {
-                    // Bounded: usage is near the end of small answers; a huge answer is not parsed.
-                    if copy.len() + chunk.len() <= OBSERVE_LIMIT {
-                        copy.extend_from_slice(&chunk);
-                    }
+                    copy.push(&chunk);
                 }
                 if end_of_stream {
-                    let decoded = encoding::decode(self.response_encoding.as_deref(), &copy)
-                        .unwrap_or_default();
-                    if let Some(found) = usage::from_json(&decoded) {
-                        self.exchange_usage = Some(found);
+                    self.exchange_usage = copy.usage(self.response_encoding.as_deref());
+                    if self.exchange_usage.is_none() {
+                        self.usage_estimate =
+                            Some(usage::estimate(self.request_body_size, copy.total));
                     }
                     self.account(host);
                 }
@@ -189,18 +198,77 @@ impl Flow {
                 Action::Continue
             }
             Some(ResponseMode::Stream(mut processor)) => {
-                let chunk = (body_size > 0)
+                let mut chunk = (body_size > 0)
                     .then(|| host.response_body(0, body_size))
                     .flatten()
                     .unwrap_or_default();
-                if let Some(out) = processor.push(&chunk, end_of_stream, host) {
-                    host.replace_response_body(0, body_size, &out);
+                let mut decoded = None;
+                if let Some(inflater) = &mut self.stream_inflater {
+                    let mut out = Vec::with_capacity(chunk.len() * 4);
+                    let result = inflater.push(&chunk, &mut out).and_then(|()| {
+                        if end_of_stream && !inflater.is_complete() {
+                            Err(encoding::DecodeError::Corrupt(
+                                "the compressed data is truncated",
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    });
+                    match result {
+                        Ok(()) => decoded = Some(out),
+                        Err(reason) => {
+                            self.stream_inflater = None;
+                            self.stream_broken = true;
+                            let error = unreadable_answer(&reason);
+                            let mut out = Vec::new();
+                            stream::write_error_event(&error, &mut out);
+                            host.replace_response_body(0, body_size, &out);
+                            host.set_filter_state(filter_state::OUTCOME, &error.code);
+                            self.count_error(host, &error.code);
+                            self.account(host);
+                            self.response = Some(ResponseMode::Stream(processor));
+                            return Action::Continue;
+                        }
+                    }
+                }
+                if self.stream_broken {
+                    if body_size > 0 {
+                        host.replace_response_body(0, body_size, &[]);
+                    }
+                    self.response = Some(ResponseMode::Stream(processor));
+                    return Action::Continue;
+                }
+                if let Some(out) = &decoded {
+                    chunk.clone_from(out);
+                }
+                let out = match processor.push(&chunk, end_of_stream, host) {
+                    Some(out) => Some(out),
+                    // A decoded chunk is sent decoded even when it passes unchanged.
+                    None => decoded,
+                };
+                if let Some(out) = out {
+                    if self.at_trailers && !out.is_empty() {
+                        self.end_undeliverable(host);
+                    } else if body_size > 0 || !out.is_empty() {
+                        // Nothing in, nothing owed: no write (there may be no body to write to).
+                        host.replace_response_body(0, body_size, &out);
+                    }
                 }
                 if let Some(found) = processor.usage() {
                     self.exchange_usage = Some(found);
                 }
+                // Charged if the usage event never comes (the client hangs up first).
+                self.usage_estimate = Some(usage::estimate(
+                    self.request_body_size,
+                    processor.generated_bytes(),
+                ));
                 if processor.saw_content() {
                     self.record_first_token(host);
+                }
+                if let Some(code) = processor.take_error() {
+                    // An in-band error ended the stream: a failure like any other.
+                    host.set_filter_state(filter_state::OUTCOME, &code);
+                    self.count_error(host, &code);
                 }
                 if end_of_stream || processor.saw_done() {
                     self.account(host);
@@ -227,6 +295,8 @@ impl Flow {
                 }
                 self.response_body_size = body_size;
                 let body = host.response_body(0, body_size).unwrap_or_default();
+                // Charged if the answer turns out to carry no usage.
+                self.usage_estimate = Some(usage::estimate(self.request_body_size, body.len()));
                 let body = match encoding::decode(self.response_encoding.as_deref(), &body) {
                     Ok(decoded) => decoded.into_owned(),
                     Err(reason) => {
@@ -261,6 +331,50 @@ impl Flow {
             }
             None => Action::Continue,
         }
+    }
+
+    /// An answer that ends with trailers ends here instead of at a body callback with end of
+    /// stream: it is finished exactly as there. A buffered answer (JSON, errors) is still in
+    /// Envoy's buffer and is read and replaced from here; a relayed one (streams, observed
+    /// JSON) has passed already, so only what the filter still owes is written.
+    pub fn on_response_trailers(&mut self, host: &mut dyn Host) -> Action {
+        match self.state {
+            State::Responding => {}
+            State::ResponseCallout => return Action::Pause,
+            _ => return Action::Continue,
+        }
+        let buffered = match self.response {
+            Some(ResponseMode::BufferJson | ResponseMode::Error(_)) => self.response_seen,
+            _ => 0,
+        };
+        self.at_trailers = true;
+        let action = self.on_response_body(host, buffered, true);
+        self.at_trailers = false;
+        action
+    }
+
+    /// A relayed stream ended with trailers while the filter still owed the client events
+    /// (text a response guard held back, a translated stream's closing events): Envoy lets
+    /// nothing be added to a body it already passed on, so the stream is ended with an error
+    /// (Envoy resets it) rather than silently cut short.
+    fn end_undeliverable(&mut self, host: &mut dyn Host) {
+        let error = ApiError::new(
+            502,
+            "api_error",
+            "stream_end_undeliverable",
+            "The provider's stream ended with trailers before the gateway could send its end.",
+        );
+        log::warn!(
+            "aigate: route {}: a stream ended with trailers while events were still owed; ending it with an error",
+            self.route().map(|r| r.name.as_str()).unwrap_or_default()
+        );
+        host.send_response(
+            error.status,
+            &[("content-type".to_string(), "application/json".to_string())],
+            &error.body(),
+        );
+        host.set_filter_state(filter_state::OUTCOME, &error.code);
+        self.count_error(host, &error.code);
     }
 
     /// The common route's answer (a JSON answer of an OpenAI-shaped provider, only regex
@@ -407,6 +521,41 @@ impl Flow {
         self.account(host);
     }
 
+    /// An upstream error whose headers end the answer (no body at all): Envoy has no body to
+    /// replace, so the error object goes out as a local reply with the upstream's status.
+    fn answer_bodiless_error(&mut self, host: &mut dyn Host, status: u16) -> Action {
+        let Some(route) = self.route() else {
+            return Action::Continue;
+        };
+        let status = if (400..600).contains(&status) {
+            status
+        } else {
+            502
+        };
+        let error = route.provider.codec().decode_error(status, &[]);
+        self.answer_locally(host, status, &error, &format!("upstream_{status}"))
+    }
+
+    /// Replaces the answer, from its headers phase, with a local reply carrying `error`.
+    fn answer_locally(
+        &mut self,
+        host: &mut dyn Host,
+        status: u16,
+        error: &ApiError,
+        outcome: &str,
+    ) -> Action {
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        headers.extend(error.headers.iter().cloned());
+        headers.extend(self.notes.response_headers.iter().cloned());
+        host.send_response(status, &headers, &error.body());
+        self.response = None;
+        host.set_filter_state(filter_state::OUTCOME, outcome);
+        self.count_error(host, outcome);
+        self.account(host);
+        self.state = State::Answered;
+        Action::Pause
+    }
+
     /// Envoy's last call for the stream: account an answer the client hung up on early, and
     /// charge budgets the request was admitted against but never charged (a later stage
     /// rejected it, or it ended before any answer) with the usage seen so far, which also
@@ -460,7 +609,10 @@ impl Flow {
         let Some(limits) = &route.limits else {
             return;
         };
-        let usage = self.exchange_usage.unwrap_or_default();
+        let usage = self
+            .exchange_usage
+            .or(self.usage_estimate)
+            .unwrap_or_default();
         for callout in limits.charge(&mut self.notes, usage, host) {
             if let Err(reason) = host.dispatch_detached(&callout) {
                 log::warn!(
@@ -514,8 +666,59 @@ impl Flow {
     }
 }
 
-/// A non-streamed answer bigger than this is passed on without reading its usage.
+/// The provider's answer could not be decoded (`content-encoding`).
+fn unreadable_answer(reason: &encoding::DecodeError) -> ApiError {
+    ApiError::new(
+        502,
+        "api_error",
+        "invalid_upstream_response",
+        format!("The provider's answer can not be read: {reason}."),
+    )
+}
+
+/// An observed answer up to this size is kept whole and its usage parsed from the whole;
+/// past it only its last `OBSERVE_TAIL` bytes are kept, where the usage of an OpenAI answer
+/// is (`usage::from_json_tail`).
 const OBSERVE_LIMIT: usize = 8 * 1024 * 1024;
+const OBSERVE_TAIL: usize = 64 * 1024;
+
+/// The copy of an answer that passes unchanged: whole up to `OBSERVE_LIMIT`, then its tail.
+#[derive(Default)]
+pub(super) struct Observed {
+    kept: Vec<u8>,
+    /// True once the answer outgrew `OBSERVE_LIMIT`: `kept` is its tail since.
+    tail_only: bool,
+    /// Bytes of the whole answer.
+    pub(super) total: usize,
+}
+
+impl Observed {
+    fn push(&mut self, chunk: &[u8]) {
+        self.total += chunk.len();
+        self.kept.extend_from_slice(chunk);
+        if !self.tail_only && self.kept.len() <= OBSERVE_LIMIT {
+            return;
+        }
+        self.tail_only = true;
+        if self.kept.len() > 2 * OBSERVE_TAIL {
+            let cut = self.kept.len() - OBSERVE_TAIL;
+            self.kept.drain(..cut);
+            self.kept.shrink_to(2 * OBSERVE_TAIL);
+        }
+    }
+
+    /// The answer's usage: parsed from the whole answer, or found in the tail of one too
+    /// large to keep (an encoded one is decoded first; its tail alone can not be).
+    fn usage(&self, content_encoding: Option<&str>) -> Option<Usage> {
+        if self.tail_only {
+            return encoding::is_identity(content_encoding)
+                .then(|| usage::from_json_tail(&self.kept))
+                .flatten();
+        }
+        let decoded = encoding::decode(content_encoding, &self.kept).ok()?;
+        usage::from_json(&decoded)
+    }
+}
 
 struct Labels(Vec<(&'static str, String)>);
 

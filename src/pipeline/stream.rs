@@ -22,6 +22,13 @@ pub struct StreamProcessor {
     ended_with_error: bool,
     saw_content: bool,
     saw_done: bool,
+    /// The code of the in-band error that ended the stream (the filter's own, or one the
+    /// upstream or its translation sent), until the flow takes it to count and log it.
+    error_code: Option<String>,
+    error_taken: bool,
+    /// Bytes of generated text seen so far (`usage::generated_text_len`): what the answer is
+    /// charged by estimate when its usage never arrives.
+    generated: usize,
     events: Vec<SseEvent>,
     openai_events: Vec<SseEvent>,
 }
@@ -41,6 +48,9 @@ impl StreamProcessor {
             ended_with_error: false,
             saw_content: false,
             saw_done: false,
+            error_code: None,
+            error_taken: false,
+            generated: 0,
             events: Vec::new(),
             openai_events: Vec::new(),
         }
@@ -59,6 +69,21 @@ impl StreamProcessor {
     /// the answer is accounted then rather than at Envoy's end of stream.
     pub fn saw_done(&self) -> bool {
         self.saw_done
+    }
+
+    /// Bytes of generated text relayed so far (see `usage::estimate`).
+    pub fn generated_bytes(&self) -> usize {
+        self.generated
+    }
+
+    /// The code of the in-band error the stream ended with, once (None afterwards).
+    pub fn take_error(&mut self) -> Option<String> {
+        if self.error_taken {
+            return None;
+        }
+        let code = self.error_code.take();
+        self.error_taken = code.is_some();
+        code
     }
 
     /// True once an event with generated content was seen (time to first token).
@@ -121,11 +146,22 @@ impl StreamProcessor {
             &mut out,
             host,
         );
+        // A filter's error carries the filter's own code; an upstream error event the
+        // decoder turned into an error is labelled by its status, as HTTP upstream errors
+        // are (the upstream's own codes would make the metric's labels unbounded).
+        let mut outcome = result.as_ref().err().map(|error| error.code.clone());
         if result.is_ok() {
+            outcome = decoded
+                .as_ref()
+                .err()
+                .map(|error| format!("upstream_{}", error.status));
             result = decoded;
         }
         if let Err(error) = result {
             write_error_event(&error, &mut out);
+            if let Some(outcome) = outcome {
+                self.note_error(&outcome);
+            }
             self.ended_with_error = true;
         }
         self.events = events;
@@ -181,19 +217,52 @@ impl StreamProcessor {
         Ok(())
     }
 
+    fn note_error(&mut self, code: &str) {
+        if self.error_code.is_none() && !self.error_taken {
+            self.error_code = Some(code.to_string());
+        }
+    }
+
     fn observe(&mut self, event: &SseEvent) {
         if event.is_done_marker() {
             self.saw_done = true;
             return;
         }
+        if let Some(code) = in_band_error(&event.data) {
+            self.note_error(&code);
+        }
         if let Some(found) = usage::from_stream_event(&event.data) {
             self.usage = Some(found);
         }
-        if !self.saw_content && crate::find::contains(&event.data, "\"delta\"") {
+        if crate::find::contains(&event.data, "\"delta\"") {
             self.saw_content = true;
+            self.generated += usage::generated_text_len(&event.data);
         }
     }
 }
+
+/// The outcome of an OpenAI-shaped in-band error event (`{"error": {...}}`): the
+/// translation's own `incomplete_upstream_stream` (a stream cut before the provider finished
+/// it), else `upstream_stream_error` (one the upstream sent; its own code is not used as a
+/// label, which would make the errors metric's labels unbounded).
+fn in_band_error(data: &str) -> Option<String> {
+    if !crate::find::contains(data, "\"error\"") {
+        return None;
+    }
+    let value = serde_json::from_str::<Value>(data).ok()?;
+    let error = value.get("error").filter(|error| error.is_object())?;
+    let code = error.get("code").and_then(Value::as_str);
+    Some(
+        if code == Some(INCOMPLETE) {
+            INCOMPLETE
+        } else {
+            "upstream_stream_error"
+        }
+        .to_string(),
+    )
+}
+
+const INCOMPLETE: &str = "incomplete_upstream_stream";
 
 /// Passes `events` through `filters[from..]`.
 fn run_filters(

@@ -201,6 +201,13 @@ impl HttpContext for Stream {
         })
     }
 
+    /// A request that ends with trailers: its end of stream comes here, not with the body.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> WasmAction {
+        self.run(profile::Phase::RequestBody, |flow, host| {
+            flow.on_request_trailers(host)
+        })
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> WasmAction {
         self.run(profile::Phase::ResponseHeaders, |flow, host| {
             flow.on_response_headers(host, end_of_stream)
@@ -210,6 +217,13 @@ impl HttpContext for Stream {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
         self.run(profile::Phase::ResponseBody, |flow, host| {
             flow.on_response_body(host, body_size, end_of_stream)
+        })
+    }
+
+    /// An answer that ends with trailers: its end of stream comes here, not with the body.
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> WasmAction {
+        self.run(profile::Phase::ResponseBody, |flow, host| {
+            flow.on_response_trailers(host)
         })
     }
 
