@@ -5,13 +5,14 @@ the OCI Dockerfile and the size-optimised release build.
   them passes `aigate check` (the filter's own config code).
 - envoy/envoy-ecds.yaml + envoy/aigate-ecds.yaml load in the real Envoy, serve, and a new
   ECDS file changes the plugin config without a restart.
-- The wasm-opt build (make release) loads and serves like the cargo build.
+- The wasm-opt build (make release, wasm-opt from npm's binaryen) loads and serves like the cargo build.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -242,12 +243,37 @@ def test_ecds_config_loads_serves_and_reloads(tmp_path: Path, mock, wasm: Path) 
 # ---------------------------------------------------------------------------------- release build
 
 
+def project_wasm_opt() -> str:
+    """The wasm-opt `make release` uses: $AIGATE_WASM_OPT (set by `make e2e`), else npm's
+    binaryen in tools/binaryen (`make binaryen`). Never a system binaryen: a fresh machine has none."""
+    configured = os.environ.get("AIGATE_WASM_OPT")
+    local = REPO_ROOT / "tools/binaryen/node_modules/.bin/wasm-opt"
+    found = shutil.which(configured) if configured else (str(local) if local.exists() else None)
+    assert found, "wasm-opt is not installed: run `make binaryen` (npm ci in tools/binaryen), or `make e2e`"
+    return found
+
+
+def test_wasm_opt_comes_from_the_pinned_npm_package() -> None:
+    """`make release` needs no system package: wasm-opt is npm's binaryen, pinned by the lock file."""
+    package = json.loads((REPO_ROOT / "tools/binaryen/package.json").read_text())
+    lock = json.loads((REPO_ROOT / "tools/binaryen/package-lock.json").read_text())
+    pinned = package["dependencies"]["binaryen"]
+    assert pinned[0].isdigit(), f"binaryen must be pinned to one version, not {pinned!r}"
+    assert lock["packages"]["node_modules/binaryen"]["version"] == pinned
+    assert lock["packages"]["node_modules/binaryen"]["integrity"].startswith("sha512-")
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "WASM_OPT       ?= $(BINARYEN_DIR)/node_modules/.bin/wasm-opt" in makefile
+    out = subprocess.run([project_wasm_opt(), "--version"], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split()[2] == pinned.split(".")[0], out.stdout  # "wasm-opt version 132 (version_132)"
+    # CI installs neither binaryen nor redis-server from Debian: `make test` must not need them.
+    installed = " ".join(re.findall(r"missing\+=\(([^)]*)\)", (REPO_ROOT / ".ci/run").read_text()))
+    assert "make" in installed and "binaryen" not in installed and "redis" not in installed, installed
+
+
 def test_wasm_opt_build_serves(tmp_path: Path, envoy_factory, mock, wasm: Path) -> None:
     """The size-optimised build (make release: wasm-opt with the features rustc emits) loads in
     V8 and serves JSON and streams like the cargo build."""
-    wasm_opt = shutil.which("wasm-opt")
-    if wasm_opt is None:
-        pytest.skip("wasm-opt (Debian package binaryen) is not installed")
+    wasm_opt = project_wasm_opt()
     makefile = (REPO_ROOT / "Makefile").read_text()
     flags = []
     for line in makefile.split("WASM_OPT_FLAGS :=", 1)[1].splitlines():
