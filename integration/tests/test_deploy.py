@@ -1,8 +1,14 @@
 """Shipping: the deployment manifests (Istio, Envoy Gateway), the plain-Envoy ECDS config,
 the OCI Dockerfile and the size-optimised release build.
 
-- Manifests are valid YAML with the fields the filter needs, and every plugin config in
-  them passes `aigate check` (the filter's own config code).
+- Every manifest in deploy/ passes its owner's published schema (../shared/crds/, read in
+  place: Istio 1.30.3, Envoy Gateway v1.9.0, Gateway API v1.6.1), unknown fields included, and
+  what a schema cannot see holds: WasmPlugin mode on gateways, the sha256 form and what it is
+  the digest of, stats_tags and access-log fields in step with envoy/.
+- Every plugin config in them passes `aigate check` (the filter's own config code).
+- `make oci` (deploy/oci_image.py) builds an OCI image layout that Istio's and Envoy Gateway's
+  image fetchers accept; the wasm in its layer serves in Envoy.
+- The JSON access-log example loads in Envoy; what it prints for token counts is what the docs say.
 - envoy/envoy-ecds.yaml + envoy/aigate-ecds.yaml load in the real Envoy, serve, and a new
   ECDS file changes the plugin config without a restart.
 - The wasm-opt build (make release, wasm-opt from npm's binaryen) loads and serves like the cargo build.
@@ -10,11 +16,17 @@ the OCI Dockerfile and the size-optimised release build.
 
 from __future__ import annotations
 
+import functools
+import gzip
+import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,10 +35,12 @@ import httpx
 import pytest
 
 from integration.harness import REPO_ROOT, Envoy, wasm_path
+from integration.harness.envoy import aigate_stats_tags
 
 yaml = pytest.importorskip("yaml")
 
 DEPLOY = REPO_ROOT / "deploy"
+CRDS = REPO_ROOT.parent / "shared" / "crds"  # CI puts shared/ beside the clone
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -66,6 +80,234 @@ def aigate_check(config: dict[str, Any] | str, tmp_path: Path, name: str) -> sub
 def assert_valid(config: dict[str, Any] | str, tmp_path: Path, name: str) -> None:
     out = aigate_check(config, tmp_path, name)
     assert out.returncode == 0, f"{name}: aigate check refused the embedded plugin config:\n{out.stdout}{out.stderr}"
+
+
+# ---------------------------------------------------------------------------------- schemas
+
+import jsonschema  # noqa: E402  (integration/requirements.txt)
+
+# YAML files in deploy/ that are not Kubernetes manifests, and what each one is (checked below).
+NOT_MANIFESTS = {
+    "envoy/access-log-json.yaml": "Envoy HttpConnectionManager access_log list",
+    "istio/istiod-values.yaml": "Helm values for istiod (meshConfig)",
+}
+# Kinds whose owners' schemas are not in ../shared/crds; checked by hand below instead.
+NO_SHARED_SCHEMA = {("v1", "ConfigMap"), ("gateway.envoyproxy.io/v1alpha1", "EnvoyProxy")}
+
+
+def deploy_yaml_files() -> list[str]:
+    return sorted(str(p.relative_to(DEPLOY)) for p in DEPLOY.rglob("*.yaml"))
+
+
+def manifests() -> list[tuple[str, int, dict[str, Any]]]:
+    out = []
+    for name in deploy_yaml_files():
+        if name in NOT_MANIFESTS:
+            continue
+        for i, doc in enumerate(load_all(DEPLOY / name)):
+            out.append((name, i, doc))
+    return out
+
+
+def _closed(schema: Any) -> Any:
+    """The schema with unknown fields refused: the API server prunes them silently (a typo in
+    a field name is dropped, not reported), so a manifest with one is wrong all the same."""
+    if isinstance(schema, dict):
+        schema = {k: _closed(v) for k, v in schema.items()}
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [_closed(v) for v in schema]
+    return schema
+
+
+@functools.lru_cache(maxsize=1)
+def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> openAPIV3Schema of every SERVED version in ../shared/crds."""
+    assert CRDS.is_dir(), f"{CRDS} is missing: the owners' schemas are read in place from shared/crds"
+    schemas: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(CRDS.glob("*.yaml")):
+        for crd in yaml.load_all(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                if version.get("served"):
+                    schemas[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def schema_errors(doc: dict[str, Any], schemas: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    key = (doc.get("apiVersion"), doc.get("kind"))
+    if key not in schemas:
+        return [f"no served {key[0]} {key[1]} in ../shared/crds (wrong or unserved apiVersion?)"]
+    schema = dict(schemas[key])
+    # The API server itself owns these three; some CRDs (Istio's) leave them out of the schema.
+    schema["properties"] = {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object", "required": ["name"]},
+        **schema.get("properties", {}),
+    }
+    validator = jsonschema.Draft7Validator(_closed(schema))
+    return [f"{e.json_path}: {e.message[:300]}" for e in validator.iter_errors(doc)]
+
+
+def test_every_deploy_file_is_classified() -> None:
+    names = deploy_yaml_files()
+    assert set(NOT_MANIFESTS) <= set(names)
+    kinds = {(doc.get("apiVersion"), doc.get("kind")) for _, _, doc in manifests()}
+    assert all(a and k for a, k in kinds), kinds
+
+
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [(n, i) for n, i, d in manifests() if (d.get("apiVersion"), d.get("kind")) not in NO_SHARED_SCHEMA],
+)
+def test_manifest_passes_its_owners_schema(name: str, index: int) -> None:
+    doc = load_all(DEPLOY / name)[index]
+    errors = schema_errors(doc, crd_schemas())
+    assert not errors, f"{name} #{index} {doc['kind']}:\n  " + "\n  ".join(errors)
+
+
+def test_schema_check_is_not_vacuous() -> None:
+    """A served version, a misspelled field, a wrong enum and an unserved version all fail."""
+    schemas = crd_schemas()
+    plugin = one(load_all(DEPLOY / "istio/wasmplugin.yaml"), "WasmPlugin")
+    assert schema_errors(plugin, schemas) == []
+    typo = json.loads(json.dumps(plugin))
+    typo["spec"]["failStrategey"] = typo["spec"].pop("failStrategy")
+    assert any("failStrategey" in e for e in schema_errors(typo, schemas))
+    bad_enum = json.loads(json.dumps(plugin))
+    bad_enum["spec"]["match"] = [{"mode": "INBOUND"}]
+    assert schema_errors(bad_enum, schemas)
+    bad_sha = json.loads(json.dumps(plugin))
+    bad_sha["spec"]["sha256"] = "sha256:" + "a" * 64  # the CRD wants bare hex
+    assert any("sha256" in e for e in schema_errors(bad_sha, schemas))
+    tls = one(load_all(DEPLOY / "envoy-gateway/extension-policy.yaml"), "BackendTLSPolicy")
+    old = dict(tls, apiVersion="gateway.networking.k8s.io/v1alpha3")  # not served by the standard channel
+    assert schema_errors(old, schemas)[0].startswith("no served")
+
+
+def _gateway_selected(spec: dict[str, Any]) -> bool:
+    labels = (spec.get("selector") or {}).get("matchLabels") or {}
+    refs = spec.get("targetRefs") or ([spec["targetRef"]] if spec.get("targetRef") else [])
+    return (
+        "gateway" in str(labels.get("istio", ""))
+        or "gateway.networking.k8s.io/gateway-name" in labels
+        or any(r.get("kind") == "Gateway" for r in refs)
+    )
+
+
+def test_wasmplugins_on_gateways_match_client_traffic() -> None:
+    """istiod classifies a gateway's listeners as CLIENT (workloadModeForListenerClass): a
+    WasmPlugin limited to SERVER never attaches there, and traffic bypasses aigate."""
+    found = 0
+    for name, _, doc in manifests():
+        if doc["kind"] != "WasmPlugin" or not _gateway_selected(doc["spec"]):
+            continue
+        found += 1
+        modes = {m.get("mode", "UNDEFINED") for m in doc["spec"].get("match") or [{}]}
+        assert modes <= {"CLIENT", "CLIENT_AND_SERVER", "UNDEFINED"}, f"{name}: match modes {modes} skip gateway traffic"
+    assert found, "the Istio WasmPlugin for the ingress gateway is gone"
+
+
+def _walk(value: Any, path: str = ""):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk(v, f"{path}.{k}")
+            yield f"{path}.{k}", k, v
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _walk(v, f"{path}[{i}]")
+
+
+def test_sha256_is_bare_hex_of_the_right_thing() -> None:
+    """Set sha256 fields are 64 lowercase hex digits. The placeholders say what to put there:
+    for an OCI image the manifest digest (what Istio's agent and Envoy Gateway compare; the sha256
+    of plugin.wasm there makes Istio install a deny-all filter), for an HTTP(S) URL the sha256
+    of plugin.wasm."""
+    for name, _, doc in manifests():
+        for path, key, value in _walk(doc):
+            if key == "sha256":
+                assert re.fullmatch(r"[0-9a-f]{64}", str(value)), f"{name}{path}: {value!r}"
+    checked = 0
+    for name in deploy_yaml_files():
+        lines = (DEPLOY / name).read_text().splitlines()
+        for i, line in enumerate(lines):
+            m = re.match(r"\s*#?\s*sha256:\s*(.*)", line)
+            if not m:
+                continue
+            text = " ".join([m.group(1)] + [x.strip(" #") for x in lines[i + 1 : i + 4] if x.lstrip().startswith("#  ")])
+            source = next(
+                (x for x in reversed(lines[max(0, i - 8) : i]) if re.search(r"\b(url|uri|type): ", x)), ""
+            )
+            oci = "oci://" in source or "type: Image" in source or ("url:" in source and "://" not in source)
+            if oci:
+                assert "manifest digest" in text and 'without "sha256:"' in text, f"{name}:{i + 1}: {line.strip()}"
+                assert "of plugin.wasm" not in text.split("not")[0], f"{name}:{i + 1}: {line.strip()}"
+            else:
+                assert "plugin.wasm" in text, f"{name}:{i + 1}: {line.strip()}"
+            checked += 1
+    assert checked >= 3
+
+
+def test_stats_tags_for_istio_and_envoy_gateway_are_aigates() -> None:
+    """Without aigate's stats_tags (the default on both) every label value stays in the metric
+    name. Istio: a bootstrap override ConfigMap; Envoy Gateway: JSON patches of its bootstrap."""
+    config_map = one(load_all(DEPLOY / "istio/observability.yaml"), "ConfigMap")
+    assert config_map["apiVersion"] == "v1" and all(isinstance(v, str) for v in config_map["data"].values())
+    istio = json.loads(config_map["data"]["custom_bootstrap.json"])
+    assert istio == {"stats_config": {"stats_tags": aigate_stats_tags()}}
+    assert "sidecar.istio.io/bootstrapOverride" in (DEPLOY / "istio/observability.yaml").read_text()
+
+    (proxy,) = load_all(DEPLOY / "envoy-gateway/envoyproxy.yaml")
+    assert (proxy["apiVersion"], proxy["kind"]) == ("gateway.envoyproxy.io/v1alpha1", "EnvoyProxy")
+    bootstrap = proxy["spec"]["bootstrap"]
+    assert bootstrap["type"] == "JSONPatch"
+    assert all(p["op"] == "add" and p["path"] == "/stats_config/stats_tags/-" for p in bootstrap["jsonPatches"])
+    assert [p["value"] for p in bootstrap["jsonPatches"]] == aigate_stats_tags()
+    env = proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"]["env"]
+    policy = one(load_all(DEPLOY / "envoy-gateway/extension-policy.yaml"), "EnvoyExtensionPolicy")
+    assert {e["name"] for e in env} >= set(policy["spec"]["wasm"][0]["env"]["hostKeys"])
+    assert all("secretKeyRef" in e["valueFrom"] for e in env)
+
+
+def access_log_fields() -> dict[str, str]:
+    (logger,) = yaml.safe_load((DEPLOY / "envoy/access-log-json.yaml").read_text())
+    return logger["typed_config"]["log_format"]["json_format"]
+
+
+def test_json_access_log_is_the_same_on_every_platform() -> None:
+    fields = access_log_fields()
+    for key in ("route", "provider", "model", "outcome"):
+        assert fields[f"aigate_{key}"] == f"%FILTER_STATE(wasm.aigate.{key}:PLAIN)%"
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        assert fields[key] == f"%FILTER_STATE(wasm.aigate.{key}:PLAIN)%"
+    values = yaml.safe_load((DEPLOY / "istio/istiod-values.yaml").read_text())
+    (provider,) = values["meshConfig"]["extensionProviders"]
+    assert provider["envoyFileAccessLog"]["logFormat"]["labels"] == fields
+    telemetry = one(load_all(DEPLOY / "istio/observability.yaml"), "Telemetry")
+    assert telemetry["spec"]["accessLogging"][0]["providers"] == [{"name": provider["name"]}]
+    assert _gateway_selected(telemetry["spec"])
+    (proxy,) = load_all(DEPLOY / "envoy-gateway/envoyproxy.yaml")
+    (setting,) = proxy["spec"]["telemetry"]["accessLog"]["settings"]
+    assert setting["format"] == {"type": "JSON", "json": fields}
+
+
+def test_envoy_gateway_backend_needs_enable_backend() -> None:
+    """A default Envoy Gateway refuses Backend refs ("Backend is disabled"): the file says how."""
+    docs = load_all(DEPLOY / "envoy-gateway/extension-policy.yaml")
+    route = one(docs, "HTTPRoute")
+    assert any(ref.get("kind") == "Backend" for rule in route["spec"]["rules"] for ref in rule["backendRefs"])
+    text = (DEPLOY / "envoy-gateway/extension-policy.yaml").read_text()
+    assert "extensionApis.enableBackend=true" in text and "enableBackend: true" in text
+    assert one(docs, "BackendTLSPolicy")["apiVersion"] == "gateway.networking.k8s.io/v1"
 
 
 # ---------------------------------------------------------------------------------- Istio
