@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import pytest
 
-from integration.harness import REPO_ROOT, Envoy, wasm_path
+from integration.harness import REPO_ROOT, Envoy, start_envoy, wasm_path
 from integration.harness.envoy import aigate_stats_tags
 
 yaml = pytest.importorskip("yaml")
@@ -406,6 +406,126 @@ def test_check_refuses_a_broken_manifest_config(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------- OCI
 
 
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+
+def build_oci(wasm_file: Path, out: Path, tag: str = "0.1.0") -> subprocess.CompletedProcess[str]:
+    """`make oci`'s step: deploy/oci_image.py, with the interpreter `make` uses (stdlib only)."""
+    return subprocess.run(
+        [sys.executable, str(DEPLOY / "oci_image.py"), str(wasm_file), str(out), "--tag", tag],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def read_blob(layout: Path, descriptor: dict[str, Any]) -> bytes:
+    """A blob, checked against its descriptor: sha256 digest and size."""
+    algorithm, hex_digest = descriptor["digest"].split(":")
+    assert algorithm == "sha256" and re.fullmatch(r"[0-9a-f]{64}", hex_digest)
+    data = (layout / "blobs/sha256" / hex_digest).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == hex_digest, f"{descriptor['digest']} does not verify"
+    assert len(data) == descriptor["size"]
+    return data
+
+
+def fetch_like_istio(layout: Path, tag: str) -> tuple[bytes, str]:
+    """What Istio's agent and Envoy Gateway do with an image (pkg/wasm/imagefetcher.go in both):
+    the manifest digest is the checksum they compare with `sha256`; a Docker manifest takes the
+    last layer as Docker tar+gzip; otherwise the *compat* path takes the last layer if it is OCI
+    tar+gzip, else the *oci* path wants exactly two layers. From the tar, the entry whose base
+    name is plugin.wasm. Returns (wasm, manifest digest hex)."""
+    index = json.loads((layout / "index.json").read_text())
+    (descriptor,) = [m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == tag]
+    manifest_bytes = read_blob(layout, descriptor)
+    manifest = json.loads(manifest_bytes)
+    digest = hashlib.sha256(manifest_bytes).hexdigest()
+    layers = manifest["layers"]
+    assert layers, "number of layers must be greater than zero"
+    wanted = DOCKER_LAYER if manifest.get("mediaType") == "application/vnd.docker.distribution.manifest.v2+json" else OCI_LAYER
+    if layers[-1]["mediaType"] != wanted:
+        assert len(layers) == 2, f"number of layers must be 2 but got {len(layers)}"
+        pytest.fail("oci-variant images are not what make oci builds")
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(read_blob(layout, layers[-1])))) as tar:
+        for member in tar:
+            if Path(member.name).name == "plugin.wasm":
+                handle = tar.extractfile(member)
+                assert handle is not None
+                return handle.read(), digest
+    raise AssertionError("plugin.wasm not found in the archive")
+
+
+def test_make_oci_builds_an_image_layout_the_fetchers_accept(tmp_path: Path, wasm: Path) -> None:
+    out = build_oci(wasm, tmp_path / "oci")
+    assert out.returncode == 0, out.stderr
+    layout = tmp_path / "oci"
+    assert json.loads((layout / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((layout / "index.json").read_text())
+    assert index["schemaVersion"] == 2 and index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    (descriptor,) = index["manifests"]
+    assert descriptor["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert descriptor["annotations"] == {"org.opencontainers.image.ref.name": "0.1.0"}
+    manifest = json.loads(read_blob(layout, descriptor))
+    assert manifest["schemaVersion"] == 2 and manifest["mediaType"] == descriptor["mediaType"]
+    # compat variant: exactly one tar+gzip layer, and the annotation the spec requires for it
+    (layer,) = manifest["layers"]
+    assert layer["mediaType"] == OCI_LAYER
+    assert manifest["annotations"]["module.wasm.image/variant"] == "compat"
+    config = json.loads(read_blob(layout, manifest["config"]))
+    assert manifest["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
+    assert (config["os"], config["architecture"]) == ("wasip1", "wasm")
+    tar = gzip.decompress(read_blob(layout, layer))
+    assert config["rootfs"] == {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(tar).hexdigest()}"]}
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        assert [(m.name, m.isfile(), m.mode) for m in archive.getmembers()] == [("plugin.wasm", True, 0o644)]
+    # every blob is referenced, none is missing or extra
+    referenced = {d["digest"].split(":")[1] for d in (descriptor, manifest["config"], layer)}
+    assert {p.name for p in (layout / "blobs/sha256").iterdir()} == referenced
+
+    plugin, digest = fetch_like_istio(layout, "0.1.0")
+    assert plugin == wasm.read_bytes()
+    # the digest to pin (WasmPlugin.sha256, image.sha256) is the manifest's, printed and written
+    assert (tmp_path / "oci.manifest-digest").read_text().strip() == digest
+    assert f"image manifest digest: {digest}" in out.stdout
+    assert digest != hashlib.sha256(plugin).hexdigest()
+    # reproducible: the same wasm gives the same digest (a re-push does not change the pin)
+    again = build_oci(wasm, tmp_path / "again" / "oci")
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again/oci.manifest-digest").read_text().strip() == digest
+
+
+def test_make_oci_refuses_what_is_not_wasm(tmp_path: Path) -> None:
+    bad = tmp_path / "plugin.wasm"
+    bad.write_bytes(b"MZ not a module")
+    out = build_oci(bad, tmp_path / "oci")
+    assert out.returncode == 1 and "not a Wasm module" in out.stderr
+    assert not (tmp_path / "oci").exists()
+
+
+def test_wasm_from_the_oci_image_serves(tmp_path: Path, envoy_factory, mock, wasm: Path) -> None:
+    """The module as the fetchers unpack it from the image loads in Envoy and serves."""
+    assert build_oci(wasm, tmp_path / "oci").returncode == 0
+    plugin, _ = fetch_like_istio(tmp_path / "oci", "0.1.0")
+    unpacked = tmp_path / "unpacked.wasm"
+    unpacked.write_bytes(plugin)
+    envoy = envoy_factory(
+        wasm=unpacked,
+        plugin_config={"routes": [{"name": "chat", "provider": {"kind": "openai", "authority": "up", "auth": {"none": True}}}]},
+        clusters={"mock_llm": mock},
+    )
+    r = httpx.post(envoy.base_url + "/v1/chat/completions", json=CHAT, timeout=30)
+    assert r.status_code == 200, r.text
+    assert "panicked" not in envoy.log_text()
+
+
+def test_makefile_oci_runs_the_layout_builder() -> None:
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    recipe = makefile.split("\noci:", 1)[1].split("\n\n", 1)[0]
+    assert "deploy/oci_image.py $(RELEASE_WASM) $(OCI_LAYOUT)" in recipe
+    assert "docker" not in recipe and "oras" not in recipe
+
+
 def test_dockerfile_is_a_single_wasm_layer() -> None:
     lines = [
         line.strip()
@@ -538,3 +658,51 @@ def test_wasm_opt_build_serves(tmp_path: Path, envoy_factory, mock, wasm: Path) 
         text = "".join(s.iter_text())
     assert s.status_code == 200 and "[DONE]" in text
     assert "panicked" not in envoy.log_text()
+
+
+# ---------------------------------------------------------------------------------- JSON access log
+
+
+def test_json_access_log_token_counts(tmp_path: Path, mock, wasm: Path) -> None:
+    """deploy/envoy/access-log-json.yaml in the real Envoy: one JSON object per request with
+    aigate's fields; token counts are strings, and neither TYPED nor CEL gives a number (what
+    the file and DEPLOY.md say)."""
+    log = tmp_path / "access.json"
+    (logger,) = yaml.safe_load((DEPLOY / "envoy/access-log-json.yaml").read_text())
+    assert logger["name"] == "envoy.access_loggers.stdout"
+    fields = dict(logger["typed_config"]["log_format"]["json_format"])
+    fields["typed_total_tokens"] = "%FILTER_STATE(wasm.aigate.total_tokens:TYPED)%"
+    fields["cel_total_tokens"] = "%CEL(filter_state['wasm.aigate.total_tokens'])%"
+    file_logger = {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(log),
+            "log_format": {"json_format": fields},
+        },
+    }
+    envoy = start_envoy(
+        clusters={"mock_llm": mock},
+        plugin_config={"routes": [{"name": "chat", "provider": {"kind": "openai", "authority": "up", "auth": {"none": True}}}]},
+        hcm_extra={"access_log": [logger, file_logger]},
+        access_log=False,
+        workdir=tmp_path / "envoy",
+        name="access-log-json",
+    )
+    try:
+        r = httpx.post(envoy.base_url + "/v1/chat/completions", json=CHAT, timeout=30)
+        assert r.status_code == 200, r.text
+        usage = r.json()["usage"]
+        deadline = time.monotonic() + 10
+        while not log.exists() or not log.read_text().strip():
+            assert time.monotonic() < deadline, "no access-log line"
+            time.sleep(0.05)
+        (entry,) = [json.loads(line) for line in log.read_text().splitlines()]
+    finally:
+        envoy.stop()
+    assert (entry["aigate_route"], entry["aigate_provider"], entry["aigate_outcome"]) == ("chat", "openai", "ok")
+    assert entry["status"] == 200 and isinstance(entry["duration_ms"], int)  # Envoy's own numbers
+    for key, usage_key in (("prompt_tokens", "prompt_tokens"), ("completion_tokens", "completion_tokens"), ("total_tokens", "total_tokens")):
+        assert entry[key] == str(usage[usage_key]), (key, entry[key], usage)
+    assert entry["typed_total_tokens"]["@type"] == "type.googleapis.com/google.protobuf.BytesValue"
+    assert entry["cel_total_tokens"] == str(usage["total_tokens"])
