@@ -194,6 +194,19 @@ def test_schema_check_is_not_vacuous() -> None:
     assert schema_errors(old, schemas)[0].startswith("no served")
 
 
+def test_docker_compose_file_passes_the_compose_spec() -> None:
+    """integration/docker-compose.yml (plain Envoy in Docker, docs/DEPLOY.md) against the
+    compose-spec schema in ../shared/crds."""
+    schema = json.loads((CRDS / "compose-spec.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    doc = yaml.safe_load((REPO_ROOT / "integration/docker-compose.yml").read_text())
+    errors = [f"{e.json_path}: {e.message[:300]}" for e in validator.iter_errors(doc)]
+    assert not errors, "\n".join(errors)
+    broken = json.loads(json.dumps(doc))
+    next(iter(broken["services"].values()))["restart_policy"] = "always"  # not a service key
+    assert list(validator.iter_errors(broken))
+
+
 def _gateway_selected(spec: dict[str, Any]) -> bool:
     labels = (spec.get("selector") or {}).get("matchLabels") or {}
     refs = spec.get("targetRefs") or ([spec["targetRef"]] if spec.get("targetRef") else [])
