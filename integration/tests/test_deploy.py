@@ -291,6 +291,16 @@ def test_stats_tags_for_istio_and_envoy_gateway_are_aigates() -> None:
     assert all("secretKeyRef" in e["valueFrom"] for e in env)
 
 
+def test_deploy_sync_finds_nothing_out_of_step() -> None:
+    """deploy/sync.py copies the stats_tags of envoy/envoy.yaml and the access-log fields of
+    deploy/envoy/access-log-json.yaml into the Istio and Envoy Gateway files; after a change
+    to either source, run it (the tests above say which file drifted)."""
+    out = subprocess.run(
+        [sys.executable, str(DEPLOY / "sync.py"), "--check"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+
+
 def access_log_fields() -> dict[str, str]:
     (logger,) = yaml.safe_load((DEPLOY / "envoy/access-log-json.yaml").read_text())
     return logger["typed_config"]["log_format"]["json_format"]
