@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 
 from integration.harness import REPO_ROOT, Envoy, start_envoy, wasm_path
@@ -84,7 +85,6 @@ def assert_valid(config: dict[str, Any] | str, tmp_path: Path, name: str) -> Non
 
 # ---------------------------------------------------------------------------------- schemas
 
-import jsonschema  # noqa: E402  (integration/requirements.txt)
 
 # YAML files in deploy/ that are not Kubernetes manifests, and what each one is (checked below).
 NOT_MANIFESTS = {
