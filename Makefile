@@ -3,12 +3,14 @@
 #   make test        toolchain + lint + unit + e2e (what CI runs)
 #   make run         mock provider on :8001 + Envoy with the filter on :10000
 #   make e2e PYTEST_ARGS='-k smoke -x'
-#   make release     size-optimised filter (wasm-opt) in dist/plugin.wasm;  make oci  its OCI image
+#   make release     size-optimised filter (wasm-opt) in dist/plugin.wasm;  make oci  its OCI image layout
 #   make cli         the native `aigate` CLI (check / explain) in target/release/aigate
 #   make soak        minutes of mixed traffic through Envoy, memory figures (not part of `test`)
 #   make bench       plain Envoy vs Envoy + aigate, side by side (BENCH_QUICK=1: ~1 minute)
 #
-# Python tooling lives in .venv (created from integration/requirements.txt).
+# Python tooling lives in .venv (created from integration/requirements.txt); wasm-opt in
+# tools/binaryen/node_modules (npm's binaryen, pinned by tools/binaryen/package-lock.json).
+# Nothing else is needed beyond rustup, python3, make, a C compiler and node/npm.
 
 SHELL        := bash
 .SHELLFLAGS  := -eu -o pipefail -c
@@ -25,7 +27,7 @@ PYTEST_ARGS  ?=
 
 BENCH_TARGET := target/bench
 
-.PHONY: venv toolchain wasm lint unit e2e test run cli wasm-opt release oci soak bench bench-tools bench-profile wrk
+.PHONY: venv toolchain wasm lint unit e2e test run cli binaryen wasm-opt release oci soak bench bench-tools bench-profile wrk
 
 ## venv: .venv with the e2e requirements (re-installs only when they change)
 venv: $(VENV_STAMP)
@@ -51,46 +53,43 @@ cli:
 	cargo build --release --bin aigate
 	@ls -l target/release/aigate
 
-# wasm-opt from Debian's binaryen. The features are those rustc enables for wasm32-wasip1
-# (`rustc --print cfg --target wasm32-wasip1`); without them wasm-opt refuses memory.copy.
+# wasm-opt from npm's binaryen package, installed into tools/binaryen by `npm ci` (the version
+# is pinned in tools/binaryen/package-lock.json; it runs on node, no system package needed).
+# The features are those rustc enables for wasm32-wasip1 (`rustc --print cfg --target
+# wasm32-wasip1`); without them wasm-opt refuses memory.copy.
 DIST           := dist
 RELEASE_WASM   := $(DIST)/plugin.wasm
-WASM_OPT       ?= wasm-opt
+BINARYEN_DIR   := tools/binaryen
+BINARYEN_STAMP := $(BINARYEN_DIR)/node_modules/.installed.stamp
+WASM_OPT       ?= $(BINARYEN_DIR)/node_modules/.bin/wasm-opt
 WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
                   --enable-nontrapping-float-to-int --enable-mutable-globals --enable-reference-types --enable-multivalue
 OCI_IMAGE      ?= aigate
 OCI_TAG        ?= $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n1)
+OCI_LAYOUT     := $(DIST)/oci
 
-## wasm-opt: dist/plugin.wasm, the filter shrunk by wasm-opt (a plain copy if binaryen is missing)
-wasm-opt: wasm
+## binaryen: wasm-opt in tools/binaryen/node_modules (npm ci; re-installs only when the lock changes)
+binaryen: $(BINARYEN_STAMP)
+
+$(BINARYEN_STAMP): $(BINARYEN_DIR)/package.json $(BINARYEN_DIR)/package-lock.json
+	npm ci --prefix $(BINARYEN_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
+## wasm-opt: dist/plugin.wasm, the filter shrunk by wasm-opt
+wasm-opt: wasm binaryen
 	mkdir -p $(DIST)
-	@if command -v $(WASM_OPT) >/dev/null 2>&1; then \
-	  $(WASM_OPT) $(WASM_OPT_FLAGS) $(WASM) -o $(RELEASE_WASM); \
-	else \
-	  echo "wasm-opt not found (apt-get install binaryen): dist/plugin.wasm is the unoptimised build"; \
-	  cp $(WASM) $(RELEASE_WASM); \
-	fi
+	$(WASM_OPT) $(WASM_OPT_FLAGS) $(WASM) -o $(RELEASE_WASM)
 	@echo "size: $$(stat -c %s $(WASM)) bytes (cargo) -> $$(stat -c %s $(RELEASE_WASM)) bytes ($(RELEASE_WASM))"
 
 ## release: the size-optimised filter plus its sha256, ready for `make oci` or a plain Envoy
 release: wasm-opt
 	cd $(DIST) && sha256sum plugin.wasm > plugin.wasm.sha256 && cat plugin.wasm.sha256
 
-## oci: the OCI image (Dockerfile: FROM scratch + plugin.wasm) with docker, podman or buildah; else the commands
+## oci: dist/oci, an OCI image layout of dist/plugin.wasm (no Docker: deploy/oci_image.py); push it with
+##   skopeo copy oci:dist/oci:TAG docker://REGISTRY/aigate:TAG   (or crane push dist/oci REGISTRY/aigate:TAG)
 oci: release
-	cp Dockerfile $(DIST)/Dockerfile
-	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
-	  docker build -t $(OCI_IMAGE):$(OCI_TAG) $(DIST); \
-	elif command -v podman >/dev/null 2>&1; then \
-	  podman build -t $(OCI_IMAGE):$(OCI_TAG) $(DIST); \
-	elif command -v buildah >/dev/null 2>&1; then \
-	  buildah bud -t $(OCI_IMAGE):$(OCI_TAG) $(DIST); \
-	else \
-	  echo "no docker, podman or buildah here; build and push the image with one of:"; \
-	  echo "  docker build -t REGISTRY/$(OCI_IMAGE):$(OCI_TAG) $(DIST) && docker push REGISTRY/$(OCI_IMAGE):$(OCI_TAG)"; \
-	  echo "  oras push REGISTRY/$(OCI_IMAGE):$(OCI_TAG) --artifact-type application/vnd.module.wasm.content.layer.v1+wasm \\"; \
-	  echo "       $(RELEASE_WASM):application/vnd.module.wasm.content.layer.v1+wasm"; \
-	fi
+	rm -rf $(OCI_LAYOUT)
+	$(PYTHON) deploy/oci_image.py $(RELEASE_WASM) $(OCI_LAYOUT) --tag $(OCI_TAG)
 
 ## lint: formatting and clippy, native and wasm
 lint:
@@ -103,9 +102,9 @@ lint:
 unit:
 	cargo test
 
-## e2e: real Envoy + mocks + real clients
-e2e: venv wasm bench-tools
-	$(VENV_PY) -m pytest integration/tests -q $(PYTEST_ARGS)
+## e2e: real Envoy + mocks + real clients (binaryen: the wasm-opt build is tested too)
+e2e: venv wasm bench-tools binaryen
+	AIGATE_WASM_OPT=$(if $(findstring /,$(WASM_OPT)),$(abspath $(WASM_OPT)),$(WASM_OPT)) $(VENV_PY) -m pytest integration/tests -q $(PYTEST_ARGS)
 
 ## soak: minutes of mixed traffic through Envoy; prints RSS and Wasm memory over time (SOAK_ARGS='--seconds 300')
 SOAK_ARGS ?=

@@ -122,6 +122,27 @@ fn check_reads_standard_input_and_locates_syntax_errors() {
 }
 
 #[test]
+fn check_refuses_trailing_bytes_after_the_config() {
+    for (name, tail) in [
+        ("garbage", " xyz\n"),
+        ("two-documents", "\n{\"routes\": []}\n"),
+    ] {
+        let config = temp_file(&format!("trailing-{name}.json"), &format!("{CONFIG}{tail}"));
+        let (code, out, _) = run(&["check", config.to_str().unwrap(), "--placeholder-env"]);
+        assert_eq!(code, 1, "{name}: {out}");
+        assert!(
+            out.contains("invalid")
+                && out.contains("trailing characters after the config's JSON document"),
+            "{name}: {out}"
+        );
+    }
+    // The same config without the tail passes: the tail is what is refused.
+    let config = temp_file("trailing-none.json", &format!("{CONFIG}\n\n"));
+    let (code, out, _) = run(&["check", config.to_str().unwrap(), "--placeholder-env"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
 fn usage_errors_exit_2() {
     assert_eq!(run(&[]).0, 2);
     assert_eq!(run(&["frobnicate"]).0, 2);

@@ -80,6 +80,34 @@ fn not_json_is_refused() {
     assert!(parse_and_compile(b"", &env).is_err());
 }
 
+#[test]
+fn trailing_bytes_after_the_document_are_refused() {
+    let env = |_: &str| None;
+    let ok =
+        r#"{"routes": [{"name": "r", "provider": {"kind": "openai", "auth": {"none": true}}}]}"#;
+    // Whitespace after the document is fine (files end in a newline).
+    assert!(parse_and_compile(format!(" {ok}\n\t \r\n").as_bytes(), &env).is_ok());
+    for tail in [
+        " xyz",
+        "\n{\"routes\": []}",
+        "}",
+        "]",
+        " 1",
+        " null",
+        ",",
+        "\n\u{0}",
+    ] {
+        let text = format!("{ok}{tail}");
+        let error = parse_and_compile(text.as_bytes(), &env)
+            .expect_err(&format!("accepted {text:?}"))
+            .to_string();
+        assert!(
+            error.contains("trailing characters after the config's JSON document"),
+            "{text:?}: {error}"
+        );
+    }
+}
+
 /// Every complete plugin config shown in the README is one the filter accepts.
 #[test]
 fn readme_configs_are_valid() {

@@ -1,12 +1,15 @@
 """A small rate limit service for the `rls` backend's end-to-end tests.
 
 It serves `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit` over gRPC (grpcio,
-a generic handler; the protobuf is hand-encoded below, like the filter's) and counts in
-Redis with fixed windows: `INCRBY <key> <hits_addend>` + `PEXPIRE`, the same scheme as
-envoyproxy/ratelimit's fixed-window Redis cache. Unlike envoyproxy/ratelimit it takes
-`hits_addend` 0 literally, as Limitador does: a check that counts nothing.
+a generic handler; the protobuf is hand-encoded below, like the filter's) and counts with
+fixed windows, the scheme of envoyproxy/ratelimit's fixed-window cache: one counter per
+descriptor and window start, `INCRBY <key> <hits_addend>` then an expiry of two windows.
+envoyproxy/ratelimit keeps those counters in Redis (or memcached) so that several replicas
+share them; this one service keeps them in its own memory (`FixedWindowCounters`), which is
+the same thing for one replica and needs no Redis on the machine. Unlike envoyproxy/ratelimit
+it takes `hits_addend` 0 literally, as Limitador does: a check that counts nothing.
 
-    rls = RateLimitServer(redis.socket_path, {("chat", "per-user"): Rule(100, 60_000)}).start()
+    rls = RateLimitServer({("chat", "per-user"): Rule(100, 60_000)}).start()
     Cluster(rls.port, http2=True)        # Envoy speaks gRPC: the cluster must be HTTP/2
     rls.calls                            # every request: Call(domain, descriptors, hits)
     rls.stop()
@@ -23,11 +26,8 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
-
-from integration.harness.redis import RespClient
 
 SERVICE = "envoy.service.ratelimit.v3.RateLimitService"
 METHOD = "ShouldRateLimit"
@@ -175,6 +175,35 @@ def decode_response(data: bytes) -> tuple[int, list[dict[str, int]]]:
 # ---------------------------------------------------------------------------
 
 
+class FixedWindowCounters:
+    """Counters with an expiry, as the Redis commands envoyproxy/ratelimit uses (`INCRBY`,
+    `PEXPIRE`, `GET`): thread-safe, an expired counter reads 0 and starts again from 0."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._counters: dict[str, tuple[int, float]] = {}  # key -> (value, expires at)
+
+    def incrby(self, key: str, n: int, ttl_ms: int) -> int:
+        """Adds n and (re)sets the expiry: `INCRBY key n` + `PEXPIRE key ttl_ms` in one step."""
+        now = self._clock()
+        with self._lock:
+            value = self._live(key, now) + n
+            self._counters[key] = (value, now + ttl_ms / 1000)
+            return value
+
+    def get(self, key: str) -> int:
+        with self._lock:
+            return self._live(key, self._clock())
+
+    def _live(self, key: str, now: float) -> int:
+        value, expires = self._counters.get(key, (0, now))
+        if expires <= now:
+            self._counters.pop(key, None)
+            return 0
+        return value
+
+
 @dataclass(frozen=True)
 class Rule:
     limit: int  # tokens per window
@@ -184,7 +213,6 @@ class Rule:
 class RateLimitServer:
     def __init__(
         self,
-        redis_socket: str | Path,
         rules: dict[tuple[str, str], Rule],
         *,
         domain: str = "aigate",
@@ -196,7 +224,7 @@ class RateLimitServer:
         self.mode = "ok"
         self.calls: list[Call] = []
         self._lock = threading.Lock()
-        self._redis = RespClient(redis_socket)
+        self._counters = FixedWindowCounters()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
@@ -217,7 +245,6 @@ class RateLimitServer:
 
     def stop(self) -> None:
         self._server.stop(grace=0)
-        self._redis.close()
 
     def reports(self) -> list[Call]:
         """Calls that counted tokens (hits_addend > 0)."""
@@ -236,8 +263,7 @@ class RateLimitServer:
         """Tokens counted for a key in the current window."""
         rule = self.rules[(route, limit)]
         now_ms = int(time.time() * 1000)
-        value = self._redis.call("GET", self._key(route, limit, key, now_ms - now_ms % rule.window_ms))
-        return int(value or 0)
+        return self._counters.get(self._key(route, limit, key, now_ms - now_ms % rule.window_ms))
 
     def _key(self, route: str, limit: str, key: str, window_start: int) -> str:
         return f"{self.domain}|{route}|{limit}|{key}|{window_start}"
@@ -262,10 +288,10 @@ class RateLimitServer:
         window_start = now_ms - now_ms % rule.window_ms
         key = self._key(entries["route"], entries["limit"], entries.get("key", ""), window_start)
         if hits == 0:
-            value = int(self._redis.call("GET", key) or 0)
+            value = self._counters.get(key)
             over = value >= rule.limit  # a zero-cost check: is anything left?
         else:
-            value, _ = self._redis.pipeline([("INCRBY", key, hits), ("PEXPIRE", key, 2 * rule.window_ms)])
+            value = self._counters.incrby(key, hits, 2 * rule.window_ms)
             over = value > rule.limit
         return Status(
             CODE_OVER_LIMIT if over else CODE_OK,

@@ -1,5 +1,6 @@
 """Token budgets end to end: a real Envoy with two workers, the local backend (shared data)
-and the `rls` backend against a gRPC rate limit service counting in a real Redis.
+and the `rls` backend against a gRPC rate limit service with envoyproxy/ratelimit's
+fixed-window counting (integration/mocks/ratelimit.py).
 
 Budgets count the provider's reported tokens; the mock answers every request with 18.
 """
@@ -20,13 +21,13 @@ import openai
 import pytest
 
 from integration.harness import Cluster, Envoy
-from integration.harness.redis import Redis, start_redis
 from integration.mocks import MockServer, llm
 from integration.mocks.ratelimit import (
     CODE_OK,
     CODE_OVER_LIMIT,
     METHOD,
     SERVICE,
+    FixedWindowCounters,
     RateLimitServer,
     Rule,
     decode_response,
@@ -86,15 +87,8 @@ def llm_mock(mock_factory) -> MockServer:
 
 
 @pytest.fixture(scope="module")
-def redis(tmp_path_factory) -> Redis:
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def rls(redis: Redis) -> RateLimitServer:
-    server = RateLimitServer(redis.socket_path, RULES).start()
+def rls() -> RateLimitServer:
+    server = RateLimitServer(RULES).start()
     yield server
     server.stop()
 
@@ -183,6 +177,20 @@ def test_rate_limit_service_speaks_the_protocol(rls: RateLimitServer) -> None:
         overall, statuses = decode_response(call(encode_request("aigate", descriptors[:1], 0)))
         assert overall == CODE_OVER_LIMIT and statuses[0].get("remaining", 0) == 0
     assert rls.used("rls", "per-user", key) == 210
+
+
+def test_rate_limit_service_counters_expire_like_redis_keys() -> None:
+    now = [100.0]
+    counters = FixedWindowCounters(clock=lambda: now[0])
+    assert counters.get("k") == 0
+    assert counters.incrby("k", 5, 1_000) == 5
+    assert counters.incrby("k", 7, 1_000) == 12  # INCRBY adds
+    now[0] = 100.5
+    assert counters.get("k") == 12
+    assert counters.incrby("other", 1, 500) == 1
+    now[0] = 101.0  # 1 s after the last INCRBY of "k", 0.5 s after "other": both gone
+    assert counters.get("k") == 0 and counters.get("other") == 0
+    assert counters.incrby("k", 3, 1_000) == 3  # counting starts again from 0
 
 
 # ---------------------------------------------------------------------------

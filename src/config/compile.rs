@@ -175,11 +175,23 @@ impl Plan {
 
 /// Parses JSON text and compiles it, reporting the first fault with its JSON path.
 pub fn parse_and_compile(text: &[u8], env: &dyn EnvLookup) -> Result<Plan, ConfigError> {
-    let deserializer = &mut serde_json::Deserializer::from_slice(text);
-    let config: PluginConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
-        let path = err.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        ConfigError::new(path, strip_serde_position(&err.inner().to_string()))
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    let config: PluginConfig =
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            ConfigError::new(path, strip_serde_position(&err.inner().to_string()))
+        })?;
+    // One JSON document and nothing after it but whitespace: `{...} xyz` or a second
+    // document is a broken file, not a config with an ignorable tail.
+    deserializer.end().map_err(|err| {
+        ConfigError::new(
+            String::new(),
+            format!(
+                "{} after the config's JSON document",
+                strip_serde_position(&err.to_string())
+            ),
+        )
     })?;
     compile(&config, env)
 }
