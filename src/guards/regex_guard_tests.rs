@@ -365,7 +365,7 @@ pub(crate) mod linear_time {
                 let text = text(case, bytes);
                 let mut hits = Vec::new();
                 scanner.scan(&text, 0, &mut hits);
-                assert!(scanner.has_hit(&text) == !hits.is_empty());
+                assert_eq!(scanner.has_hit(&text), !hits.is_empty());
             });
             assert_linear(&format!("mask {what}"), |bytes| {
                 let mut text = text(case, bytes);
