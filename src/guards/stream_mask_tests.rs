@@ -631,6 +631,7 @@ mod in_place_matches_value_path {
             3 => {
                 json!({"index": index, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}})
             }
+            4 => json!({"index": index, "delta": {"function_call": {"arguments": piece}}}),
             _ => json!({"index": index, "delta": {}}),
         };
         choice["logprobs"] = if logprobs {
@@ -647,7 +648,7 @@ mod in_place_matches_value_path {
         #[test]
         fn same_output_and_metrics(
             cuts in proptest::collection::vec(0usize..400, 0..8),
-            fields in proptest::collection::vec(0u8..5, 9),
+            fields in proptest::collection::vec(0u8..6, 9),
             logprobs in proptest::collection::vec(any::<bool>(), 9),
             two_choices in any::<bool>(),
             finish_last in any::<bool>(),
