@@ -164,16 +164,6 @@ fn ascii_digit(c: char) -> bool {
     c.is_ascii_digit()
 }
 
-fn digits(text: &str, start: usize, end: usize) -> Vec<(usize, u8)> {
-    text.get(start..end)
-        .unwrap_or_default()
-        .bytes()
-        .enumerate()
-        .filter(|(_, b)| b.is_ascii_digit())
-        .map(|(i, b)| (start + i, b - b'0'))
-        .collect()
-}
-
 fn validate_ssn(text: &str, start: usize, end: usize) -> Verdict {
     if is_digit(before(text, start)) {
         return Verdict::Miss(run_end(text, start, ascii_digit));
@@ -222,17 +212,30 @@ pub fn luhn(digits: &[u8]) -> bool {
 
 /// A candidate may run on into digits that are not part of the card ("4111 1111 1111 1111
 /// 2024"): try the longest prefix of 13 to 19 digits that ends a digit group and passes Luhn.
+/// Digits are kept on the stack: a text of digit groups has a candidate every few bytes.
 fn validate_card(text: &str, start: usize, end: usize) -> Verdict {
     if is_digit(before(text, start)) {
         return Verdict::Miss(run_end(text, start, ascii_digit));
     }
-    let found = digits(text, start, end);
-    let values: Vec<u8> = found.iter().map(|(_, d)| *d).collect();
-    for count in (13..=found.len().min(19)).rev() {
-        let Some(&(position, _)) = found.get(count - 1) else {
+    let mut values = [0u8; 19];
+    let mut ends = [0usize; 19];
+    let mut count = 0;
+    let candidate = text.as_bytes().get(start..end).unwrap_or_default();
+    for (offset, byte) in candidate.iter().enumerate() {
+        if !byte.is_ascii_digit() {
+            continue;
+        }
+        let (Some(value), Some(digit_end)) = (values.get_mut(count), ends.get_mut(count)) else {
+            break;
+        };
+        *value = byte - b'0';
+        *digit_end = start + offset + 1;
+        count += 1;
+    }
+    for count in (13..=count).rev() {
+        let Some(&hit_end) = ends.get(count - 1) else {
             continue;
         };
-        let hit_end = position + 1;
         if is_digit(after(text, hit_end)) {
             continue;
         }
@@ -280,7 +283,9 @@ fn validate_phone(text: &str, start: usize, end: usize) -> Verdict {
     if is_digit(after(text, end)) {
         return Verdict::Miss(next_char(text, start));
     }
-    let count = digits(text, start, end).len();
+    let count = text
+        .get(start..end)
+        .map_or(0, |s| s.bytes().filter(u8::is_ascii_digit).count());
     let international = text.get(start..).is_some_and(|s| s.starts_with('+'));
     let plausible = if international {
         (8..=15).contains(&count)

@@ -95,7 +95,8 @@ impl Bounded {
     }
 
     /// The leftmost match inside `text[start..end]`. regex-lite has no bounded search, so it
-    /// searches the prefix `text[..end]`: there, `$` and `\b` also hold at `end`.
+    /// searches the prefix `text[..end]`: there, `$` and `\b` also hold at `end` (the
+    /// scanner checks a match ending at `end` again in a longer window).
     fn find_within(&self, text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
         let prefix = text.get(..end)?;
         if start > end {

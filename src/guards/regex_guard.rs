@@ -215,10 +215,11 @@ impl Scanner {
                 continue;
             }
             let end = self.extend(index, text, start, end, window_end);
-            let verdict = match validate {
-                _ if end == start => Verdict::Miss(next_char(text, start)),
-                Some(validate) => validate(text, start, end),
-                None => Verdict::Hit(end),
+            let verdict = match (validate, end) {
+                (_, None) => Verdict::Miss(next_char(text, start)),
+                (_, Some(end)) if end == start => Verdict::Miss(next_char(text, start)),
+                (Some(validate), Some(end)) => validate(text, start, end),
+                (None, Some(end)) => Verdict::Hit(end),
             };
             match verdict {
                 Verdict::Hit(end) if end > start => {
@@ -238,7 +239,9 @@ impl Scanner {
     /// A match that reaches the end of its window may go on past it (`TCK-[0-9]+` over a
     /// long run of digits): it is searched again from its start in windows twice as long
     /// until it ends inside one. A match that reaches a window's end ends no earlier in the
-    /// whole text, so the work stays within four times the match's length.
+    /// whole text, so the work stays within four times the match's length. None when the
+    /// longer window has no match at `start` (only with `regex-lite`, whose `$` and `\b`
+    /// hold at a window's end: the match was an artefact of the cut).
     fn extend(
         &self,
         index: usize,
@@ -246,16 +249,16 @@ impl Scanner {
         start: usize,
         mut end: usize,
         mut window_end: usize,
-    ) -> usize {
+    ) -> Option<usize> {
         while end == window_end && window_end < text.len() {
             let span = window_end.saturating_sub(start).max(SEARCH_WINDOW_BYTES);
             window_end = char_floor(text, start.saturating_add(span.saturating_mul(2)));
             match self.set.find_within(index, text, start, window_end) {
                 Some((again, longer)) if again == start => end = longer,
-                _ => break,
+                _ => return None,
             }
         }
-        end
+        Some(end)
     }
 
     pub fn has_hit(&self, text: &str) -> bool {
