@@ -4,7 +4,9 @@
 //! Features: `regex-full` (default) uses the `regex` crate with its lazy DFA and literal
 //! prefilters (Perl classes and case folding for Unicode; no Unicode scripts/categories);
 //! `regex-lite` uses `regex-lite` (smaller, much slower on long texts, ASCII-only classes).
-//! If both are enabled, `regex-lite` wins.
+//! If both are enabled, `regex-lite` wins. The regex guard's `PatternSet` searches inside a
+//! bounded range (with `regex-full` through `regex_automata::meta`, the engine `regex` wraps)
+//! so that its work stays linear in the text's length (see `regex_guard::Scanner`).
 
 #[cfg(not(any(feature = "regex-full", feature = "regex-lite")))]
 compile_error!("enable one regex engine: feature \"regex-full\" (default) or \"regex-lite\"");
