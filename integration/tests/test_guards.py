@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import httpx
 import openai
 import pytest
 
-from integration.mocks.sse import sse_event, split_awkwardly
+from integration.mocks.sse import parse_sse, split_awkwardly, split_per_event, sse_event
 
 GUARD_KEY = "gk-guard-secret"
 ALL_BUILTINS = ["ssn", "credit_card", "email", "phone_number", "ipv4"]
@@ -261,6 +262,87 @@ def test_regex_masks_the_mocks_own_echo_stream(envoy, mock):
     assert b"192.168" not in raw
     # The request side masked it first; the answer echoes the placeholder.
     assert b"<IPV4>" in raw
+
+
+def test_regex_guard_is_linear_on_a_long_email_like_prompt(envoy, mock):
+    # Issue 12: one long e-mail-like token made the detectors quadratic: a 24 KB prompt held
+    # the worker for seconds, the 1 MiB limit would have taken hours.
+    for size in (24 * 1024, 900 * 1024):
+        token = "ab.c" * (size // 4) + "@example.com"
+        started = time.monotonic()
+        response = post(envoy, "mask", chat(token))
+        elapsed = time.monotonic() - started
+        assert response.status_code == 200, response.text[:300]
+        assert elapsed < 5, f"{size} bytes took {elapsed:.1f} s"
+        sent = upstream_chats(mock)[-1].json["messages"][0]["content"]
+        assert sent.endswith("<EMAIL>") and "@example.com" not in sent
+
+
+def stream_of(choices: list[dict], split=split_awkwardly) -> list[bytes]:
+    """An OpenAI stream with one event per given choice, then usage and [DONE]."""
+    base = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
+    events = [sse_event({**base, "choices": [choice]}) for choice in choices]
+    events.append(sse_event({**base, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}}))
+    events.append(sse_event("[DONE]"))
+    return split(b"".join(events))
+
+
+def test_regex_masks_streamed_legacy_function_call_arguments(envoy, mock):
+    def call(arguments, finish=None):
+        return {"index": 0, "delta": {"function_call": {"arguments": arguments}}, "finish_reason": finish}
+
+    choices = [
+        {"index": 0, "delta": {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": ""}}, "finish_reason": None},
+        call('{"ssn": "123-4'),
+        call('5-6789", "mail": "jane@exa'),
+        call('mple.com"}'),
+        {"index": 0, "delta": {}, "finish_reason": "function_call"},
+    ]
+    mock.enqueue(200, chunks=stream_of(choices), headers={"content-type": "text/event-stream"}, path="/v1/chat/completions")
+    with httpx.stream("POST", envoy.base_url + "/v1/chat/completions", json=chat("x", stream=True), headers={"x-case": "mask"}, timeout=30) as response:
+        raw = b"".join(response.iter_bytes())
+    arguments = ""
+    for event in parse_sse(raw):
+        if event["data"] != "[DONE]":
+            for choice in json.loads(event["data"]).get("choices", []):
+                arguments += (choice.get("delta", {}).get("function_call") or {}).get("arguments") or ""
+    assert arguments == '{"ssn": "<SSN>", "mail": "<EMAIL>"}'
+    assert b"6789" not in raw and b"jane@" not in raw
+
+
+@pytest.mark.parametrize("bad", ["\\ud800", "NaN"])
+def test_an_unreadable_stream_event_ends_the_stream_unrelayed(envoy, mock, bad):
+    before = guard_counter(envoy, "mask", "answer-pii", "response", "failed_closed")
+    base = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
+    good = sse_event({**base, "choices": [{"index": 0, "delta": {"content": "Hello. "}, "finish_reason": None}]})
+    if bad == "NaN":
+        data = '{"choices":[{"index":0,"delta":{"content":"ssn 123-45-6789"},"finish_reason":null}],"x":NaN}'
+    else:
+        data = '{"choices":[{"index":0,"delta":{"content":"\\ud800 ssn 123-45-6789"},"finish_reason":null}]}'
+    events = good + sse_event(data) + sse_event("[DONE]")
+    mock.enqueue(200, chunks=split_awkwardly(events), headers={"content-type": "text/event-stream"}, path="/v1/chat/completions")
+    with httpx.stream("POST", envoy.base_url + "/v1/chat/completions", json=chat("x", stream=True), headers={"x-case": "mask"}, timeout=30) as response:
+        raw = b"".join(response.iter_bytes())
+    assert b"6789" not in raw, raw
+    parsed = [json.loads(e["data"]) for e in parse_sse(raw) if e["data"] != "[DONE]"]
+    assert parsed[-1]["error"]["code"] == "invalid_upstream_response", parsed
+    assert guard_counter(envoy, "mask", "answer-pii", "response", "failed_closed") == before + 1
+
+
+def test_a_hit_split_after_a_very_large_delta_is_masked(envoy, mock):
+    big = "word " * (80 * 1024 // 5) + "ssn 123-45-"
+    choices = [
+        {"index": 0, "delta": {"role": "assistant", "content": big}, "finish_reason": None},
+        {"index": 0, "delta": {"content": "6789 ok"}, "finish_reason": None},
+        {"index": 0, "delta": {}, "finish_reason": "stop"},
+    ]
+    # One event per chunk: the large event arrives whole, as a provider would send it.
+    chunks = stream_of(choices, split=split_per_event)
+    mock.enqueue(200, chunks=chunks, headers={"content-type": "text/event-stream"}, path="/v1/chat/completions")
+    stream = client(envoy, "mask").chat.completions.create(model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "x"}])
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text.endswith("ssn <SSN> ok"), text[-60:]
+    assert len(text) == len(big) - len("123-45-") + len("<SSN> ok")
 
 
 # ---------------------------------------------------------------- webhook

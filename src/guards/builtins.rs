@@ -164,16 +164,6 @@ fn ascii_digit(c: char) -> bool {
     c.is_ascii_digit()
 }
 
-fn digits(text: &str, start: usize, end: usize) -> Vec<(usize, u8)> {
-    text.get(start..end)
-        .unwrap_or_default()
-        .bytes()
-        .enumerate()
-        .filter(|(_, b)| b.is_ascii_digit())
-        .map(|(i, b)| (start + i, b - b'0'))
-        .collect()
-}
-
 fn validate_ssn(text: &str, start: usize, end: usize) -> Verdict {
     if is_digit(before(text, start)) {
         return Verdict::Miss(run_end(text, start, ascii_digit));
@@ -222,17 +212,30 @@ pub fn luhn(digits: &[u8]) -> bool {
 
 /// A candidate may run on into digits that are not part of the card ("4111 1111 1111 1111
 /// 2024"): try the longest prefix of 13 to 19 digits that ends a digit group and passes Luhn.
+/// Digits are kept on the stack: a text of digit groups has a candidate every few bytes.
 fn validate_card(text: &str, start: usize, end: usize) -> Verdict {
     if is_digit(before(text, start)) {
         return Verdict::Miss(run_end(text, start, ascii_digit));
     }
-    let found = digits(text, start, end);
-    let values: Vec<u8> = found.iter().map(|(_, d)| *d).collect();
-    for count in (13..=found.len().min(19)).rev() {
-        let Some(&(position, _)) = found.get(count - 1) else {
+    let mut values = [0u8; 19];
+    let mut ends = [0usize; 19];
+    let mut count = 0;
+    let candidate = text.as_bytes().get(start..end).unwrap_or_default();
+    for (offset, byte) in candidate.iter().enumerate() {
+        if !byte.is_ascii_digit() {
+            continue;
+        }
+        let (Some(value), Some(digit_end)) = (values.get_mut(count), ends.get_mut(count)) else {
+            break;
+        };
+        *value = byte - b'0';
+        *digit_end = start + offset + 1;
+        count += 1;
+    }
+    for count in (13..=count).rev() {
+        let Some(&hit_end) = ends.get(count - 1) else {
             continue;
         };
-        let hit_end = position + 1;
         if is_digit(after(text, hit_end)) {
             continue;
         }
@@ -243,15 +246,34 @@ fn validate_card(text: &str, start: usize, end: usize) -> Verdict {
     Verdict::Miss(next_char(text, start))
 }
 
+/// A match longer than an address can be comes from a long run of address characters. All
+/// matches through its `@` end where it ends (the domain part is greedy), so the leftmost
+/// one short enough starts `MAX_EMAIL_CHARS` characters before that end; with a domain too
+/// long for any, the search goes on past the `@`. Either way a long run costs two searches,
+/// not one per character (which made a 24 KB token take seconds).
 fn validate_email(text: &str, start: usize, end: usize) -> Verdict {
-    if text
-        .get(start..end)
-        .is_some_and(|s| s.chars().count() <= MAX_EMAIL_CHARS)
-    {
-        Verdict::Hit(end)
-    } else {
-        Verdict::Miss(next_char(text, start))
+    let Some(candidate) = text.get(start..end) else {
+        return Verdict::Miss(next_char(text, start));
+    };
+    if candidate.chars().count() <= MAX_EMAIL_CHARS {
+        return Verdict::Hit(end);
     }
+    let Some(at_sign) = crate::find::byte(candidate.as_bytes(), b'@').map(|at| start + at) else {
+        return Verdict::Miss(next_char(text, start));
+    };
+    // The shortest match through this `@` has one character before it.
+    let domain_chars = text.get(at_sign..end).map_or(0, |d| d.chars().count());
+    if domain_chars + 1 > MAX_EMAIL_CHARS {
+        return Verdict::Miss(at_sign + 1);
+    }
+    let from_end = text
+        .get(..end)
+        .unwrap_or_default()
+        .char_indices()
+        .rev()
+        .nth(MAX_EMAIL_CHARS - 1)
+        .map_or(start, |(index, _)| index);
+    Verdict::Miss(from_end.max(next_char(text, start)))
 }
 
 fn validate_phone(text: &str, start: usize, end: usize) -> Verdict {
@@ -261,7 +283,9 @@ fn validate_phone(text: &str, start: usize, end: usize) -> Verdict {
     if is_digit(after(text, end)) {
         return Verdict::Miss(next_char(text, start));
     }
-    let count = digits(text, start, end).len();
+    let count = text
+        .get(start..end)
+        .map_or(0, |s| s.bytes().filter(u8::is_ascii_digit).count());
     let international = text.get(start..).is_some_and(|s| s.starts_with('+'));
     let plausible = if international {
         (8..=15).contains(&count)

@@ -4,7 +4,9 @@
 //! Features: `regex-full` (default) uses the `regex` crate with its lazy DFA and literal
 //! prefilters (Perl classes and case folding for Unicode; no Unicode scripts/categories);
 //! `regex-lite` uses `regex-lite` (smaller, much slower on long texts, ASCII-only classes).
-//! If both are enabled, `regex-lite` wins.
+//! If both are enabled, `regex-lite` wins. The regex guard's `PatternSet` searches inside a
+//! bounded range (with `regex-full` through `regex_automata::meta`, the engine `regex` wraps)
+//! so that its work stays linear in the text's length (see `regex_guard::Scanner`).
 
 #[cfg(not(any(feature = "regex-full", feature = "regex-lite")))]
 compile_error!("enable one regex engine: feature \"regex-full\" (default) or \"regex-lite\"");
@@ -57,12 +59,61 @@ impl Regex {
     }
 }
 
+/// One pattern of a `PatternSet`, searched inside a bounded part of a text.
+#[cfg(all(feature = "regex-full", not(feature = "regex-lite")))]
+#[derive(Debug, Clone)]
+struct Bounded(regex_automata::meta::Regex);
+
+#[cfg(all(feature = "regex-full", not(feature = "regex-lite")))]
+impl Bounded {
+    fn new(pattern: &str) -> Result<Bounded, String> {
+        // `meta::Regex` is what `regex::Regex` wraps, with the same syntax defaults and limits.
+        regex_automata::meta::Regex::new(pattern)
+            .map(Bounded)
+            .map_err(|err| one_line(&err.to_string()))
+    }
+
+    /// The leftmost match inside `text[start..end]`; assertions (`\b`, `$`) see the whole
+    /// text, so a match is a match of the whole text, and the search reads nothing past `end`.
+    fn find_within(&self, text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+        if start > end || end > text.len() {
+            return None;
+        }
+        let input = regex_automata::Input::new(text).range(start..end);
+        self.0.search(&input).map(|m| (m.start(), m.end()))
+    }
+}
+
+#[cfg(feature = "regex-lite")]
+#[derive(Debug, Clone)]
+struct Bounded(regex_lite::Regex);
+
+#[cfg(feature = "regex-lite")]
+impl Bounded {
+    fn new(pattern: &str) -> Result<Bounded, String> {
+        regex_lite::Regex::new(pattern)
+            .map(Bounded)
+            .map_err(|err| one_line(&err.to_string()))
+    }
+
+    /// The leftmost match inside `text[start..end]`. regex-lite has no bounded search, so it
+    /// searches the prefix `text[..end]`: there, `$` and `\b` also hold at `end` (the
+    /// scanner checks a match ending at `end` again in a longer window).
+    fn find_within(&self, text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+        let prefix = text.get(..end)?;
+        if start > end {
+            return None;
+        }
+        self.0.find_at(prefix, start).map(|m| (m.start(), m.end()))
+    }
+}
+
 /// Several patterns, each searched on its own: with `regex-full` each has its own literal
 /// prefilter (memchr / Teddy), which made a 32 KB prompt with six patterns about 50 times
 /// faster natively than one `RegexSet` pass, which cannot use prefilters.
 #[derive(Debug, Clone)]
 pub struct PatternSet {
-    regexes: Vec<Regex>,
+    regexes: Vec<Bounded>,
 }
 
 impl PatternSet {
@@ -70,7 +121,7 @@ impl PatternSet {
     pub fn new(patterns: &[String]) -> Result<PatternSet, (usize, String)> {
         let mut regexes = Vec::with_capacity(patterns.len());
         for (index, pattern) in patterns.iter().enumerate() {
-            regexes.push(Regex::new(pattern).map_err(|err| (index, err))?);
+            regexes.push(Bounded::new(pattern).map_err(|err| (index, err))?);
         }
         Ok(PatternSet { regexes })
     }
@@ -83,8 +134,18 @@ impl PatternSet {
         self.regexes.is_empty()
     }
 
-    pub fn find_at(&self, index: usize, text: &str, start: usize) -> Option<(usize, usize)> {
-        self.regexes.get(index)?.find_at(text, start)
+    /// The leftmost match of pattern `index` that starts at or after `start` and ends at or
+    /// before `end` (both char boundaries). The search reads no text past `end`, which is
+    /// what bounds its cost (see `regex_guard::SEARCH_WINDOW_BYTES`). With `regex-full`,
+    /// assertions see the text on both sides; with `regex-lite`, `$` and `\b` hold at `end`.
+    pub fn find_within(
+        &self,
+        index: usize,
+        text: &str,
+        start: usize,
+        end: usize,
+    ) -> Option<(usize, usize)> {
+        self.regexes.get(index)?.find_within(text, start, end)
     }
 }
 
@@ -132,10 +193,25 @@ mod tests {
     fn set_finds_per_pattern() {
         let patterns = ["abc".to_string(), "[0-9]+".to_string(), "zzz".to_string()];
         let set = PatternSet::new(&patterns).unwrap();
-        assert_eq!(set.find_at(1, "x abc 12", 0), Some((6, 8)));
-        assert_eq!(set.find_at(2, "x abc 12", 0), None);
-        assert_eq!(set.find_at(3, "x abc 12", 0), None);
+        assert_eq!(set.find_within(1, "x abc 12", 0, 8), Some((6, 8)));
+        assert_eq!(set.find_within(2, "x abc 12", 0, 8), None);
+        assert_eq!(set.find_within(3, "x abc 12", 0, 8), None);
         assert_eq!(set.len(), 3);
+    }
+
+    #[test]
+    fn bounded_search_reads_only_its_range() {
+        let patterns = ["[0-9]+".to_string(), r"\bab\b".to_string()];
+        let set = PatternSet::new(&patterns).unwrap();
+        assert_eq!(set.find_within(0, "x 12345", 0, 5), Some((2, 5)));
+        assert_eq!(set.find_within(0, "x 12345", 3, 7), Some((3, 7)));
+        assert_eq!(set.find_within(0, "x 12345", 0, 2), None);
+        assert_eq!(set.find_within(0, "x 12345", 5, 4), None);
+        assert_eq!(set.find_within(0, "x 12345", 0, 9), None);
+        // With regex-full, `\b` sees past the end of the range: "ab" in "abc" is no word.
+        #[cfg(all(feature = "regex-full", not(feature = "regex-lite")))]
+        assert_eq!(set.find_within(1, "abc ab", 0, 2), None);
+        assert_eq!(set.find_within(1, "abc ab", 0, 6), Some((4, 6)));
     }
 
     #[test]

@@ -17,6 +17,22 @@ use crate::pipeline::stage::{RequestCtx, RequestStage, ResponseCtx, ResponseStag
 /// Texts up to this long skip the detectors whose required byte they lack.
 const SHORT_TEXT_BYTES: usize = 512;
 
+/// The most text one regex search reads (see `Scanner::next_valid`): it bounds the work per
+/// candidate, and matches up to half of it are found whole.
+pub const SEARCH_WINDOW_BYTES: usize = 16 * 1024;
+
+/// The largest char boundary at or before `at` (or the text's length).
+fn char_floor(text: &str, at: usize) -> usize {
+    if at >= text.len() {
+        return text.len();
+    }
+    let mut at = at;
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
 /// One thing the guard looks for.
 #[derive(Debug)]
 pub struct Detector {
@@ -169,15 +185,41 @@ impl Scanner {
     }
 
     /// The first validated hit of one detector at or after `from`.
+    ///
+    /// Each search reads at most `SEARCH_WINDOW_BYTES` of text: a regex search finds where
+    /// its leftmost match ends only after reading on until no longer match is possible, so
+    /// searching from every candidate to the end of a long text takes time quadratic in its
+    /// length. A match found in the first half of a window (or in the last window) is the
+    /// match the whole text gives, as long as it is at most half a window long; one found
+    /// later is searched again from its start; with none, the next window starts half a
+    /// window on. The work is thus at most a window per candidate and two per window
+    /// skipped, whatever the text; a match that fills its window to the end is followed to
+    /// its real end (`extend`). An operator pattern's match longer than half a window with
+    /// no shorter match at its start (`BEGIN[\s\S]*END` around more than 8 KiB) may be
+    /// missed.
     fn next_valid(&self, index: usize, text: &str, from: usize) -> Option<Hit> {
         let validate = self.detectors.get(index)?.validate;
         let mut at = from;
         while at <= text.len() {
-            let (start, end) = self.set.find_at(index, text, at)?;
-            let verdict = match validate {
-                _ if end == start => Verdict::Miss(next_char(text, start)),
-                Some(validate) => validate(text, start, end),
-                None => Verdict::Hit(end),
+            let window_end = char_floor(text, at.saturating_add(SEARCH_WINDOW_BYTES));
+            let trusted_before = char_floor(text, at.saturating_add(SEARCH_WINDOW_BYTES / 2));
+            let Some((start, end)) = self.set.find_within(index, text, at, window_end) else {
+                if window_end >= text.len() {
+                    return None;
+                }
+                at = trusted_before.max(next_char(text, at));
+                continue;
+            };
+            if window_end < text.len() && start >= trusted_before && start > at {
+                at = start;
+                continue;
+            }
+            let end = self.extend(index, text, start, end, window_end);
+            let verdict = match (validate, end) {
+                (_, None) => Verdict::Miss(next_char(text, start)),
+                (_, Some(end)) if end == start => Verdict::Miss(next_char(text, start)),
+                (Some(validate), Some(end)) => validate(text, start, end),
+                (None, Some(end)) => Verdict::Hit(end),
             };
             match verdict {
                 Verdict::Hit(end) if end > start => {
@@ -192,6 +234,31 @@ impl Scanner {
             }
         }
         None
+    }
+
+    /// A match that reaches the end of its window may go on past it (`TCK-[0-9]+` over a
+    /// long run of digits): it is searched again from its start in windows twice as long
+    /// until it ends inside one. A match that reaches a window's end ends no earlier in the
+    /// whole text, so the work stays within four times the match's length. None when the
+    /// longer window has no match at `start` (only with `regex-lite`, whose `$` and `\b`
+    /// hold at a window's end: the match was an artefact of the cut).
+    fn extend(
+        &self,
+        index: usize,
+        text: &str,
+        start: usize,
+        mut end: usize,
+        mut window_end: usize,
+    ) -> Option<usize> {
+        while end == window_end && window_end < text.len() {
+            let span = window_end.saturating_sub(start).max(SEARCH_WINDOW_BYTES);
+            window_end = char_floor(text, start.saturating_add(span.saturating_mul(2)));
+            match self.set.find_within(index, text, start, window_end) {
+                Some((again, longer)) if again == start => end = longer,
+                _ => return None,
+            }
+        }
+        Some(end)
     }
 
     pub fn has_hit(&self, text: &str) -> bool {

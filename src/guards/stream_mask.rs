@@ -1,6 +1,6 @@
 //! The regex guard on streamed answers. Text arrives in pieces (`delta.content`, tool call
-//! arguments, legacy `text`), one piece per event; a hit may be split across any number of
-//! them. Each text channel (choice × field) holds back only the tail that a hit could still
+//! arguments, legacy `function_call` arguments, legacy `text`), one piece per event; a hit
+//! may be split across any number of them, of any size. Each text channel (choice × field) holds back only the tail that a hit could still
 //! be part of, masks what is final and releases it in the event that brought the new piece.
 //! The rest is released when the choice finishes, at `[DONE]`, or when the stream ends.
 //!
@@ -9,6 +9,11 @@
 //! held: usually nothing or one word. Operator patterns are opaque: their text is held back
 //! to the last sentence end (`.`, `!`, `?` before whitespace, a line break), at most
 //! `MAX_SENTENCE_HOLD_CHARS` characters.
+//!
+//! The hold is thus a few KiB at most, except while an operator pattern's match that began
+//! before it goes on growing; past `MAX_PENDING_BYTES` the stream ends with an error rather
+//! than release part of a match unmasked. An event that is not JSON ends the stream with an
+//! error too: its text could not be checked.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -19,13 +24,14 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::builtins::Reach;
+use super::outcome::Outcome;
 use super::regex_guard::{Hit, RegexGuard, Scanner};
 use super::EventFilterFactory;
 use crate::config::model::RegexAction;
 use crate::error::ApiError;
 use crate::host::Host;
 use crate::json_view::{self, Edits, Kind};
-use crate::pipeline::in_place::ToolCallView;
+use crate::pipeline::in_place::{FunctionView, ToolCallView};
 use crate::pipeline::stage::EventFilter;
 use crate::sse::SseEvent;
 
@@ -34,8 +40,13 @@ pub const MAX_SENTENCE_HOLD_CHARS: usize = 1024;
 /// Characters of released text kept as context for the next search (validators and `\b`
 /// look at the character before a hit).
 const CONTEXT_CHARS: usize = 8;
-/// A channel never holds more than this; past it everything held is judged as final.
-const MAX_PENDING_BYTES: usize = 64 * 1024;
+/// A channel never holds more than this: an operator pattern's match still open past it
+/// ends the stream (see `Overflow`). It also bounds the text each event searches again.
+pub const MAX_PENDING_BYTES: usize = 16 * 1024;
+
+/// A channel would have to hold more than `MAX_PENDING_BYTES` to keep a match whole.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Overflow;
 
 /// The text of one channel not yet released, with a little released context before it.
 #[derive(Debug, Default)]
@@ -53,10 +64,15 @@ pub struct Released {
 }
 
 impl Holdback {
-    pub fn push(&mut self, scanner: &Scanner, piece: &str) -> Released {
+    /// Adds a piece and releases what became final. However large the piece, the tail a
+    /// hit could still be part of stays held, so a hit split after it is masked whole.
+    pub fn push(&mut self, scanner: &Scanner, piece: &str) -> Result<Released, Overflow> {
         self.buf.push_str(piece);
-        let forced = self.buf.len() - self.off > MAX_PENDING_BYTES;
-        self.release(scanner, forced)
+        let released = self.release(scanner, false);
+        if self.buf.len() - self.off > MAX_PENDING_BYTES {
+            return Err(Overflow);
+        }
+        Ok(released)
     }
 
     /// Releases everything held: the text has ended.
@@ -181,6 +197,8 @@ enum Field {
     Text,
     /// `delta.tool_calls[index == n].function.arguments`.
     Tool(u64),
+    /// Legacy `delta.function_call.arguments`.
+    Function,
 }
 
 #[derive(Debug)]
@@ -240,9 +258,16 @@ impl EventFilter for StreamMasker {
             out.push(event);
             return Ok(());
         }
-        let Ok(mut value) = serde_json::from_str::<Value>(&event.data) else {
-            out.push(event);
-            return Ok(());
+        let mut value = match serde_json::from_str::<Value>(&event.data) {
+            Ok(value) => value,
+            // Nothing to read, nothing to mask.
+            Err(_) if event.data.trim().is_empty() => {
+                out.push(event);
+                return Ok(());
+            }
+            // A lone surrogate escape, `NaN`, a cut event: its text cannot be checked, and
+            // the same answer as JSON gets 502.
+            Err(_) => return Err(self.fail_closed(host, unreadable_event())),
         };
         for (slot, key) in self.last.iter_mut().zip(LAST_KEYS) {
             if let Some(field) = value.get(key) {
@@ -375,12 +400,7 @@ impl StreamMasker {
             .and_then(|bytes| String::from_utf8(bytes).ok());
         match rewritten {
             Some(data) => Ok(Some(data)),
-            None => Err(ApiError::new(
-                500,
-                "api_error",
-                "guard_failed",
-                "The gateway could not apply the response guard to the stream.",
-            )),
+            None => Err(self.fail_closed(host, guard_failed())),
         }
     }
 
@@ -457,9 +477,12 @@ impl StreamMasker {
         let guard = Rc::clone(&self.guard);
         let released = match self.hold(choice, field) {
             Some(hold) => hold.push(&guard.scanner, piece),
-            None => Released::default(),
+            None => Ok(Released::default()),
         };
-        self.judge(released, host)
+        match released {
+            Ok(released) => self.judge(released, host),
+            Err(Overflow) => Err(self.fail_closed(host, guard_failed())),
+        }
     }
 
     fn flush(
@@ -490,6 +513,13 @@ impl StreamMasker {
                 Ok(released.text)
             }
         }
+    }
+
+    /// The guard could not check the stream: counted as `failed_closed`, and the stream ends
+    /// with `error` in band.
+    fn fail_closed(&self, host: &mut dyn Host, error: ApiError) -> ApiError {
+        self.guard.info.count(host, Outcome::FailedClosed);
+        error
     }
 
     fn held_fields(&self, choice: u64) -> Vec<Field> {
@@ -560,6 +590,25 @@ impl StreamMasker {
     }
 }
 
+fn guard_failed() -> ApiError {
+    ApiError::new(
+        500,
+        "api_error",
+        "guard_failed",
+        "The gateway could not apply the response guard to the stream.",
+    )
+}
+
+/// What a JSON answer that cannot be read gets, in band.
+fn unreadable_event() -> ApiError {
+    ApiError::new(
+        502,
+        "api_error",
+        "invalid_upstream_response",
+        "The provider's stream could not be read.",
+    )
+}
+
 /// Per choice of a chunk: its index, the range of non-null `logprobs`, its text fields
 /// (field, range of the JSON string, text), and whether it finished.
 type ChoiceTexts<'a> = (
@@ -606,6 +655,8 @@ struct DeltaView<'a> {
     refusal: Option<&'a RawValue>,
     #[serde(borrow)]
     tool_calls: Option<Vec<ToolCallView<'a>>>,
+    #[serde(borrow)]
+    function_call: Option<FunctionView<'a>>,
 }
 
 fn raw_u64(raw: Option<&RawValue>) -> Option<u64> {
@@ -640,6 +691,10 @@ impl<'a> ChoiceView<'a> {
                     texts.push((Field::Tool(index), raw));
                 }
             }
+        }
+        let legacy = self.delta.as_ref().and_then(|d| d.function_call.as_ref());
+        if let Some(raw) = string(legacy.and_then(|f| f.arguments)) {
+            texts.push((Field::Function, raw));
         }
         texts
     }
@@ -682,6 +737,13 @@ fn fields_present(choice: &Value) -> Vec<Field> {
             }
         }
     }
+    if delta
+        .and_then(|d| d.get("function_call"))
+        .and_then(|f| f.get("arguments"))
+        .is_some_and(Value::is_string)
+    {
+        fields.push(Field::Function);
+    }
     fields
 }
 
@@ -690,7 +752,7 @@ fn slot_mut(choice: &mut Value, field: Field, create: bool) -> Option<&mut Strin
     let object = choice.as_object_mut()?;
     let (container, key) = match field {
         Field::Text => (object, "text"),
-        Field::Content | Field::Refusal | Field::Tool(_) => {
+        Field::Content | Field::Refusal | Field::Tool(_) | Field::Function => {
             let delta = object.entry("delta").or_insert_with(|| json!({}));
             if !delta.is_object() {
                 if !create {
@@ -719,6 +781,16 @@ fn slot_mut(choice: &mut Value, field: Field, create: bool) -> Option<&mut Strin
                     };
                     let call = calls.get_mut(position)?.as_object_mut()?;
                     let function = call.entry("function").or_insert_with(|| json!({}));
+                    (function.as_object_mut()?, "arguments")
+                }
+                Field::Function => {
+                    let function = delta.entry("function_call").or_insert_with(|| json!({}));
+                    if !function.is_object() {
+                        if !create {
+                            return None;
+                        }
+                        *function = json!({});
+                    }
                     (function.as_object_mut()?, "arguments")
                 }
                 Field::Refusal => (delta, "refusal"),

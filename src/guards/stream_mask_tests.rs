@@ -21,7 +21,7 @@ fn stream(scanner: &Scanner, pieces: &[&str]) -> Vec<String> {
     let mut hold = Holdback::default();
     let mut out: Vec<String> = pieces
         .iter()
-        .map(|piece| hold.push(scanner, piece).text)
+        .map(|piece| hold.push(scanner, piece).unwrap().text)
         .collect();
     out.push(hold.finish(scanner).text);
     out
@@ -116,10 +116,12 @@ fn character_by_character_stream() {
 fn prose_flows_with_little_held_back() {
     let scanner = scanner(&ALL, &[]);
     let mut hold = Holdback::default();
-    let released = hold.push(&scanner, "The quick brown fox jumps over the lazy dog");
+    let released = hold
+        .push(&scanner, "The quick brown fox jumps over the lazy dog")
+        .unwrap();
     // Only the last word could still become an e-mail address.
     assert_eq!(released.text, "The quick brown fox jumps over the lazy ");
-    let released = hold.push(&scanner, ". Next");
+    let released = hold.push(&scanner, ". Next").unwrap();
     assert_eq!(released.text, "dog. ");
     assert_eq!(hold.finish(&scanner).text, "Next");
 }
@@ -128,10 +130,13 @@ fn prose_flows_with_little_held_back() {
 fn operator_patterns_hold_to_the_sentence_end() {
     let scanner = scanner(&[], &[("codename", r"(?i)project\s+falcon")]);
     let mut hold = Holdback::default();
-    assert_eq!(hold.push(&scanner, "Done. About project").text, "Done. ");
-    assert_eq!(hold.push(&scanner, " falcon: it").text, "");
     assert_eq!(
-        hold.push(&scanner, " flies.\nNext").text,
+        hold.push(&scanner, "Done. About project").unwrap().text,
+        "Done. "
+    );
+    assert_eq!(hold.push(&scanner, " falcon: it").unwrap().text, "");
+    assert_eq!(
+        hold.push(&scanner, " flies.\nNext").unwrap().text,
         "About <CODENAME>: it flies.\n"
     );
     assert_eq!(hold.finish(&scanner).text, "Next");
@@ -141,7 +146,7 @@ fn operator_patterns_hold_to_the_sentence_end() {
 fn long_text_without_sentence_end_is_released_past_the_cap() {
     let scanner = scanner(&[], &[("codename", "falcon")]);
     let mut hold = Holdback::default();
-    let released = hold.push(&scanner, &"word ".repeat(400));
+    let released = hold.push(&scanner, &"word ".repeat(400)).unwrap();
     assert_eq!(
         released.text.chars().count(),
         2000 - MAX_SENTENCE_HOLD_CHARS
@@ -376,7 +381,7 @@ fn reject_ends_the_stream_before_any_part_of_the_hit_is_sent() {
 }
 
 #[test]
-fn non_json_and_usage_events_pass() {
+fn usage_and_empty_events_pass() {
     let factory = StreamMaskFactory(guard(RegexAction::Mask));
     let mut filter = factory.create();
     let mut host = RecordingHost::new();
@@ -385,11 +390,214 @@ fn non_json_and_usage_events_pass() {
     );
     let out = run(
         filter.as_mut(),
-        vec![SseEvent::data("not json"), usage.clone()],
+        vec![SseEvent::data(""), usage.clone()],
         &mut host,
     )
     .unwrap();
-    assert_eq!(out, vec![SseEvent::data("not json"), usage]);
+    assert_eq!(out, vec![SseEvent::data(""), usage]);
+}
+
+/// Issue 12 item 5: an event the masker cannot read was relayed as it came, unmasked.
+#[test]
+fn unreadable_events_end_the_stream_and_are_counted() {
+    let unreadable = [
+        "not json",
+        // A lone surrogate escape before the SSN.
+        r#"{"choices":[{"index":0,"delta":{"content":"\ud800 ssn 123-45-6789"},"finish_reason":null}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"content":"ssn 123-45-6789"},"finish_reason":null}],"x":NaN}"#,
+        r#"{"choices":[{"index":0,"delta":{"content":"ssn 123-45-6789"#,
+    ];
+    for action in [RegexAction::Mask, RegexAction::Reject] {
+        let factory = StreamMaskFactory(guard(action));
+        for data in unreadable {
+            let mut filter = factory.create();
+            let mut host = RecordingHost::new();
+            let mut out = Vec::new();
+            filter
+                .on_event(content_chunk("Hello "), &mut out, &mut host)
+                .unwrap();
+            let error = filter
+                .on_event(SseEvent::data(data), &mut out, &mut host)
+                .unwrap_err();
+            assert_eq!(
+                (error.status, error.code.as_str()),
+                (502, "invalid_upstream_response"),
+                "{data}"
+            );
+            assert!(out.iter().all(|e| !e.data.contains("6789")), "{data}");
+            assert_eq!(
+                host.counter(
+                    "aigate.route.chat.guard.pii.side.response.outcome.failed_closed.guard.outcomes"
+                ),
+                1,
+                "{data}"
+            );
+        }
+    }
+}
+
+/// Issue 12 item 4: streamed legacy `function_call` arguments were never masked.
+#[test]
+fn legacy_function_call_arguments_are_masked_across_events() {
+    let factory = StreamMaskFactory(guard(RegexAction::Mask));
+    let call = |arguments: &str, finish: Value| {
+        chunk(
+            json!({"index": 0, "delta": {"function_call": {"arguments": arguments}}, "finish_reason": finish}),
+        )
+    };
+    for in_place in [true, false] {
+        let mut filter = masker(Rc::clone(&factory.0), in_place);
+        let mut host = RecordingHost::new();
+        let events = vec![
+            chunk(
+                json!({"index": 0, "delta": {"role": "assistant", "content": null, "function_call": {"name": "f", "arguments": ""}}, "finish_reason": null}),
+            ),
+            call("{\"ssn\":\"123-4", Value::Null),
+            call("5-6789\", \"mail\": \"jane@example", Value::Null),
+            call(".com", Value::Null),
+            call("\"}", Value::Null),
+            chunk(json!({"index": 0, "delta": {}, "finish_reason": "function_call"})),
+            SseEvent::data("[DONE]"),
+        ];
+        let out = run(&mut filter, events, &mut host).unwrap();
+        let arguments: String = out
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
+            .flat_map(|v| v["choices"].as_array().cloned().unwrap_or_default())
+            .filter_map(|c| {
+                c["delta"]["function_call"]["arguments"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        assert_eq!(
+            arguments, "{\"ssn\":\"<SSN>\", \"mail\": \"<EMAIL>\"}",
+            "in place: {in_place}"
+        );
+        assert!(out[0].data.contains("\"name\":\"f\""));
+        assert_eq!(
+            host.counter("aigate.route.chat.guard.pii.side.response.outcome.masked.guard.outcomes"),
+            1
+        );
+    }
+}
+
+/// Issue 12 item 6: a piece over the old pending limit was released whole, so a hit split
+/// after it leaked. Now the tail it could be part of stays held, however large the piece.
+#[test]
+fn a_hit_split_after_a_very_large_piece_is_masked() {
+    let scanner = full_scanner();
+    for size in [
+        70 * 1024,
+        MAX_PENDING_BYTES,
+        MAX_PENDING_BYTES + 1,
+        300 * 1024,
+    ] {
+        for secret in SECRETS {
+            for at in char_offsets(secret) {
+                let (a, b) = secret.split_at(at);
+                let first = format!("{} {a}", "word ".repeat(size / 5));
+                let second = format!("{b} end.");
+                let out = stream(&scanner, &[&first, &second]).concat();
+                assert_eq!(
+                    out,
+                    mask_whole(&scanner, &format!("{first}{second}")),
+                    "{size} {secret:?} split at {at}"
+                );
+                assert!(!out.contains(secret));
+            }
+        }
+    }
+    // Through the filter, in both modes.
+    for action in [RegexAction::Mask, RegexAction::Reject] {
+        let factory = StreamMaskFactory(guard(action));
+        let mut filter = factory.create();
+        let mut host = RecordingHost::new();
+        let big = format!("{}ssn 123-45-", "a".repeat(70 * 1024));
+        let out = run(
+            filter.as_mut(),
+            vec![
+                content_chunk(&big),
+                content_chunk("6789 ok"),
+                SseEvent::data("[DONE]"),
+            ],
+            &mut host,
+        );
+        match action {
+            RegexAction::Mask => assert!(contents(&out.unwrap()).ends_with("ssn <SSN> ok")),
+            RegexAction::Reject => assert_eq!(out.unwrap_err().status, 403),
+        }
+    }
+}
+
+/// An operator pattern's match that keeps growing cannot be held without bound: past the
+/// pending limit the stream ends with an error, and nothing of the match was released.
+#[test]
+fn an_operator_match_over_the_pending_limit_ends_the_stream() {
+    let scanner = scanner(&[], &[("ticket", "TCK-[0-9]+")]);
+    let mut hold = Holdback::default();
+    assert_eq!(hold.push(&scanner, "Ticket: TCK-").unwrap().text, "");
+    let mut released = String::new();
+    let mut result = Ok(());
+    for _ in 0..(2 * MAX_PENDING_BYTES / 1000) {
+        match hold.push(&scanner, &"7".repeat(1000)) {
+            Ok(piece) => released.push_str(&piece.text),
+            Err(overflow) => {
+                result = Err(overflow);
+                break;
+            }
+        }
+    }
+    assert_eq!(result, Err(Overflow));
+    assert!(!released.contains('7'), "{released}");
+
+    let factory = StreamMaskFactory(Rc::new(RegexGuard {
+        info: guard(RegexAction::Mask).info.clone(),
+        scanner,
+        action: RegexAction::Mask,
+    }));
+    let mut filter = factory.create();
+    let mut host = RecordingHost::new();
+    let mut events = vec![content_chunk("Ticket: TCK-")];
+    events.extend((0..20).map(|_| content_chunk(&"7".repeat(1000))));
+    let error = run(filter.as_mut(), events, &mut host).unwrap_err();
+    assert_eq!((error.status, error.code.as_str()), (500, "guard_failed"));
+    assert_eq!(
+        host.counter(
+            "aigate.route.chat.guard.pii.side.response.outcome.failed_closed.guard.outcomes"
+        ),
+        1
+    );
+}
+
+/// The stream masker's work is linear too, on the inputs of `regex_guard`'s linearity test
+/// cut into 61-byte events (whatever is held is searched again with each event).
+#[test]
+fn streaming_is_linear() {
+    use crate::guards::regex_guard::tests::linear_time::{assert_linear, text, CASES};
+    for case in &CASES {
+        let scanner = scanner(case.0, case.1);
+        assert_linear(
+            &format!("stream {:?} {:?} on {:?}", case.0, case.1, case.3),
+            |bytes| {
+                let text = text(case, bytes);
+                let mut hold = Holdback::default();
+                let mut at = 0;
+                while at < text.len() {
+                    let mut end = (at + 61).min(text.len());
+                    while !text.is_char_boundary(end) {
+                        end += 1;
+                    }
+                    // A growing operator match may end the stream; that is linear too.
+                    if hold.push(&scanner, &text[at..end]).is_err() {
+                        return;
+                    }
+                    at = end;
+                }
+                hold.finish(&scanner);
+            },
+        );
+    }
 }
 
 /// What a client would read: each event's JSON (or its raw text when it is not JSON).
@@ -423,6 +631,7 @@ mod in_place_matches_value_path {
             3 => {
                 json!({"index": index, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}})
             }
+            4 => json!({"index": index, "delta": {"function_call": {"arguments": piece}}}),
             _ => json!({"index": index, "delta": {}}),
         };
         choice["logprobs"] = if logprobs {
@@ -439,7 +648,7 @@ mod in_place_matches_value_path {
         #[test]
         fn same_output_and_metrics(
             cuts in proptest::collection::vec(0usize..400, 0..8),
-            fields in proptest::collection::vec(0u8..5, 9),
+            fields in proptest::collection::vec(0u8..6, 9),
             logprobs in proptest::collection::vec(any::<bool>(), 9),
             two_choices in any::<bool>(),
             finish_last in any::<bool>(),
