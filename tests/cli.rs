@@ -277,3 +277,18 @@ fn explain_refuses_an_invalid_config() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("missing field `provider`"), "{out}");
 }
+
+/// Issue 12 item 10: `aigate check` on a config with the credential where an object belongs.
+#[test]
+fn check_never_prints_a_misplaced_credential() {
+    let config = temp_file(
+        "slip.json",
+        &format!(
+            r#"{{"routes":[{{"name":"a","provider":{{"kind":"openai","auth":{{"key":"{SECRET}"}}}}}}]}}"#
+        ),
+    );
+    let (code, out, err) = run(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("routes[0].provider.auth.key: invalid type"), "{out}");
+    assert!(!out.contains(SECRET) && !err.contains(SECRET), "{out}{err}");
+}

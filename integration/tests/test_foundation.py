@@ -247,6 +247,16 @@ def test_invalid_config_is_refused_with_json_path(expect_rejected, mock):
     assert result.rejected and "routes[0].provider.auth.key.env" in result.log
 
 
+def test_misplaced_credential_is_refused_without_printing_it(expect_rejected, mock):
+    """Issue 12 item 10: `"auth": {"key": "sk-..."}` (a string where an object belongs)."""
+    slip = "sk-proj-e2e-config-slip-987654321"
+    bad = {"routes": [{"name": "r", "provider": {"kind": "openai", "auth": {"key": slip}}}]}
+    result = expect_rejected(plugin_config=bad, clusters={"mock_llm": mock})
+    assert result.rejected
+    assert "routes[0].provider.auth.key: invalid type" in result.log
+    assert slip not in result.log and "sk-proj" not in result.log
+
+
 # --- mode A: headers held until the body is read ----------------------------------------
 
 MODE_A = {

@@ -179,9 +179,74 @@ pub fn parse_and_compile(text: &[u8], env: &dyn EnvLookup) -> Result<Plan, Confi
     let config: PluginConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let path = err.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        ConfigError::new(path, strip_serde_position(&err.inner().to_string()))
+        let message = strip_serde_position(&err.inner().to_string());
+        if is_secret_path(&path) {
+            // serde quotes the offending value (`invalid type: string "sk-..."`): under `auth`
+            // that value may be the credential itself, so say what was wrong without it.
+            return ConfigError::new(secret_safe_path(&path), without_values(&message));
+        }
+        ConfigError::new(path, message)
     })?;
     compile(&config, env)
+}
+
+/// True when a JSON path is inside an `auth` object (providers, fallbacks, endpoints): the
+/// only place where the config holds credentials.
+fn is_secret_path(path: &str) -> bool {
+    path.split(['.', '[']).any(|segment| segment == "auth")
+}
+
+/// The path up to `auth`, then only the names the auth object defines: a key the operator
+/// wrote by mistake could be the credential itself.
+fn secret_safe_path(path: &str) -> String {
+    let Some(index) = path.find(".auth") else {
+        return path.to_string();
+    };
+    let (head, tail) = path.split_at(index + ".auth".len());
+    let mut out = head.to_string();
+    for segment in tail.split('.').filter(|s| !s.is_empty()) {
+        out.push('.');
+        out.push_str(
+            if matches!(segment, "key" | "env" | "value" | "passthrough" | "none") {
+                segment
+            } else {
+                "<redacted>"
+            },
+        );
+    }
+    out
+}
+
+/// A serde message with every quoted value (`"..."`, `` `...` ``) replaced, except the
+/// field names serde lists after "expected".
+fn without_values(message: &str) -> String {
+    let (head, expected) = match message.find(", expected") {
+        Some(index) => message.split_at(index),
+        None => (message, ""),
+    };
+    let mut out = String::with_capacity(message.len());
+    let mut quote: Option<char> = None;
+    for c in head.chars() {
+        match quote {
+            Some(open) if c == open => {
+                out.push_str("<redacted>");
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '"' || c == '`' {
+                    quote = Some(c);
+                }
+            }
+        }
+    }
+    if quote.is_some() {
+        out.push_str("<redacted>");
+    }
+    out.push_str(expected);
+    out
 }
 
 /// serde_json appends " at line L column C"; the JSON path says more than that.
