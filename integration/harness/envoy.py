@@ -286,6 +286,9 @@ def render_bootstrap(
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
         "codec_type": "AUTO",
+        # As in envoy/*.yaml: the client address is the TCP peer, not a client-sent XFF.
+        "use_remote_address": True,
+        "xff_num_trusted_hops": 0,
         "route_config": {
             "name": "local",
             "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}],
