@@ -289,6 +289,9 @@ fn check_never_prints_a_misplaced_credential() {
     );
     let (code, out, err) = run(&["check", config.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("routes[0].provider.auth.key: invalid type"), "{out}");
+    assert!(
+        out.contains("routes[0].provider.auth.key: invalid type"),
+        "{out}"
+    );
     assert!(!out.contains(SECRET) && !err.contains(SECRET), "{out}{err}");
 }

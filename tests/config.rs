@@ -136,6 +136,7 @@ fn faults_under_auth_never_print_the_value() {
         assert!(error.contains(expected), "{error} lacks {expected}");
     }
     // Outside `auth` values still help the operator.
-    let error = error_of(json!({"routes": [route(json!({"kind": "llama", "auth": {"none": true}}))]}));
+    let error =
+        error_of(json!({"routes": [route(json!({"kind": "llama", "auth": {"none": true}}))]}));
     assert!(error.contains("unknown variant `llama`"), "{error}");
 }

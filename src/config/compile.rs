@@ -10,6 +10,7 @@ use crate::guards::GuardPlan;
 use crate::limits::LimitPlan;
 use crate::pipeline::stage::{RequestStage, ResponseStage};
 use crate::providers::Provider;
+use crate::secrets::Secrets;
 use crate::shaping::Shaping;
 use crate::transform::TransformPlan;
 
@@ -162,6 +163,9 @@ impl Route {
 pub struct Plan {
     pub routes: Vec<Route>,
     pub allow_on_headers_stop_iteration: bool,
+    /// Every configured credential, redacted from whatever reaches the client
+    /// (`parse_and_compile` fills it; `compile` alone leaves it empty).
+    pub secrets: Secrets,
 }
 
 impl Plan {
@@ -187,7 +191,11 @@ pub fn parse_and_compile(text: &[u8], env: &dyn EnvLookup) -> Result<Plan, Confi
         }
         ConfigError::new(path, message)
     })?;
-    compile(&config, env)
+    let mut plan = compile(&config, env)?;
+    if let Ok(raw) = serde_json::from_slice::<serde_json::Value>(text) {
+        plan.secrets = Secrets::from_config(&raw, &|name: &str| env.var(name));
+    }
+    Ok(plan)
 }
 
 /// True when a JSON path is inside an `auth` object (providers, fallbacks, endpoints): the
@@ -272,6 +280,7 @@ pub fn compile(config: &PluginConfig, env: &dyn EnvLookup) -> Result<Plan, Confi
     Ok(Plan {
         routes,
         allow_on_headers_stop_iteration: config.allow_on_headers_stop_iteration,
+        secrets: Secrets::default(),
     })
 }
 

@@ -101,6 +101,8 @@ pub struct Flow {
     /// Bodies of the common route are rewritten in place (`in_place`); off, every body
     /// takes the general `Value` path (tests compare the two).
     in_place: bool,
+    /// Redacts configured secrets from the answer body as it is relayed (`secrets`).
+    redactor: crate::secrets::Redactor,
 }
 
 impl Flow {
@@ -131,6 +133,7 @@ impl Flow {
             first_token_recorded: false,
             accounted: false,
             in_place: true,
+            redactor: crate::secrets::Redactor::default(),
         }
     }
 

@@ -24,11 +24,41 @@ impl Flow {
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
         headers.extend(error.headers.iter().cloned());
         headers.extend(self.notes.response_headers.iter().cloned());
-        host.send_response(error.status, &headers, &error.body());
+        host.send_response(error.status, &headers, &self.redacted(error.body()));
         host.set_filter_state(filter_state::OUTCOME, &error.code);
         self.count_error(host, &error.code);
         self.state = State::Answered;
         Action::Pause
+    }
+
+    /// `bytes` with every configured secret redacted (a callout or provider may echo one).
+    fn redacted(&self, bytes: Vec<u8>) -> Vec<u8> {
+        self.plan.secrets.redact(&bytes).unwrap_or(bytes)
+    }
+
+    /// Relays one chunk of a streamed or passed-through answer with configured secrets
+    /// redacted, also when one is split across chunks (the redactor holds back a tail that
+    /// could begin one). `changed` is what the filter made of `original`, if anything.
+    fn relay_chunk(
+        &mut self,
+        host: &mut dyn Host,
+        body_size: usize,
+        original: &[u8],
+        changed: Option<Vec<u8>>,
+        end_of_stream: bool,
+    ) {
+        let plan = Rc::clone(&self.plan);
+        if plan.secrets.is_empty() {
+            if let Some(out) = changed {
+                host.replace_response_body(0, body_size, &out);
+            }
+            return;
+        }
+        let input = changed.as_deref().unwrap_or(original);
+        let out = self.redactor.push(&plan.secrets, input, end_of_stream);
+        if changed.is_some() || out != original {
+            host.replace_response_body(0, body_size, &out);
+        }
     }
 
     fn count_error(&self, host: &mut dyn Host, code: &str) {
@@ -171,11 +201,15 @@ impl Flow {
                 let chunk = (body_size > 0)
                     .then(|| host.response_body(0, body_size))
                     .flatten();
-                if let Some(chunk) = chunk {
+                if let Some(chunk) = &chunk {
                     // Bounded: usage is near the end of small answers; a huge answer is not parsed.
                     if copy.len() + chunk.len() <= OBSERVE_LIMIT {
-                        copy.extend_from_slice(&chunk);
+                        copy.extend_from_slice(chunk);
                     }
+                }
+                if chunk.is_some() || end_of_stream {
+                    let chunk = chunk.unwrap_or_default();
+                    self.relay_chunk(host, body_size, &chunk, None, end_of_stream);
                 }
                 if end_of_stream {
                     let decoded = encoding::decode(self.response_encoding.as_deref(), &copy)
@@ -193,9 +227,8 @@ impl Flow {
                     .then(|| host.response_body(0, body_size))
                     .flatten()
                     .unwrap_or_default();
-                if let Some(out) = processor.push(&chunk, end_of_stream, host) {
-                    host.replace_response_body(0, body_size, &out);
-                }
+                let out = processor.push(&chunk, end_of_stream, host);
+                self.relay_chunk(host, body_size, &chunk, out, end_of_stream);
                 if let Some(found) = processor.usage() {
                     self.exchange_usage = Some(found);
                 }
@@ -297,7 +330,10 @@ impl Flow {
                 self.replace_with_error(host, super::internal_error());
                 return Some(Progress::Rejected);
             };
+            let rewritten = self.redacted(rewritten);
             host.replace_response_body(0, self.response_body_size, &rewritten);
+        } else if let Some(redacted) = self.plan.secrets.redact(body) {
+            host.replace_response_body(0, self.response_body_size, &redacted);
         }
         self.account(host);
         Some(Progress::Done)
@@ -363,6 +399,7 @@ impl Flow {
             }
             None => crate::json::to_vec(&self.body, self.response_body_size + 64),
         };
+        let bytes = self.redacted(bytes);
         if self.headers_held {
             if let Some(status) = self.response_override.status {
                 host.set_response_header(":status", Some(&status.to_string()));
@@ -391,6 +428,7 @@ impl Flow {
             }
             error.body()
         };
+        let bytes = self.redacted(bytes);
         host.replace_response_body(0, self.response_body_size, &bytes);
         host.set_filter_state(filter_state::OUTCOME, &error.code);
         self.count_error(host, &error.code);
@@ -399,9 +437,13 @@ impl Flow {
 
     fn finish_error_response(&mut self, host: &mut dyn Host, status: u16, body: &[u8]) {
         let Some(route) = self.route() else { return };
+        // Redacted before it is read: the message is cut to a length that could split a key.
+        let redacted = self.plan.secrets.redact(body);
+        let body = redacted.as_deref().unwrap_or(body);
         let error = route.provider.codec().decode_error(status, body);
         // The buffered size, not `body.len()`: the body may have been decoded.
-        host.replace_response_body(0, self.response_body_size, &error.body());
+        let bytes = self.redacted(error.body());
+        host.replace_response_body(0, self.response_body_size, &bytes);
         host.set_filter_state(filter_state::OUTCOME, &format!("upstream_{status}"));
         self.count_error(host, &format!("upstream_{status}"));
         self.account(host);
