@@ -12,6 +12,41 @@ pub const GUARD_OUTCOMES: &str = "guard.outcomes";
 pub const TRANSFORMER_OUTCOMES: &str = "transformer.outcomes";
 pub const LIMIT_OUTCOMES: &str = "limit.outcomes";
 
+/// The `model` label of a route with neither `model` nor `models`, once this worker has seen
+/// `MAX_SEEN_MODELS` other names on the route: client-invented names must not create stats
+/// without bound (Envoy never frees a stat).
+pub const OTHER_MODEL: &str = "other";
+/// Distinct model names a route without `model`/`models` labels by name, per worker.
+pub const MAX_SEEN_MODELS: usize = 16;
+
+thread_local! {
+    /// Route name -> model names labelled so far on this worker (Wasm: one thread per VM).
+    static SEEN_MODELS: std::cell::RefCell<std::collections::HashMap<String, Vec<String>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The `model` label value for an answer of `route` from `model` (the upstream model). On a
+/// route with `model` or `models` every name is configured, so it is used as is. Otherwise the
+/// first `MAX_SEEN_MODELS` distinct names this worker sees get their own label, later ones
+/// `other`.
+pub fn model_label(route: &crate::config::Route, model: &str) -> String {
+    if route.provider.model.is_some() || route.provider.models.is_some() {
+        return model.to_string();
+    }
+    SEEN_MODELS.with(|seen| {
+        let mut seen = seen.borrow_mut();
+        let names = seen.entry(route.name.clone()).or_default();
+        if names.iter().any(|name| name == model) {
+            return model.to_string();
+        }
+        if names.len() < MAX_SEEN_MODELS {
+            names.push(model.to_string());
+            return model.to_string();
+        }
+        OTHER_MODEL.to_string()
+    })
+}
+
 /// Builds `aigate.<k1>.<v1>...<base>`; values are sanitised so that they cannot add segments.
 pub fn name(base: &str, labels: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(64);

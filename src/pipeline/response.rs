@@ -487,7 +487,7 @@ impl Flow {
         Labels(vec![
             ("route", route.name.clone()),
             ("provider", route.provider.kind.as_str().to_string()),
-            ("model", self.exchange.model.clone()),
+            ("model", metrics::model_label(route, &self.exchange.model)),
         ])
     }
 
