@@ -237,7 +237,7 @@ fn explain_runs_the_response_path() {
     ]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("usage: provider=openai model=gpt-4o-mini token_type=total 4"),
+        out.contains("usage: gen_ai.provider.name=openai gen_ai.request.model=gpt-4o-mini gen_ai.token.type=output 1"),
         "{out}"
     );
     assert!(out.contains("Result: the client receives 200"), "{out}");

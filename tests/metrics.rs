@@ -49,10 +49,11 @@ fn exchange(plan: &Rc<Plan>, model: &str) -> Vec<String> {
 fn model_labels(names: &[String]) -> BTreeSet<String> {
     names
         .iter()
-        .filter(|name| name.ends_with(metrics::REQUESTS))
-        .filter_map(|name| name.split(".model.").nth(1))
-        .filter_map(|rest| rest.split('.').next())
-        .map(str::to_string)
+        .map(|name| metrics::split(name))
+        .filter(|(base, _)| *base == metrics::REQUESTS)
+        .flat_map(|(_, labels)| labels)
+        .filter(|(key, _)| *key == metrics::REQUEST_MODEL)
+        .map(|(_, value)| value.to_string())
         .collect()
 }
 

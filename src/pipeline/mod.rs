@@ -103,6 +103,8 @@ pub struct Flow {
     in_place: bool,
     /// Redacts configured secrets from the answer body as it is relayed (`secrets`).
     redactor: crate::secrets::Redactor,
+    /// `error.type` of the exchange's metrics once it failed (the error code).
+    error_type: Option<String>,
 }
 
 impl Flow {
@@ -134,6 +136,7 @@ impl Flow {
             accounted: false,
             in_place: true,
             redactor: crate::secrets::Redactor::default(),
+            error_type: None,
         }
     }
 

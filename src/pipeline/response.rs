@@ -61,7 +61,8 @@ impl Flow {
         }
     }
 
-    fn count_error(&self, host: &mut dyn Host, code: &str) {
+    fn count_error(&mut self, host: &mut dyn Host, code: &str) {
+        self.error_type = Some(code.to_string());
         if let Some(route) = self.route() {
             host.counter_add(
                 &metrics::name(metrics::ERRORS, &[("route", &route.name), ("code", code)]),
@@ -478,17 +479,43 @@ impl Flow {
         let elapsed = host.now_ms().saturating_sub(self.started_ms);
         let labels = self.model_labels(route);
         host.histogram_record(
-            &metrics::name(metrics::TIME_TO_FIRST_TOKEN_MS, &labels.as_refs()),
-            elapsed,
+            &metrics::name(metrics::TIME_TO_FIRST_CHUNK, &labels.as_refs()),
+            metrics::seconds(elapsed),
         );
     }
 
+    /// The GenAI attributes of this exchange (`error.type` once it failed).
     fn model_labels(&self, route: &Route) -> Labels {
-        Labels(vec![
+        let server = route.provider.authority.rsplit_once(':').map_or(
+            route.provider.authority.as_str(),
+            |(host, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) && !host.contains(':') {
+                    host
+                } else {
+                    route.provider.authority.as_str()
+                }
+            },
+        );
+        let mut labels = vec![
             ("route", route.name.clone()),
-            ("provider", route.provider.kind.as_str().to_string()),
-            ("model", metrics::model_label(route, &self.exchange.model)),
-        ])
+            (
+                metrics::OPERATION_NAME,
+                metrics::operation_name(self.operation).to_string(),
+            ),
+            (
+                metrics::PROVIDER_NAME,
+                metrics::provider_name(route.provider.kind).to_string(),
+            ),
+            (
+                metrics::REQUEST_MODEL,
+                metrics::model_label(route, &self.exchange.model),
+            ),
+            (metrics::SERVER_ADDRESS, server.to_string()),
+        ];
+        if let Some(error) = &self.error_type {
+            labels.push((metrics::ERROR_TYPE, error.clone()));
+        }
+        Labels(labels)
     }
 
     /// Charges the budgets the request was admitted against with the usage seen so far (none
@@ -528,21 +555,28 @@ impl Flow {
         host.counter_add(&metrics::name(metrics::REQUESTS, &labels.as_refs()), 1);
         let elapsed = host.now_ms().saturating_sub(self.started_ms);
         host.histogram_record(
-            &metrics::name(metrics::OPERATION_DURATION_MS, &labels.as_refs()),
-            elapsed,
+            &metrics::name(metrics::OPERATION_DURATION, &labels.as_refs()),
+            metrics::seconds(elapsed),
         );
         self.charge_limits(host);
         let Some(found) = self.exchange_usage else {
             return;
         };
+        // Without `error.type`: usage is reported for answers, failed or not.
+        let labels = Labels(
+            labels
+                .0
+                .into_iter()
+                .filter(|(key, _)| *key != metrics::ERROR_TYPE)
+                .collect(),
+        );
         for (token_type, count) in [
             ("input", found.prompt_tokens),
             ("output", found.completion_tokens),
-            ("total", found.total_tokens),
         ] {
             let mut with_type = labels.as_refs();
-            with_type.push(("token_type", token_type));
-            host.counter_add(&metrics::name(metrics::TOKEN_USAGE, &with_type), count);
+            with_type.push((metrics::TOKEN_TYPE, token_type));
+            host.histogram_record(&metrics::name(metrics::TOKEN_USAGE, &with_type), count);
         }
         host.set_filter_state(
             filter_state::PROMPT_TOKENS,
