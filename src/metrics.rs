@@ -20,6 +20,9 @@ pub const OPERATION_DURATION: &str = "gen_ai.client.operation.duration";
 pub const TIME_TO_FIRST_CHUNK: &str = "gen_ai.client.operation.time_to_first_chunk";
 /// Counters of aigate's own (no GenAI convention covers them).
 pub const REQUESTS: &str = "aigate.requests_total";
+/// Counter, exact: the tokens `TOKEN_USAGE` records, with the same labels. Envoy keeps a
+/// histogram's sum only approximately (log-linear buckets), budgets and bills need exact sums.
+pub const TOKENS: &str = "aigate.tokens_total";
 pub const ERRORS: &str = "aigate.errors_total";
 pub const GUARD_OUTCOMES: &str = "aigate.guard.outcomes_total";
 pub const TRANSFORMER_OUTCOMES: &str = "aigate.transformer.outcomes_total";

@@ -163,7 +163,7 @@ def ratelimit_headers(r: httpx.Response) -> tuple[int, int, str]:
 
 
 def outcome(envoy: Envoy, route_name: str, limit: str, what: str) -> int:
-    return envoy.counter(f"wasmcustom.aigate.route.{route_name}.limit.{limit}.outcome.{what}.limit.outcomes")
+    return envoy.counter(f"wasmcustom.aigate.limit.outcomes_total;route={route_name};limit={limit};outcome={what}")
 
 
 # ---------------------------------------------------------------------------

@@ -426,6 +426,7 @@ impl DryRun<'_> {
                     .join(" ");
                 match base {
                     metrics::REQUESTS
+                    | metrics::TOKENS
                     | metrics::OPERATION_DURATION
                     | metrics::TIME_TO_FIRST_CHUNK => None,
                     metrics::TOKEN_USAGE => Some(format!("  usage: {labels} {delta}")),

@@ -119,7 +119,8 @@ impl Host for TracingHost {
 }
 
 /// Metric base names the dry run knows how to read; others are shown as they are.
-const KNOWN_BASES: [&str; 8] = [
+const KNOWN_BASES: [&str; 9] = [
+    metrics::TOKENS,
     metrics::GUARD_OUTCOMES,
     metrics::TRANSFORMER_OUTCOMES,
     metrics::LIMIT_OUTCOMES,

@@ -577,6 +577,7 @@ impl Flow {
             let mut with_type = labels.as_refs();
             with_type.push((metrics::TOKEN_TYPE, token_type));
             host.histogram_record(&metrics::name(metrics::TOKEN_USAGE, &with_type), count);
+            host.counter_add(&metrics::name(metrics::TOKENS, &with_type), count);
         }
         host.set_filter_state(
             filter_state::PROMPT_TOKENS,

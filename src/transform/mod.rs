@@ -188,6 +188,8 @@ impl Transformer {
                 ],
             );
             host.histogram_record(&name, count);
+            let (_, labels) = metrics::split(&name);
+            host.counter_add(&metrics::name(metrics::TOKENS, &labels), count);
         }
     }
 
