@@ -322,6 +322,9 @@ def render_bootstrap(
         # As in envoy/*.yaml: the client address is the TCP peer, not a client-sent XFF.
         "use_remote_address": True,
         "xff_num_trusted_hops": 0,
+        # With use_remote_address Envoy would replace an external client's x-request-id; tests
+        # send their own to find their access-log entry.
+        "preserve_external_request_id": True,
         "route_config": {
             "name": "local",
             "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}],
