@@ -35,6 +35,7 @@ pub const REQUEST_MODEL: &str = "gen_ai.request.model";
 pub const TOKEN_TYPE: &str = "gen_ai.token.type";
 pub const ERROR_TYPE: &str = "error.type";
 pub const SERVER_ADDRESS: &str = "server.address";
+pub const SERVER_PORT: &str = "server.port";
 
 /// The well-known `gen_ai.provider.name` of a provider kind; `openai_compatible` servers
 /// (vLLM, Ollama, ...) have none, so they keep aigate's name.

@@ -216,6 +216,7 @@ METRIC_LABELS = (
     "gen_ai.request.model",
     "gen_ai.token.type",
     "server.address",
+    "server.port",
     "error.type",
     "guard",
     "side",

@@ -26,7 +26,8 @@ from integration.harness import REPO_ROOT, Envoy
 from integration.harness.envoy import SECONDS_BUCKETS, TOKEN_BUCKETS
 from integration.mocks import MockServer
 
-LABELS = 'route="obs",gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o-mini",server_address="llm.local"'
+# server_port is the mock's port (Envoy's upstream.port), written PORT in these names.
+LABELS = 'route="obs",gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o-mini",server_address="llm.local",server_port="PORT"'
 
 
 def repo_access_log_format() -> str:
@@ -120,7 +121,7 @@ def series(text: str) -> str:
     """`name{labels}` with its labels sorted: Envoy does not promise an order."""
     m = re.match(r"^([^{]+)\{(.*)\}$", text)
     assert m, text
-    labels = sorted(re.findall(r'[a-z_]+="[^"]*"', m.group(2)))
+    labels = sorted(re.sub(r'^server_port="\d+"$', 'server_port="PORT"', label) for label in re.findall(r'[a-z_]+="[^"]*"', m.group(2)))
     return f"{m.group(1)}{{{','.join(labels)}}}"
 
 
@@ -231,8 +232,11 @@ def test_prometheus_output_passes_the_promtool_lint_rules(envoy: Envoy, sequence
     assert problems == [], problems
 
 
-def test_the_raw_stat_names_encode_the_labels(envoy: Envoy, sequence: list[httpx.Response]) -> None:
-    labels = "route=obs;gen_ai.operation.name=chat;gen_ai.provider.name=openai;gen_ai.request.model=gpt-4o-mini;server.address=llm.local"
+def test_the_raw_stat_names_encode_the_labels(envoy: Envoy, obs_mock: MockServer, sequence: list[httpx.Response]) -> None:
+    labels = (
+        "route=obs;gen_ai.operation.name=chat;gen_ai.provider.name=openai;gen_ai.request.model=gpt-4o-mini;"
+        f"server.address=llm.local;server.port={obs_mock.port}"
+    )
     assert envoy.counter(f"wasmcustom.aigate.requests_total;{labels}") == 4
     assert envoy.counter(f"wasmcustom.aigate.tokens_total;{labels};gen_ai.token.type=output") == 28
     assert envoy.counter("wasmcustom.aigate.limit.outcomes_total;route=obs;limit=budget;outcome=allowed") == 6

@@ -249,6 +249,7 @@ def test_genai_metrics_arrive_with_the_conventions_names_and_attributes(envoy: E
             "gen_ai.provider.name": "openai",
             "gen_ai.request.model": "gpt-4.1",  # not gpt-4_1
             "server.address": "api.openai.test",
+            "server.port": str(mock.port),  # the upstream connection's
             "gen_ai.token.type": point["attributes"]["gen_ai.token.type"],
         }
         assert point["count"] == 2

@@ -477,7 +477,7 @@ impl Flow {
         self.first_token_recorded = true;
         let Some(route) = self.route() else { return };
         let elapsed = host.now_ms().saturating_sub(self.started_ms);
-        let labels = self.model_labels(route);
+        let labels = self.model_labels(route, host);
         host.histogram_record(
             &metrics::name(metrics::TIME_TO_FIRST_CHUNK, &labels.as_refs()),
             metrics::seconds(elapsed),
@@ -485,7 +485,7 @@ impl Flow {
     }
 
     /// The GenAI attributes of this exchange (`error.type` once it failed).
-    fn model_labels(&self, route: &Route) -> Labels {
+    fn model_labels(&self, route: &Route, host: &dyn Host) -> Labels {
         let server = route.provider.authority.rsplit_once(':').map_or(
             route.provider.authority.as_str(),
             |(host, port)| {
@@ -511,6 +511,10 @@ impl Flow {
                 metrics::model_label(route, &self.exchange.model),
             ),
             (metrics::SERVER_ADDRESS, server.to_string()),
+            (
+                metrics::SERVER_PORT,
+                upstream_port(host).unwrap_or_default(),
+            ),
         ];
         if let Some(error) = &self.error_type {
             labels.push((metrics::ERROR_TYPE, error.clone()));
@@ -551,7 +555,7 @@ impl Flow {
         let Some(route) = plan.routes.get(self.route) else {
             return;
         };
-        let labels = self.model_labels(route);
+        let labels = self.model_labels(route, host);
         host.counter_add(&metrics::name(metrics::REQUESTS, &labels.as_refs()), 1);
         let elapsed = host.now_ms().saturating_sub(self.started_ms);
         host.histogram_record(
@@ -588,6 +592,17 @@ impl Flow {
             &found.completion_tokens.to_string(),
         );
         host.set_filter_state(filter_state::TOTAL_TOKENS, &found.total_tokens.to_string());
+    }
+}
+
+/// The port of the upstream connection (Envoy's `upstream.port`, an int64), for `server.port`.
+fn upstream_port(host: &dyn Host) -> Option<String> {
+    let bytes = host.property(&["upstream", "port"])?;
+    match <[u8; 8]>::try_from(bytes.as_slice()) {
+        Ok(raw) => Some(i64::from_le_bytes(raw).to_string()),
+        Err(_) => String::from_utf8(bytes)
+            .ok()
+            .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())),
     }
 }
 
