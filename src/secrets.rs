@@ -28,6 +28,9 @@ pub struct Secrets {
     max_len: usize,
     /// Configured secrets shorter than `MIN_SECRET_LEN`: not redacted (see the module doc).
     too_short: usize,
+    /// Bytes that can begin a match (a secret's first byte, or `\` of an escape): 256
+    /// entries, or none without secrets. Other bytes are skipped while nothing is matching.
+    starts: Vec<bool>,
 }
 
 #[derive(Clone)]
@@ -85,6 +88,16 @@ impl Secrets {
         values.retain(|v| v.len() >= MIN_SECRET_LEN);
         let too_short = all - values.len();
         let max_len = values.iter().map(String::len).max().unwrap_or(0);
+        let mut starts = Vec::new();
+        if !values.is_empty() {
+            starts = vec![false; 256];
+            starts[usize::from(b'\\')] = true;
+            for value in &values {
+                if let Some(first) = value.bytes().next() {
+                    starts[usize::from(first)] = true;
+                }
+            }
+        }
         Secrets {
             patterns: values
                 .into_iter()
@@ -92,6 +105,7 @@ impl Secrets {
                 .collect(),
             max_len,
             too_short,
+            starts,
         }
     }
 
@@ -205,6 +219,18 @@ impl Redactor {
         let end = self.emitted + self.pending.len();
         while self.scanned < end {
             let at = self.scanned - self.emitted;
+            if self.states.iter().all(|state| *state == 0) {
+                // Nothing is matching: skip to the next byte that could begin a match.
+                let skip = self.pending[at..]
+                    .iter()
+                    .position(|b| secrets.starts.get(usize::from(*b)).copied().unwrap_or(true))
+                    .unwrap_or(end - self.scanned);
+                if skip > 0 {
+                    self.scanned += skip;
+                    self.spans.clear();
+                    continue;
+                }
+            }
             let Some((decoded, len)) = unit(&self.pending[at..], end_of_stream) else {
                 break; // an escape cut by the chunk boundary: wait for the rest
             };
