@@ -295,3 +295,23 @@ fn check_never_prints_a_misplaced_credential() {
     );
     assert!(!out.contains(SECRET) && !err.contains(SECRET), "{out}{err}");
 }
+
+/// Issue 12 item 9: a secret too short to be redacted from answers is pointed out.
+#[test]
+fn check_notes_secrets_too_short_to_redact() {
+    let config = temp_file(
+        "short.json",
+        r#"{"routes":[{"name":"a","provider":{"kind":"openai","auth":{"key":{"value":"abc"}}}}]}"#,
+    );
+    let (code, out, _) = run(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("1 secret(s) shorter than 8 bytes: not redacted"),
+        "{out}"
+    );
+    assert!(!out.contains("abc\""), "{out}");
+    let config = temp_file("long.json", CONFIG);
+    let env = format!("OPENAI_API_KEY={SECRET}");
+    let (_, out, _) = run(&["check", config.to_str().unwrap(), "--env", &env]);
+    assert!(!out.contains("shorter than"), "{out}");
+}
