@@ -143,6 +143,25 @@ impl RecordingHost {
     pub fn counter(&self, name: &str) -> u64 {
         self.counters.get(name).copied().unwrap_or(0)
     }
+
+    /// The sum of every value recorded in histograms named `base` whose labels include all
+    /// of `labels` (see `metrics::name`).
+    pub fn histogram_total(&self, base: &str, labels: &[(&str, &str)]) -> u64 {
+        self.histograms
+            .iter()
+            .filter(|(name, _)| crate::metrics::matches(name, base, labels))
+            .flat_map(|(_, values)| values.iter())
+            .sum()
+    }
+
+    /// The sum of the counters named `base` whose labels include all of `labels`.
+    pub fn counter_total(&self, base: &str, labels: &[(&str, &str)]) -> u64 {
+        self.counters
+            .iter()
+            .filter(|(name, _)| crate::metrics::matches(name, base, labels))
+            .map(|(_, value)| value)
+            .sum()
+    }
 }
 
 fn find<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {

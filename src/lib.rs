@@ -19,6 +19,7 @@ pub mod limits;
 pub mod metrics;
 pub mod pipeline;
 pub mod providers;
+pub mod secrets;
 pub mod shaping;
 pub mod sse;
 pub mod transform;

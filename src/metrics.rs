@@ -1,49 +1,149 @@
-//! Metric names. Envoy stat names carry no labels, so labels are encoded as `key.value`
-//! segments (`aigate.route.chat.provider.openai.model.gpt-4o.token_type.input.<metric>`) and
-//! turned back into Prometheus labels by the `stats_tags` rules in `envoy/envoy.yaml`.
-//! Metric base names follow the OpenTelemetry GenAI conventions where they fit.
+//! Metric names and labels, after the OpenTelemetry GenAI semantic conventions.
+//!
+//! Envoy stat names carry no labels, so labels are appended to the base name as
+//! `;key=value` segments (`gen_ai.client.token.usage;route=chat;gen_ai.provider.name=openai;
+//! gen_ai.request.model=gpt-4.1;gen_ai.token.type=input`). The `stats_tags` rules of
+//! `envoy/envoy.yaml` remove each segment and make it a tag: a Prometheus label (dots become
+//! `_`) and an OpenTelemetry attribute (the OTLP stats sink), while the name that remains is
+//! the metric's (`gen_ai.client.token.usage`). Values may hold dots (`gpt-4.1`), since `;` ends
+//! them; a value never holds `;`.
+//!
+//! Envoy's Wasm histograms record unitless integers: durations are recorded in whole seconds
+//! (rounded to the nearest), so the spec's sub-second buckets only separate 0 from the rest.
+//! Counters end in `_total`, which Prometheus expects and Envoy does not add.
 
-pub const REQUESTS: &str = "gen_ai.client.requests";
+/// Histogram, `{token}`: tokens of one answer, by `gen_ai.token.type` (`input`, `output`).
 pub const TOKEN_USAGE: &str = "gen_ai.client.token.usage";
-pub const OPERATION_DURATION_MS: &str = "gen_ai.client.operation.duration_ms";
-pub const TIME_TO_FIRST_TOKEN_MS: &str = "gen_ai.server.time_to_first_token_ms";
-pub const ERRORS: &str = "errors";
-pub const GUARD_OUTCOMES: &str = "guard.outcomes";
-pub const TRANSFORMER_OUTCOMES: &str = "transformer.outcomes";
-pub const LIMIT_OUTCOMES: &str = "limit.outcomes";
+/// Histogram, `s`: from the request's headers to the end of the answer.
+pub const OPERATION_DURATION: &str = "gen_ai.client.operation.duration";
+/// Histogram, `s`, streams only: from the request's headers to the first chunk of content.
+pub const TIME_TO_FIRST_CHUNK: &str = "gen_ai.client.operation.time_to_first_chunk";
+/// Counters of aigate's own (no GenAI convention covers them).
+pub const REQUESTS: &str = "aigate.requests_total";
+/// Counter, exact: the tokens `TOKEN_USAGE` records, with the same labels. Envoy keeps a
+/// histogram's sum only approximately (log-linear buckets), budgets and bills need exact sums.
+pub const TOKENS: &str = "aigate.tokens_total";
+pub const ERRORS: &str = "aigate.errors_total";
+pub const GUARD_OUTCOMES: &str = "aigate.guard.outcomes_total";
+pub const TRANSFORMER_OUTCOMES: &str = "aigate.transformer.outcomes_total";
+pub const LIMIT_OUTCOMES: &str = "aigate.limit.outcomes_total";
 
-/// Builds `aigate.<k1>.<v1>...<base>`; values are sanitised so that they cannot add segments.
-pub fn name(base: &str, labels: &[(&str, &str)]) -> String {
-    let mut out = String::with_capacity(64);
-    out.push_str("aigate.");
-    for (key, value) in labels {
-        out.push_str(key);
-        out.push('.');
-        push_sanitised(&mut out, value);
-        out.push('.');
+/// Attribute names of the GenAI conventions.
+pub const OPERATION_NAME: &str = "gen_ai.operation.name";
+pub const PROVIDER_NAME: &str = "gen_ai.provider.name";
+pub const REQUEST_MODEL: &str = "gen_ai.request.model";
+pub const TOKEN_TYPE: &str = "gen_ai.token.type";
+pub const ERROR_TYPE: &str = "error.type";
+pub const SERVER_ADDRESS: &str = "server.address";
+pub const SERVER_PORT: &str = "server.port";
+
+/// The well-known `gen_ai.provider.name` of a provider kind; `openai_compatible` servers
+/// (vLLM, Ollama, ...) have none, so they keep aigate's name.
+pub fn provider_name(kind: crate::config::model::ProviderKind) -> &'static str {
+    use crate::config::model::ProviderKind;
+    match kind {
+        ProviderKind::Openai => "openai",
+        ProviderKind::AzureOpenai => "azure.ai.openai",
+        ProviderKind::Anthropic => "anthropic",
+        ProviderKind::Gemini => "gcp.gemini",
+        ProviderKind::OpenaiCompatible => "openai_compatible",
     }
+}
+
+/// `gen_ai.operation.name` of a client operation.
+pub fn operation_name(operation: crate::api::Operation) -> &'static str {
+    use crate::api::Operation;
+    match operation {
+        Operation::ChatCompletions => "chat",
+        Operation::Completions => "text_completion",
+        Operation::Embeddings => "embeddings",
+        Operation::ListModels => "list_models",
+    }
+}
+
+/// Milliseconds to the whole seconds a Wasm histogram can hold, rounded to the nearest.
+pub fn seconds(ms: u64) -> u64 {
+    ms.saturating_add(500) / 1000
+}
+
+/// The `model` label of a route with neither `model` nor `models`, once this worker has seen
+/// `MAX_SEEN_MODELS` other names on the route: client-invented names must not create stats
+/// without bound (Envoy never frees a stat).
+pub const OTHER_MODEL: &str = "other";
+/// Distinct model names a route without `model`/`models` labels by name, per worker.
+pub const MAX_SEEN_MODELS: usize = 16;
+
+thread_local! {
+    /// Route name -> model names labelled so far on this worker (Wasm: one thread per VM).
+    static SEEN_MODELS: std::cell::RefCell<std::collections::HashMap<String, Vec<String>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The `model` label value for an answer of `route` from `model` (the upstream model). On a
+/// route with `model` or `models` every name is configured, so it is used as is. Otherwise the
+/// first `MAX_SEEN_MODELS` distinct names this worker sees get their own label, later ones
+/// `other`.
+pub fn model_label(route: &crate::config::Route, model: &str) -> String {
+    if route.provider.model.is_some() || route.provider.models.is_some() {
+        return model.to_string();
+    }
+    SEEN_MODELS.with(|seen| {
+        let mut seen = seen.borrow_mut();
+        let names = seen.entry(route.name.clone()).or_default();
+        if names.iter().any(|name| name == model) {
+            return model.to_string();
+        }
+        if names.len() < MAX_SEEN_MODELS {
+            names.push(model.to_string());
+            return model.to_string();
+        }
+        OTHER_MODEL.to_string()
+    })
+}
+
+/// Builds `<base>;<k1>=<v1>;...`. A label with an empty value is left out; values keep
+/// `[A-Za-z0-9._:/@+-]`, any other character becomes `_`, and they are cut at 96 characters.
+pub fn name(base: &str, labels: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(base.len() + 24 * labels.len());
     out.push_str(base);
+    for (key, value) in labels {
+        if value.is_empty() {
+            continue;
+        }
+        out.push(';');
+        out.push_str(key);
+        out.push('=');
+        push_sanitised(&mut out, value);
+    }
     out
 }
 
-/// Keeps `[A-Za-z0-9_-]`, replaces everything else (dots, colons, slashes) with `_`.
 fn push_sanitised(out: &mut String, value: &str) {
-    if value.is_empty() {
-        out.push_str("none");
-        return;
-    }
-    let clean = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
-    if value.len() <= 96 && value.bytes().all(clean) {
+    let clean =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/' | '@' | '+');
+    if value.len() <= 96 && value.chars().all(clean) {
         out.push_str(value); // the usual case, without a push per character
         return;
     }
     for c in value.chars().take(96) {
-        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-            out.push(c);
-        } else {
-            out.push('_');
-        }
+        out.push(if clean(c) { c } else { '_' });
     }
+}
+
+/// True when `name` (built by `name`) has this base and all of these labels.
+pub fn matches(name: &str, base: &str, labels: &[(&str, &str)]) -> bool {
+    let (found, have) = split(name);
+    found == base && labels.iter().all(|label| have.contains(label))
+}
+
+/// Splits a name built by `name` into its base and labels.
+pub fn split(name: &str) -> (&str, Vec<(&str, &str)>) {
+    let mut parts = name.split(';');
+    let base = parts.next().unwrap_or_default();
+    let labels = parts
+        .map(|part| part.split_once('=').unwrap_or((part, "")))
+        .collect();
+    (base, labels)
 }
 
 #[cfg(test)]
@@ -51,21 +151,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encodes_labels_safely() {
-        assert_eq!(
-            name(
-                TOKEN_USAGE,
-                &[
-                    ("route", "chat"),
-                    ("model", "gpt-4.1:mini/x"),
-                    ("token_type", "input")
-                ]
-            ),
-            "aigate.route.chat.model.gpt-4_1_mini_x.token_type.input.gen_ai.client.token.usage"
+    fn encodes_labels_keeping_dots() {
+        let name = name(
+            TOKEN_USAGE,
+            &[
+                ("route", "chat"),
+                (REQUEST_MODEL, "gpt-4.1:mini/x;y=z"),
+                (TOKEN_TYPE, "input"),
+                (ERROR_TYPE, ""),
+            ],
         );
         assert_eq!(
-            name(REQUESTS, &[("model", "")]),
-            "aigate.model.none.gen_ai.client.requests"
+            name,
+            "gen_ai.client.token.usage;route=chat;gen_ai.request.model=gpt-4.1:mini/x_y_z;gen_ai.token.type=input"
         );
+        let (base, labels) = split(&name);
+        assert_eq!(base, TOKEN_USAGE);
+        assert_eq!(labels[1], (REQUEST_MODEL, "gpt-4.1:mini/x_y_z"));
+    }
+
+    #[test]
+    fn seconds_round_to_the_nearest() {
+        assert_eq!(seconds(0), 0);
+        assert_eq!(seconds(499), 0);
+        assert_eq!(seconds(500), 1);
+        assert_eq!(seconds(2_600), 3);
     }
 }

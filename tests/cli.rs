@@ -258,7 +258,7 @@ fn explain_runs_the_response_path() {
     ]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("usage: provider=openai model=gpt-4o-mini token_type=total 4"),
+        out.contains("usage: gen_ai.provider.name=openai gen_ai.request.model=gpt-4o-mini gen_ai.token.type=output 1"),
         "{out}"
     );
     assert!(out.contains("Result: the client receives 200"), "{out}");
@@ -297,4 +297,42 @@ fn explain_refuses_an_invalid_config() {
     ]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("missing field `provider`"), "{out}");
+}
+
+/// Issue 12 item 10: `aigate check` on a config with the credential where an object belongs.
+#[test]
+fn check_never_prints_a_misplaced_credential() {
+    let config = temp_file(
+        "slip.json",
+        &format!(
+            r#"{{"routes":[{{"name":"a","provider":{{"kind":"openai","auth":{{"key":"{SECRET}"}}}}}}]}}"#
+        ),
+    );
+    let (code, out, err) = run(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("routes[0].provider.auth.key: invalid type"),
+        "{out}"
+    );
+    assert!(!out.contains(SECRET) && !err.contains(SECRET), "{out}{err}");
+}
+
+/// Issue 12 item 9: a secret too short to be redacted from answers is pointed out.
+#[test]
+fn check_notes_secrets_too_short_to_redact() {
+    let config = temp_file(
+        "short.json",
+        r#"{"routes":[{"name":"a","provider":{"kind":"openai","auth":{"key":{"value":"abc"}}}}]}"#,
+    );
+    let (code, out, _) = run(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("1 secret(s) shorter than 8 bytes: not redacted"),
+        "{out}"
+    );
+    assert!(!out.contains("abc\""), "{out}");
+    let config = temp_file("long.json", CONFIG);
+    let env = format!("OPENAI_API_KEY={SECRET}");
+    let (_, out, _) = run(&["check", config.to_str().unwrap(), "--env", &env]);
+    assert!(!out.contains("shorter than"), "{out}");
 }

@@ -128,3 +128,43 @@ fn readme_configs_are_valid() {
         "the README shows at least one complete config"
     );
 }
+
+/// Issue 12 item 10: a credential written where an object belongs (or as a key the auth
+/// object does not define) must not come back inside the error, which Envoy logs.
+#[test]
+fn faults_under_auth_never_print_the_value() {
+    const KEY: &str = "sk-proj-config-slip-0123456789";
+    let cases = [
+        (
+            json!({"routes": [route(json!({"kind": "openai", "auth": {"key": KEY}}))]}),
+            "routes[0].provider.auth.key: invalid type: string \"<redacted>\", expected struct SecretConfig",
+        ),
+        (
+            json!({"routes": [route(json!({"kind": "openai", "auth": KEY}))]}),
+            "routes[0].provider.auth: invalid type: string \"<redacted>\"",
+        ),
+        (
+            json!({"routes": [route(json!({"kind": "openai", "auth": {"key": {"value": [KEY]}}}))]}),
+            "routes[0].provider.auth.key.value: invalid type: sequence",
+        ),
+        (
+            json!({"routes": [route(json!({"kind": "openai", "auth": {KEY: true}}))]}),
+            "unknown field `<redacted>`, expected one of `key`, `passthrough`, `none`",
+        ),
+        (
+            json!({"routes": [{"name": "r", "provider": {"kind": "openai", "auth": {"none": true}},
+                "guards": {"request": [{"webhook": {"endpoint": {"cluster": "c", "auth": {"key": KEY}}}}]}}]}),
+            "auth.key: invalid type: string \"<redacted>\"",
+        ),
+    ];
+    for (config, expected) in cases {
+        let error = error_of(config);
+        assert!(!error.contains(KEY), "{error}");
+        assert!(!error.contains("sk-proj"), "{error}");
+        assert!(error.contains(expected), "{error} lacks {expected}");
+    }
+    // Outside `auth` values still help the operator.
+    let error =
+        error_of(json!({"routes": [route(json!({"kind": "llama", "auth": {"none": true}}))]}));
+    assert!(error.contains("unknown variant `llama`"), "{error}");
+}

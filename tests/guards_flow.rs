@@ -72,7 +72,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 fn outcome(host: &RecordingHost, guard: &str, side: &str, outcome: &str) -> u64 {
     host.counter(&format!(
-        "aigate.route.chat.guard.{guard}.side.{side}.outcome.{outcome}.guard.outcomes"
+        "aigate.guard.outcomes_total;route=chat;guard={guard};side={side};outcome={outcome}"
     ))
 }
 

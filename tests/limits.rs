@@ -99,7 +99,7 @@ fn used(shared: &RecordingHost, user: &str) -> u64 {
 
 fn outcome(host: &RecordingHost, limit: &str, outcome: &str) -> u64 {
     host.counter(&format!(
-        "aigate.route.chat.limit.{limit}.outcome.{outcome}.limit.outcomes"
+        "aigate.limit.outcomes_total;route=chat;limit={limit};outcome={outcome}"
     ))
 }
 
@@ -227,7 +227,7 @@ fn local_budget_admits_charges_and_refuses_with_429_and_headers() {
         Some("token_budget_exceeded")
     );
     assert_eq!(
-        host.counter("aigate.route.chat.code.token_budget_exceeded.errors"),
+        host.counter("aigate.errors_total;route=chat;code=token_budget_exceeded"),
         1
     );
     assert_eq!(outcome(&host, "per-user", "over_limit"), 1);

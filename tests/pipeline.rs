@@ -304,26 +304,28 @@ fn json_answer_passes_unchanged_and_usage_is_counted() {
         &[&answer[..40], &answer[40..]],
     );
     assert_eq!(client, answer.to_vec());
-    let base = "aigate.route.chat.provider.openai.model.gpt-4o";
+    let usage = |t: &str| {
+        host.histogram_total(
+            aigate::metrics::TOKEN_USAGE,
+            &[
+                ("route", "chat"),
+                ("gen_ai.provider.name", "openai"),
+                ("gen_ai.request.model", "gpt-4o"),
+                ("gen_ai.token.type", t),
+            ],
+        )
+    };
     assert_eq!(
-        host.counter(&format!(
-            "{base}.token_type.input.gen_ai.client.token.usage"
-        )),
-        11
+        (usage("input"), usage("output"), usage("total")),
+        (11, 7, 0)
     );
     assert_eq!(
-        host.counter(&format!(
-            "{base}.token_type.output.gen_ai.client.token.usage"
-        )),
-        7
+        host.counter_total(
+            aigate::metrics::REQUESTS,
+            &[("gen_ai.request.model", "gpt-4o")]
+        ),
+        1
     );
-    assert_eq!(
-        host.counter(&format!(
-            "{base}.token_type.total.gen_ai.client.token.usage"
-        )),
-        18
-    );
-    assert_eq!(host.counter(&format!("{base}.gen_ai.client.requests")), 1);
     assert_eq!(
         host.filter_state
             .get("aigate.total_tokens")

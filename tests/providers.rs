@@ -137,10 +137,27 @@ fn without_ids(bytes: &[u8]) -> String {
 }
 
 fn tokens(host: &RecordingHost, provider: &str, model: &str) -> (u64, u64, u64) {
-    let model = model.replace('.', "_"); // metric label values cannot add name segments
-    let base = format!("aigate.route.llm.provider.{provider}.model.{model}.token_type");
-    let count = |kind: &str| host.counter(&format!("{base}.{kind}.gen_ai.client.token.usage"));
-    (count("input"), count("output"), count("total"))
+    let provider = match provider {
+        "gemini" => "gcp.gemini",
+        "azure_openai" => "azure.ai.openai",
+        other => other,
+    };
+    let count = |kind: &str| {
+        host.histogram_total(
+            aigate::metrics::TOKEN_USAGE,
+            &[
+                ("route", "llm"),
+                ("gen_ai.provider.name", provider),
+                ("gen_ai.request.model", model),
+                ("gen_ai.token.type", kind),
+            ],
+        )
+    };
+    (
+        count("input"),
+        count("output"),
+        count("input") + count("output"),
+    )
 }
 
 const CHAT: &str = r#"{"model":"claude-sonnet-4-5","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}]}"#;

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from integration.harness import REPO_ROOT, Cluster, render_cluster, render_wasm_filter
-from integration.harness.envoy import aigate_stats_tags
+from integration.harness.envoy import aigate_stats_config
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROUTE_FULL = BENCH_DIR / "route.json"
@@ -103,7 +103,7 @@ def render(
     listeners[0]["name"] = "main"
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "stats_config": {"stats_tags": aigate_stats_tags()},
+        "stats_config": aigate_stats_config(),
         "static_resources": {
             "listeners": listeners,
             "clusters": [render_cluster(UPSTREAM_CLUSTER, Cluster(upstream_port))],

@@ -362,7 +362,7 @@ def check_sides(envoy: Envoy, ports: dict[str, int], scenarios: tuple[Scenario, 
                     check.problems.append(f"{where}: answer has no usage")
                 if side == "filter" and b"<EMAIL>" in answer:
                     check.response_masked = True
-    stats = envoy.stats(filter="gen_ai\\.client\\.token\\.usage")
+    stats = envoy.stats(filter="aigate\\.tokens_total")
     check.usage_counted = any(isinstance(v, int) and v > 0 for v in stats.values())
     if not check.usage_counted:
         check.problems.append("the filter counted no token usage (usage parsing not exercised)")

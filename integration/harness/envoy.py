@@ -206,17 +206,51 @@ def access_log_format() -> dict[str, str]:
     return fmt
 
 
-# Label keys the filter encodes into its metric names (`aigate.<key>.<value>...<metric>`, see
-# src/metrics.rs). Each becomes a Prometheus label through a `stats_tags` rule; envoy/*.yaml
-# carry the same rules (test_envoy_configs checks they agree).
-METRIC_LABELS = ("route", "provider", "model", "token_type", "guard", "side", "outcome", "code", "transformer", "limit")
+# Label keys the filter encodes into its metric names (`<metric>;<key>=<value>;...`, see
+# src/metrics.rs). Each becomes a Prometheus label (dots as `_`) and an OpenTelemetry attribute
+# through a `stats_tags` rule; envoy/*.yaml carry the same rules (test_envoy_configs checks).
+METRIC_LABELS = (
+    "route",
+    "gen_ai.operation.name",
+    "gen_ai.provider.name",
+    "gen_ai.request.model",
+    "gen_ai.token.type",
+    "server.address",
+    "server.port",
+    "error.type",
+    "guard",
+    "side",
+    "outcome",
+    "code",
+    "transformer",
+    "limit",
+)
 
 
 def aigate_stats_tags() -> list[dict[str, str]]:
+    """A stat `wasmcustom.<base>;key=value;...` loses each `;key=value` to a tag `key`: the
+    name that stays is the metric's, values keep their dots (`gpt-4.1`)."""
     return [
-        {"tag_name": key, "regex": rf"^wasmcustom\.aigate\.(?:[a-z_]+\.[^.]+\.)*?({key}\.([^.]+)\.)"}
+        {"tag_name": key, "regex": rf"^wasmcustom\.[^;]+.*?(;{re.escape(key)}=([^;]*))"}
         for key in METRIC_LABELS
     ]
+
+
+# The bucket boundaries of the OpenTelemetry GenAI conventions. Durations are recorded in whole
+# seconds (Wasm histograms take integers), tokens as counted.
+TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
+SECONDS_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
+
+
+def aigate_histogram_buckets() -> list[dict[str, Any]]:
+    return [
+        {"match": {"prefix": "wasmcustom.gen_ai.client.token.usage;"}, "buckets": TOKEN_BUCKETS},
+        {"match": {"prefix": "wasmcustom.gen_ai.client.operation."}, "buckets": SECONDS_BUCKETS},
+    ]
+
+
+def aigate_stats_config() -> dict[str, Any]:
+    return {"stats_tags": aigate_stats_tags(), "histogram_bucket_settings": aigate_histogram_buckets()}
 
 
 def render_bootstrap(
@@ -286,6 +320,12 @@ def render_bootstrap(
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
         "codec_type": "AUTO",
+        # As in envoy/*.yaml: the client address is the TCP peer, not a client-sent XFF.
+        "use_remote_address": True,
+        "xff_num_trusted_hops": 0,
+        # With use_remote_address Envoy would replace an external client's x-request-id; tests
+        # send their own to find their access-log entry.
+        "preserve_external_request_id": True,
         "route_config": {
             "name": "local",
             "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}],
@@ -307,7 +347,7 @@ def render_bootstrap(
 
     bootstrap: dict[str, Any] = {
         "admin": {"address": _socket_address("127.0.0.1", admin_port)},
-        "stats_config": {"stats_tags": aigate_stats_tags()},
+        "stats_config": aigate_stats_config(),
         "static_resources": {
             "listeners": [
                 {
@@ -550,6 +590,19 @@ class Envoy:
         """Value of one counter or gauge, 0 if it does not exist (yet)."""
         v = self.stats(filter="^" + re.escape(name) + "$").get(name, 0)
         return v if isinstance(v, int) else 0
+
+    def metric_total(self, base: str, labels: Mapping[str, str] | None = None) -> int:
+        """Sum of the filter's counters named `base` (`aigate.tokens_total`, ...) whose labels
+        include `labels` (stat names are `wasmcustom.<base>;key=value;...`, src/metrics.rs)."""
+        total = 0
+        for name, value in self.wasm_stats().items():
+            base_of, *parts = name.removeprefix("wasmcustom.").split(";")
+            if base_of != base or not isinstance(value, int):
+                continue
+            have = dict(part.split("=", 1) for part in parts if "=" in part)
+            if all(have.get(k) == v for k, v in (labels or {}).items()):
+                total += value
+        return total
 
     def wasm_stats(self) -> dict[str, int | str]:
         """Custom metrics of the filter (`wasmcustom.*`)."""

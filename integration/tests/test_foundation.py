@@ -125,16 +125,24 @@ def test_sdk_stream_with_usage_gets_usage_chunk(client):
 
 
 def test_token_metrics_are_in_stats_and_prometheus(client, envoy):
-    name = "wasmcustom.aigate.route.chat.provider.openai.model.gpt-4o-mini.token_type.{}.gen_ai.client.token.usage"
-    before = {t: envoy.counter(name.format(t)) for t in ("input", "output", "total")}
+    labels = {"route": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o-mini"}
+
+    def tokens(kind: str) -> int:
+        return envoy.metric_total("aigate.tokens_total", {**labels, "gen_ai.token.type": kind})
+
+    before = {t: tokens(t) for t in ("input", "output")}
     client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "m"}])
     list(client.chat.completions.create(model="fast", stream=True, messages=[{"role": "user", "content": "s"}]))
     envoy.wait_access_log(1)
-    after = {t: envoy.counter(name.format(t)) for t in ("input", "output", "total")}
-    assert {t: after[t] - before[t] for t in after} == {"input": 22, "output": 14, "total": 36}
+    after = {t: tokens(t) for t in ("input", "output")}
+    assert {t: after[t] - before[t] for t in after} == {"input": 22, "output": 14}
     prom = envoy.stats_prometheus()
-    line = next(l for l in prom.splitlines() if l.startswith("aigate_gen_ai_client_token_usage{") and 'token_type="total"' in l and 'model="gpt-4o-mini"' in l)
-    assert 'route="chat"' in line and 'provider="openai"' in line
+    line = next(
+        l
+        for l in prom.splitlines()
+        if l.startswith("gen_ai_client_token_usage_count{") and 'gen_ai_token_type="output"' in l and 'gen_ai_request_model="gpt-4o-mini"' in l
+    )
+    assert 'route="chat"' in line and 'gen_ai_provider_name="openai"' in line and 'gen_ai_operation_name="chat"' in line
 
 
 def test_azure_route_path_version_and_api_key(envoy, mock):
@@ -245,6 +253,16 @@ def test_invalid_config_is_refused_with_json_path(expect_rejected, mock):
     missing_env = {"routes": [{"name": "r", "provider": {"kind": "openai", "auth": {"key": {"env": "NOT_SET"}}}}]}
     result = expect_rejected(plugin_config=missing_env, clusters={"mock_llm": mock})
     assert result.rejected and "routes[0].provider.auth.key.env" in result.log
+
+
+def test_misplaced_credential_is_refused_without_printing_it(expect_rejected, mock):
+    """Issue 12 item 10: `"auth": {"key": "sk-..."}` (a string where an object belongs)."""
+    slip = "sk-proj-e2e-config-slip-987654321"
+    bad = {"routes": [{"name": "r", "provider": {"kind": "openai", "auth": {"key": slip}}}]}
+    result = expect_rejected(plugin_config=bad, clusters={"mock_llm": mock})
+    assert result.rejected
+    assert "routes[0].provider.auth.key: invalid type" in result.log
+    assert slip not in result.log and "sk-proj" not in result.log
 
 
 # --- mode A: headers held until the body is read ----------------------------------------

@@ -132,7 +132,7 @@ def upstream_chats(mock):
 
 
 def guard_counter(envoy, route_name: str, guard: str, side: str, outcome: str) -> int:
-    return envoy.counter(f"wasmcustom.aigate.route.{route_name}.guard.{guard}.side.{side}.outcome.{outcome}.guard.outcomes")
+    return envoy.counter(f"wasmcustom.aigate.guard.outcomes_total;route={route_name};guard={guard};side={side};outcome={outcome}")
 
 
 def assert_guard_error(response, status: int, code: str, *, kind: str = "guardrail_violation"):
@@ -502,7 +502,7 @@ def test_guard_metrics_have_prometheus_labels(envoy, mock):
     post(envoy, "reject", chat("ssn 123-45-6789"))
     prom = envoy.stats_prometheus()
     line = next(
-        l for l in prom.splitlines() if l.startswith("aigate_guard_outcomes{") and 'route="reject"' in l and 'outcome="blocked"' in l
+        l for l in prom.splitlines() if l.startswith("aigate_guard_outcomes_total{") and 'route="reject"' in l and 'outcome="blocked"' in l
     )
     assert 'guard="pii"' in line and 'side="request"' in line
     assert GUARD_KEY not in prom

@@ -15,12 +15,16 @@ import time
 import uuid
 from typing import Any
 
+from pathlib import Path
+
 import grpc
 import httpx
 import openai
 import pytest
+import yaml
 
 from integration.harness import Cluster, Envoy
+from integration.harness.envoy import REPO_ROOT
 from integration.mocks import MockServer, llm
 from integration.mocks.ratelimit import (
     CODE_OK,
@@ -153,7 +157,7 @@ def ratelimit_headers(r: httpx.Response) -> tuple[int, int, str]:
 
 
 def outcome(envoy: Envoy, route_name: str, limit: str, what: str) -> int:
-    return envoy.counter(f"wasmcustom.aigate.route.{route_name}.limit.{limit}.outcome.{what}.limit.outcomes")
+    return envoy.counter(f"wasmcustom.aigate.limit.outcomes_total;route={route_name};limit={limit};outcome={what}")
 
 
 # ---------------------------------------------------------------------------
@@ -243,6 +247,38 @@ def test_local_budget_counts_json_and_stream_answers_then_refuses_with_429(envoy
 def test_client_address_is_a_budget_key(envoy: Envoy) -> None:
     statuses = [chat(envoy, "local-ip", user()).status_code for _ in range(3)]
     # Different users, one address (127.0.0.1): 18 + 18 >= 30.
+    assert statuses == [200, 200, 429]
+
+
+def shipped_xff_settings() -> dict[str, Any]:
+    """Envoy's defaults overlaid with what the shipped envoy/envoy.yaml sets for client addresses."""
+    config = yaml.safe_load(Path(REPO_ROOT, "envoy", "envoy.yaml").read_text())
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    settings: dict[str, Any] = {"use_remote_address": False, "xff_num_trusted_hops": 0}
+    settings.update({k: hcm[k] for k in settings if k in hcm})
+    return settings
+
+
+def test_forged_x_forwarded_for_does_not_escape_a_client_address_budget(envoy_factory, llm_mock: MockServer) -> None:
+    """Issue 12 item 13: under the shipped HCM settings a client that sends a new
+    X-Forwarded-For on every request still has one budget (its TCP address)."""
+    forwarded = envoy_factory(
+        plugin_config={
+            "routes": [
+                route("local-ip", [{"name": "per-ip", "key": {"client_address": True}, "limit": 30, "window_ms": 600_000}])
+            ]
+        },
+        clusters={"mock_llm": llm_mock},
+        hcm_extra=shipped_xff_settings(),
+    )
+    statuses = []
+    for i in range(3):
+        r = httpx.post(
+            forwarded.base_url + "/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-test": "local-ip", "x-forwarded-for": f"203.0.113.{i + 1}"},
+        )
+        statuses.append(r.status_code)
     assert statuses == [200, 200, 429]
 
 

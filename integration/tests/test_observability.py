@@ -23,9 +23,11 @@ import pytest
 import yaml
 
 from integration.harness import REPO_ROOT, Envoy
+from integration.harness.envoy import SECONDS_BUCKETS, TOKEN_BUCKETS
 from integration.mocks import MockServer
 
-LABELS = 'route="obs",provider="openai",model="gpt-4o-mini"'
+# server_port is the mock's port (Envoy's upstream.port), written PORT in these names.
+LABELS = 'route="obs",gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o-mini",server_address="llm.local",server_port="PORT"'
 
 
 def repo_access_log_format() -> str:
@@ -53,6 +55,12 @@ def envoy(envoy_factory, obs_mock: MockServer, tmp_path_factory) -> Envoy:
     }
     config = {
         "routes": [
+            {
+                # Unlimited, any model (labels bounded per worker), for the later tests.
+                "name": "free",
+                "match": {"headers": {"x-route": "free"}},
+                "provider": {"kind": "openai", "authority": "llm.local", "auth": {"none": True}},
+            },
             {
                 "name": "obs",
                 "match": {"route_name": "llm"},
@@ -106,14 +114,14 @@ def test_statuses_of_the_sequence(sequence: list[httpx.Response]) -> None:
     assert [r.status_code for r in sequence] == [200, 200, 200, 500, 400, 200, 429]
 
 
-SERIES = re.compile(r"^(?P<name>aigate_[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+SERIES = re.compile(r"^(?P<name>(?:aigate|gen_ai)_[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 
 
 def series(text: str) -> str:
     """`name{labels}` with its labels sorted: Envoy does not promise an order."""
     m = re.match(r"^([^{]+)\{(.*)\}$", text)
     assert m, text
-    labels = sorted(re.findall(r'[a-z_]+="[^"]*"', m.group(2)))
+    labels = sorted(re.sub(r'^server_port="\d+"$', 'server_port="PORT"', label) for label in re.findall(r'[a-z_]+="[^"]*"', m.group(2)))
     return f"{m.group(1)}{{{','.join(labels)}}}"
 
 
@@ -136,31 +144,41 @@ def wait_for(envoy: Envoy, series: str, value: float, timeout_s: float = 5.0) ->
         time.sleep(0.05)
 
 
+FAILED = LABELS + ',error_type="upstream_500"'
+
+
 def test_metrics_have_prometheus_labels_and_the_expected_values(envoy: Envoy, sequence: list[httpx.Response]) -> None:
-    duration_count = series(f"aigate_gen_ai_client_operation_duration_ms_count{{{LABELS}}}")
-    metrics = wait_for(envoy, duration_count, 5)
+    duration_count = series(f"gen_ai_client_operation_duration_count{{{LABELS}}}")
+    metrics = wait_for(envoy, duration_count, 4)
     expected = {
-        # answers from upstream: 1, 2, 3, 4 (the 500), 6
-        f"aigate_gen_ai_client_requests{{{LABELS}}}": 5,
-        f'aigate_gen_ai_client_token_usage{{{LABELS},token_type="input"}}': 4 * 11,
-        f'aigate_gen_ai_client_token_usage{{{LABELS},token_type="output"}}': 4 * 7,
-        f'aigate_gen_ai_client_token_usage{{{LABELS},token_type="total"}}': 4 * 18,
-        duration_count: 5,
-        f"aigate_gen_ai_server_time_to_first_token_ms_count{{{LABELS}}}": 1,
-        'aigate_errors{route="obs",code="upstream_500"}': 1,
-        'aigate_errors{route="obs",code="invalid_json"}': 1,
-        'aigate_errors{route="obs",code="token_budget_exceeded"}': 1,
+        # answers from upstream: 1, 2, 3, 6 and the 500 (4), which carries error.type
+        f"aigate_requests_total{{{LABELS}}}": 4,
+        f"aigate_requests_total{{{FAILED}}}": 1,
+        f'aigate_tokens_total{{{LABELS},gen_ai_token_type="input"}}': 4 * 11,
+        f'aigate_tokens_total{{{LABELS},gen_ai_token_type="output"}}': 4 * 7,
+        f'gen_ai_client_token_usage_count{{{LABELS},gen_ai_token_type="input"}}': 4,
+        f'gen_ai_client_token_usage_count{{{LABELS},gen_ai_token_type="output"}}': 4,
+        duration_count: 4,
+        f"gen_ai_client_operation_duration_count{{{FAILED}}}": 1,
+        f"gen_ai_client_operation_time_to_first_chunk_count{{{LABELS}}}": 1,
+        'aigate_errors_total{route="obs",code="upstream_500"}': 1,
+        'aigate_errors_total{route="obs",code="invalid_json"}': 1,
+        'aigate_errors_total{route="obs",code="token_budget_exceeded"}': 1,
         # the local budget is checked from the headers, before the body is parsed: the
         # invalid-JSON request (5) was allowed by the budget too
-        'aigate_limit_outcomes{route="obs",limit="budget",outcome="allowed"}': 6,
-        'aigate_limit_outcomes{route="obs",limit="budget",outcome="over_limit"}': 1,
+        'aigate_limit_outcomes_total{route="obs",limit="budget",outcome="allowed"}': 6,
+        'aigate_limit_outcomes_total{route="obs",limit="budget",outcome="over_limit"}': 1,
     }
     expected = {series(name): value for name, value in expected.items()}
     for name, value in expected.items():
         assert metrics.get(name) == value, (name, {k: v for k, v in metrics.items() if "_bucket" not in k})
     # Nothing else of ours: every series is one of the above (or a histogram's buckets/sum).
     ours = {re.sub(r"_(bucket|sum)\{.*", "", k) for k in metrics if "_bucket{" in k or "_sum{" in k}
-    assert ours == {"aigate_gen_ai_client_operation_duration_ms", "aigate_gen_ai_server_time_to_first_token_ms"}
+    assert ours == {
+        "gen_ai_client_operation_duration",
+        "gen_ai_client_operation_time_to_first_chunk",
+        "gen_ai_client_token_usage",
+    }
     # The VM's memory, a gauge set as requests start: some 64 KiB pages.
     memory = metrics.pop("aigate_wasm_memory_bytes{}", 0)
     assert memory > 0 and memory % 65_536 == 0, memory
@@ -168,11 +186,60 @@ def test_metrics_have_prometheus_labels_and_the_expected_values(envoy: Envoy, se
     assert plain == set(expected), plain ^ set(expected)
 
 
-def test_the_raw_stat_names_encode_the_labels(envoy: Envoy, sequence: list[httpx.Response]) -> None:
-    base = "wasmcustom.aigate.route.obs.provider.openai.model.gpt-4o-mini"
-    assert envoy.counter(f"{base}.gen_ai.client.requests") == 5
-    assert envoy.counter(f"{base}.token_type.total.gen_ai.client.token.usage") == 72
-    assert envoy.counter("wasmcustom.aigate.route.obs.limit.budget.outcome.allowed.limit.outcomes") == 6
+def test_histograms_have_the_genai_bucket_boundaries(envoy: Envoy, sequence: list[httpx.Response]) -> None:
+    """The spec's ExplicitBucketBoundaries, from the stats_config of envoy/envoy.yaml."""
+    text = envoy.stats_prometheus()
+
+    def bounds(name: str) -> list[float]:
+        line_re = re.compile(rf'^{name}_bucket\{{.*le="([^"]+)"\}}')
+        found: list[float] = []
+        for line in text.splitlines():
+            m = line_re.match(line)
+            if m and m.group(1) != "+Inf" and float(m.group(1)) not in found:
+                found.append(float(m.group(1)))
+        return found
+
+    assert bounds("gen_ai_client_token_usage") == [float(b) for b in TOKEN_BUCKETS]
+    assert bounds("gen_ai_client_operation_duration") == SECONDS_BUCKETS
+    assert bounds("gen_ai_client_operation_time_to_first_chunk") == SECONDS_BUCKETS
+
+
+UNIT_ABBREVIATIONS = ("_ms", "_us", "_ns", "_s", "_sec", "_secs", "_b", "_kb", "_mb")
+NON_BASE_UNITS = ("milliseconds", "microseconds", "nanoseconds", "minutes", "hours", "kilobytes", "megabytes")
+
+
+def test_prometheus_output_passes_the_promtool_lint_rules(envoy: Envoy, sequence: list[httpx.Response]) -> None:
+    """What `promtool check metrics` checks of our families (promtool is not installed here):
+    counters end in `_total`, names are snake_case with no abbreviated or non-base units, a
+    histogram has `_bucket` (with `le`), `_sum` and `_count`."""
+    text = envoy.stats_prometheus()
+    types = dict(re.findall(r"^# TYPE ((?:aigate|gen_ai)_\S+) (\S+)$", text, re.M))
+    assert types, "no families of ours"
+    problems = []
+    for name, kind in types.items():
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            problems.append(f"{name}: not snake_case")
+        if kind == "counter" and not name.endswith("_total"):
+            problems.append(f"{name}: counter without _total")
+        if any(name.endswith(u) or f"{u}_" in name for u in UNIT_ABBREVIATIONS):
+            problems.append(f"{name}: abbreviated unit")
+        if any(u in name for u in NON_BASE_UNITS):
+            problems.append(f"{name}: not a base unit")
+        if kind == "histogram":
+            for part in ("_bucket{", "_sum{", "_count{"):
+                if not re.search(rf"^{name}{part}", text, re.M):
+                    problems.append(f"{name}: no {part}")
+    assert problems == [], problems
+
+
+def test_the_raw_stat_names_encode_the_labels(envoy: Envoy, obs_mock: MockServer, sequence: list[httpx.Response]) -> None:
+    labels = (
+        "route=obs;gen_ai.operation.name=chat;gen_ai.provider.name=openai;gen_ai.request.model=gpt-4o-mini;"
+        f"server.address=llm.local;server.port={obs_mock.port}"
+    )
+    assert envoy.counter(f"wasmcustom.aigate.requests_total;{labels}") == 4
+    assert envoy.counter(f"wasmcustom.aigate.tokens_total;{labels};gen_ai.token.type=output") == 28
+    assert envoy.counter("wasmcustom.aigate.limit.outcomes_total;route=obs;limit=budget;outcome=allowed") == 6
 
 
 LINE = re.compile(
@@ -204,3 +271,29 @@ def test_access_log_line_of_envoy_yaml_shows_route_model_tokens_and_outcome(envo
         # refused from the headers: the body (and so the model) was never read
         ("429", "obs", "openai", "-", "-", "-", "-", "token_budget_exceeded"),
     ]
+
+
+# Runs last: it sends more requests than the sequence above.
+def test_model_labels_keep_their_dots_and_stay_bounded(envoy: Envoy, sequence: list[httpx.Response]) -> None:
+    """`gpt-4.1` stays `gpt-4.1` (not `gpt-4_1`); invented names end up as `other` once each
+    worker has labelled 16 (issue 12 item 15)."""
+    def free(model: str) -> httpx.Response:
+        return httpx.post(
+            envoy.base_url + "/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-route": "free"},
+            timeout=30,
+        )
+
+    assert free("gpt-4.1").status_code == 200
+    for i in range(60):
+        assert free(f"invented-{i}").status_code == 200
+    deadline = time.monotonic() + 5
+    while True:
+        models = set(re.findall(r'^aigate_requests_total\{[^}]*route="free"[^}]*gen_ai_request_model="([^"]*)"', envoy.stats_prometheus(), re.M))
+        if "other" in models or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert "gpt-4.1" in models
+    assert "other" in models
+    assert len(models) <= 2 * 16 + 1, sorted(models)  # two workers, 16 names each, and other

@@ -112,11 +112,14 @@ def stream_text(chunks) -> tuple[str, str | None, object]:
     return text, finish, usage
 
 
+PROVIDER_NAMES = {"gemini": "gcp.gemini", "azure_openai": "azure.ai.openai"}
+
+
 def token_counter(envoy, route: str, provider: str, model: str, kind: str) -> int:
-    model = model.replace(".", "_")
-    return envoy.counter(
-        f"wasmcustom.aigate.route.{route}.provider.{provider}.model.{model}.token_type.{kind}.gen_ai.client.token.usage"
-    )
+    labels = {"route": route, "gen_ai.provider.name": PROVIDER_NAMES.get(provider, provider), "gen_ai.request.model": model}
+    if kind == "total":
+        return sum(token_counter(envoy, route, provider, model, k) for k in ("input", "output"))
+    return envoy.metric_total("aigate.tokens_total", {**labels, "gen_ai.token.type": kind})
 
 
 def access_log_entry(envoy, request_id: str, timeout_s: float = 5.0) -> dict:
@@ -476,7 +479,7 @@ def test_usage_is_counted_in_stats(envoy):
     assert deltas == {"claude": expected, "gemini": expected}
     prom = envoy.stats_prometheus()
     assert any(
-        l.startswith("aigate_gen_ai_client_token_usage{") and 'provider="anthropic"' in l and 'token_type="total"' in l
+        l.startswith("gen_ai_client_token_usage_count{") and 'gen_ai_provider_name="anthropic"' in l and 'gen_ai_token_type="output"' in l
         for l in prom.splitlines()
     )
 

@@ -116,14 +116,22 @@ def assert_error(response, status, code):
 
 
 def metric(envoy, name):
-    return envoy.counter("wasmcustom.aigate." + name)
+    """`route.<r>.transformer.<side>.outcome.<o>.transformer.outcomes` or
+    `route.<r>.transformer.<side>.model.<m>.tokens`: the filter's counter, summed."""
+    route, rest = name.removeprefix("route.").split(".transformer.", 1)
+    side, rest = rest.split(".", 1)
+    if rest.endswith(".tokens"):
+        model = rest.removeprefix("model.").removesuffix(".tokens")
+        return envoy.metric_total("aigate.tokens_total", {"route": route, "transformer": side, "gen_ai.request.model": model})
+    outcome = rest.removeprefix("outcome.").removesuffix(".transformer.outcomes")
+    return envoy.metric_total("aigate.transformer.outcomes_total", {"route": route, "transformer": side, "outcome": outcome})
 
 
 # --- request transformer ----------------------------------------------------------------
 
 
 def test_request_is_rewritten_before_the_provider_sees_it(envoy, mock, xform):
-    usage_name = "route.request.transformer.request.model.rewriter.token_type.total.gen_ai.client.token.usage"
+    usage_name = "route.request.transformer.request.model.rewriter.tokens"
     applied_name = "route.request.transformer.request.outcome.applied.transformer.outcomes"
     before = (metric(envoy, usage_name), metric(envoy, applied_name))
 

@@ -131,6 +131,14 @@ pub fn run(
                     "  note: allow_on_headers_stop_iteration is set: the Envoy PluginConfig must set it too (mode A)"
                 );
             }
+            if plan.secrets.too_short() > 0 {
+                let _ = writeln!(
+                    out,
+                    "  note: {} secret(s) shorter than {} bytes: not redacted from answers (docs/CONFIG.md, Secrets in answers)",
+                    plan.secrets.too_short(),
+                    crate::secrets::MIN_SECRET_LEN
+                );
+            }
             Ok(EXIT_OK)
         }
         Err(errors) => {

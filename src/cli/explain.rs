@@ -415,14 +415,20 @@ impl DryRun<'_> {
                 };
                 let labels = labels
                     .iter()
-                    .filter(|(key, _)| key != "route")
+                    .filter(|(key, _)| {
+                        !matches!(
+                            key.as_str(),
+                            "route" | metrics::OPERATION_NAME | metrics::SERVER_ADDRESS
+                        )
+                    })
                     .map(|(key, value)| format!("{key}={value}"))
                     .collect::<Vec<_>>()
                     .join(" ");
                 match base {
                     metrics::REQUESTS
-                    | metrics::OPERATION_DURATION_MS
-                    | metrics::TIME_TO_FIRST_TOKEN_MS => None,
+                    | metrics::TOKENS
+                    | metrics::OPERATION_DURATION
+                    | metrics::TIME_TO_FIRST_CHUNK => None,
                     metrics::TOKEN_USAGE => Some(format!("  usage: {labels} {delta}")),
                     metrics::ERRORS => Some(format!("  error: {labels}")),
                     other => Some(format!("  outcome ({other}): {labels}")),

@@ -98,6 +98,11 @@ impl Host for TracingHost {
         self.inner.counter_add(name, delta);
     }
     fn histogram_record(&mut self, name: &str, value: u64) {
+        // Shown like a counter's delta: token usage is a histogram.
+        self.events.push(Event::Counter {
+            name: name.to_string(),
+            delta: value,
+        });
         self.inner.histogram_record(name, value);
     }
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
@@ -114,38 +119,27 @@ impl Host for TracingHost {
 }
 
 /// Metric base names the dry run knows how to read; others are shown as they are.
-const KNOWN_BASES: [&str; 8] = [
+const KNOWN_BASES: [&str; 9] = [
+    metrics::TOKENS,
     metrics::GUARD_OUTCOMES,
     metrics::TRANSFORMER_OUTCOMES,
     metrics::LIMIT_OUTCOMES,
     metrics::ERRORS,
     metrics::REQUESTS,
     metrics::TOKEN_USAGE,
-    metrics::OPERATION_DURATION_MS,
-    metrics::TIME_TO_FIRST_TOKEN_MS,
+    metrics::OPERATION_DURATION,
+    metrics::TIME_TO_FIRST_CHUNK,
 ];
 
 /// Splits a metric name built by `metrics::name` back into its labels and base name:
-/// `aigate.route.chat.guard.pii.outcome.masked.guard.outcomes` →
-/// ([("route","chat"),("guard","pii"),("outcome","masked")], "guard.outcomes").
-pub fn split_metric(name: &str) -> Option<(Vec<(String, String)>, &str)> {
-    let rest = name.strip_prefix("aigate.")?;
-    let base = KNOWN_BASES
-        .iter()
-        .find(|base| rest == **base || rest.ends_with(&format!(".{base}")))?;
-    let labels_text = rest.strip_suffix(base)?.trim_end_matches('.');
-    let parts: Vec<&str> = if labels_text.is_empty() {
-        Vec::new()
-    } else {
-        labels_text.split('.').collect()
-    };
-    let labels = parts
-        .chunks(2)
-        .map(|pair| match pair {
-            [key, value] => (key.to_string(), value.to_string()),
-            [key] => (key.to_string(), String::new()),
-            _ => (String::new(), String::new()),
-        })
+/// `aigate.guard.outcomes_total;route=chat;guard=pii;outcome=masked` →
+/// ([("route","chat"),("guard","pii"),("outcome","masked")], "aigate.guard.outcomes_total").
+pub fn split_metric(name: &str) -> Option<(Vec<(String, String)>, &'static str)> {
+    let (base, labels) = metrics::split(name);
+    let base = KNOWN_BASES.iter().find(|known| **known == base)?;
+    let labels = labels
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
         .collect();
     Some((labels, base))
 }

@@ -10,6 +10,7 @@ use crate::guards::GuardPlan;
 use crate::limits::LimitPlan;
 use crate::pipeline::stage::{RequestStage, ResponseStage};
 use crate::providers::Provider;
+use crate::secrets::Secrets;
 use crate::shaping::Shaping;
 use crate::transform::TransformPlan;
 
@@ -162,6 +163,9 @@ impl Route {
 pub struct Plan {
     pub routes: Vec<Route>,
     pub allow_on_headers_stop_iteration: bool,
+    /// Every configured credential, redacted from whatever reaches the client
+    /// (`parse_and_compile` fills it; `compile` alone leaves it empty).
+    pub secrets: Secrets,
 }
 
 impl Plan {
@@ -180,7 +184,13 @@ pub fn parse_and_compile(text: &[u8], env: &dyn EnvLookup) -> Result<Plan, Confi
         serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
             let path = err.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            ConfigError::new(path, strip_serde_position(&err.inner().to_string()))
+            let message = strip_serde_position(&err.inner().to_string());
+            if is_secret_path(&path) {
+                // serde quotes the offending value (`invalid type: string "sk-..."`): under
+                // `auth` that value may be the credential itself, so say what was wrong without it.
+                return ConfigError::new(secret_safe_path(&path), without_values(&message));
+            }
+            ConfigError::new(path, message)
         })?;
     // One JSON document and nothing after it but whitespace: `{...} xyz` or a second
     // document is a broken file, not a config with an ignorable tail.
@@ -193,7 +203,70 @@ pub fn parse_and_compile(text: &[u8], env: &dyn EnvLookup) -> Result<Plan, Confi
             ),
         )
     })?;
-    compile(&config, env)
+    let mut plan = compile(&config, env)?;
+    if let Ok(raw) = serde_json::from_slice::<serde_json::Value>(text) {
+        plan.secrets = Secrets::from_config(&raw, &|name: &str| env.var(name));
+    }
+    Ok(plan)
+}
+
+/// True when a JSON path is inside an `auth` object (providers, fallbacks, endpoints): the
+/// only place where the config holds credentials.
+fn is_secret_path(path: &str) -> bool {
+    path.split(['.', '[']).any(|segment| segment == "auth")
+}
+
+/// The path up to `auth`, then only the names the auth object defines: a key the operator
+/// wrote by mistake could be the credential itself.
+fn secret_safe_path(path: &str) -> String {
+    let Some(index) = path.find(".auth") else {
+        return path.to_string();
+    };
+    let (head, tail) = path.split_at(index + ".auth".len());
+    let mut out = head.to_string();
+    for segment in tail.split('.').filter(|s| !s.is_empty()) {
+        out.push('.');
+        out.push_str(
+            if matches!(segment, "key" | "env" | "value" | "passthrough" | "none") {
+                segment
+            } else {
+                "<redacted>"
+            },
+        );
+    }
+    out
+}
+
+/// A serde message with every quoted value (`"..."`, `` `...` ``) replaced, except the
+/// field names serde lists after "expected".
+fn without_values(message: &str) -> String {
+    let (head, expected) = match message.find(", expected") {
+        Some(index) => message.split_at(index),
+        None => (message, ""),
+    };
+    let mut out = String::with_capacity(message.len());
+    let mut quote: Option<char> = None;
+    for c in head.chars() {
+        match quote {
+            Some(open) if c == open => {
+                out.push_str("<redacted>");
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '"' || c == '`' {
+                    quote = Some(c);
+                }
+            }
+        }
+    }
+    if quote.is_some() {
+        out.push_str("<redacted>");
+    }
+    out.push_str(expected);
+    out
 }
 
 /// serde_json appends " at line L column C"; the JSON path says more than that.
@@ -219,6 +292,7 @@ pub fn compile(config: &PluginConfig, env: &dyn EnvLookup) -> Result<Plan, Confi
     Ok(Plan {
         routes,
         allow_on_headers_stop_iteration: config.allow_on_headers_stop_iteration,
+        secrets: Secrets::default(),
     })
 }
 

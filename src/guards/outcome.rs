@@ -1,5 +1,5 @@
 //! What a guard decided, as an error for the client and a metric for the operator:
-//! `aigate.route.<route>.guard.<name>.side.<request|response>.outcome.<outcome>.guard.outcomes`.
+//! `aigate.guard.outcomes_total;route=<route>;guard=<name>;side=<request|response>;outcome=<outcome>`.
 
 use std::rc::Rc;
 
@@ -151,7 +151,9 @@ mod tests {
             (451, GUARDRAIL_VIOLATION, "pii")
         );
         assert_eq!(
-            host.counter("aigate.route.chat.guard.pii.side.request.outcome.blocked.guard.outcomes"),
+            host.counter(
+                "aigate.guard.outcomes_total;route=chat;guard=pii;side=request;outcome=blocked"
+            ),
             1
         );
     }
@@ -168,13 +170,13 @@ mod tests {
         assert_eq!(error.status, 503);
         assert_eq!(
             host.counter(
-                "aigate.route.chat.guard.pii.side.request.outcome.failed_open.guard.outcomes"
+                "aigate.guard.outcomes_total;route=chat;guard=pii;side=request;outcome=failed_open"
             ),
             1
         );
         assert_eq!(
             host.counter(
-                "aigate.route.chat.guard.pii.side.request.outcome.failed_closed.guard.outcomes"
+                "aigate.guard.outcomes_total;route=chat;guard=pii;side=request;outcome=failed_closed"
             ),
             1
         );

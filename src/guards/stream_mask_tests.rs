@@ -231,7 +231,9 @@ fn filter_masks_content_split_across_events_at_every_offset() {
         }
         assert_eq!(out.last().unwrap().data, "[DONE]");
         assert_eq!(
-            host.counter("aigate.route.chat.guard.pii.side.response.outcome.masked.guard.outcomes"),
+            host.counter(
+                "aigate.guard.outcomes_total;route=chat;guard=pii;side=response;outcome=masked"
+            ),
             1
         );
     }
@@ -366,7 +368,9 @@ fn reject_ends_the_stream_before_any_part_of_the_hit_is_sent() {
     );
     assert!(!contents(&out).contains("4111"));
     assert_eq!(
-        host.counter("aigate.route.chat.guard.pii.side.response.outcome.blocked.guard.outcomes"),
+        host.counter(
+            "aigate.guard.outcomes_total;route=chat;guard=pii;side=response;outcome=blocked"
+        ),
         1
     );
     // A clean stream passes.

@@ -94,12 +94,23 @@ pub fn strip_port(address: &str) -> &str {
     }
 }
 
+/// Prefix of a hashed key. Only `bounded` makes keys that start with it.
+const HASHED_PREFIX: &str = "fnv:";
+/// Prefix that escapes a raw key which starts with `fnv:` or with this prefix itself.
+const ESCAPED_PREFIX: &str = "raw:";
+
 /// Keeps short keys as they are; replaces a long one by `fnv:` + its 64-bit FNV-1a hash.
+/// Raw and hashed keys live in separate namespaces: a raw key that starts with `fnv:` (a
+/// client sending another key's hashed form literally) or with `raw:` gets a `raw:` prefix,
+/// so no raw key ever equals a hashed one and no two raw keys become equal. Every other key
+/// is unchanged (rate limit service descriptors see the header's value).
 pub fn bounded(value: &str) -> String {
-    if value.len() <= MAX_KEY_BYTES {
-        value.to_string()
+    if value.len() > MAX_KEY_BYTES {
+        format!("{HASHED_PREFIX}{:016x}", fnv1a(value.as_bytes()))
+    } else if value.starts_with(HASHED_PREFIX) || value.starts_with(ESCAPED_PREFIX) {
+        format!("{ESCAPED_PREFIX}{value}")
     } else {
-        format!("fnv:{:016x}", fnv1a(value.as_bytes()))
+        value.to_string()
     }
 }
 
@@ -189,5 +200,27 @@ mod tests {
         assert_eq!(hashed, bounded(&long));
         assert_ne!(hashed, bounded(&"v".repeat(500)));
         assert_eq!(bounded("short"), "short");
+    }
+
+    /// Issue 12 item 14: `fnv:<hash>` sent literally must not share the long key's budget.
+    #[test]
+    fn raw_keys_never_equal_hashed_keys() {
+        let long = "team-".repeat(40);
+        let hashed = bounded(&long);
+        assert_ne!(bounded(&hashed), hashed);
+        assert_eq!(bounded(&hashed), format!("raw:{hashed}"));
+        // Escaping stays injective: `raw:fnv:..` sent literally is a third key.
+        let escaped = bounded(&hashed);
+        assert_ne!(bounded(&escaped), escaped);
+        assert_ne!(bounded(&escaped), hashed);
+        // Through the header source too.
+        let host = RecordingHost::new();
+        let source = KeySource::Header("x-user-id".into());
+        let as_long = vec![("x-user-id".to_string(), long.clone())];
+        let as_hash = vec![("x-user-id".to_string(), hashed.clone())];
+        assert_ne!(source.value(&as_long, &host), source.value(&as_hash, &host));
+        // Ordinary keys are untouched.
+        assert_eq!(bounded("alice"), "alice");
+        assert_eq!(bounded("fnvx"), "fnvx");
     }
 }

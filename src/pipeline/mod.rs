@@ -117,6 +117,10 @@ pub struct Flow {
     /// Bodies of the common route are rewritten in place (`in_place`); off, every body
     /// takes the general `Value` path (tests compare the two).
     in_place: bool,
+    /// Redacts configured secrets from the answer body as it is relayed (`secrets`).
+    redactor: crate::secrets::Redactor,
+    /// `error.type` of the exchange's metrics once it failed (the error code).
+    error_type: Option<String>,
 }
 
 impl Flow {
@@ -153,6 +157,8 @@ impl Flow {
             first_token_recorded: false,
             accounted: false,
             in_place: true,
+            redactor: crate::secrets::Redactor::default(),
+            error_type: None,
         }
     }
 

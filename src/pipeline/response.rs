@@ -24,14 +24,54 @@ impl Flow {
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
         headers.extend(error.headers.iter().cloned());
         headers.extend(self.notes.response_headers.iter().cloned());
-        host.send_response(error.status, &headers, &error.body());
+        host.send_response(error.status, &headers, &self.redacted(error.body()));
         host.set_filter_state(filter_state::OUTCOME, &error.code);
         self.count_error(host, &error.code);
         self.state = State::Answered;
         Action::Pause
     }
 
-    fn count_error(&self, host: &mut dyn Host, code: &str) {
+    /// `bytes` with every configured secret redacted (a callout or provider may echo one).
+    fn redacted(&self, bytes: Vec<u8>) -> Vec<u8> {
+        self.plan.secrets.redact(&bytes).unwrap_or(bytes)
+    }
+
+    /// Relays one chunk of a streamed or passed-through answer with configured secrets
+    /// redacted, also when one is split across chunks (the redactor holds back a tail that
+    /// could begin one). `changed` is what the filter made of `original`, if anything.
+    fn relay_chunk(
+        &mut self,
+        host: &mut dyn Host,
+        body_size: usize,
+        original: &[u8],
+        changed: Option<Vec<u8>>,
+        end_of_stream: bool,
+    ) {
+        let plan = Rc::clone(&self.plan);
+        let out = if plan.secrets.is_empty() {
+            match changed {
+                Some(out) => out,
+                None => return,
+            }
+        } else {
+            let input = changed.as_deref().unwrap_or(original);
+            let out = self.redactor.push(&plan.secrets, input, end_of_stream);
+            if changed.is_none() && out == original {
+                return;
+            }
+            out
+        };
+        if self.at_trailers && !out.is_empty() {
+            // Envoy cannot add body from the trailers callback: fail clearly, never cut short.
+            self.end_undeliverable(host);
+        } else if body_size > 0 || !out.is_empty() {
+            // Nothing in, nothing owed: no write (there may be no body to write to).
+            host.replace_response_body(0, body_size, &out);
+        }
+    }
+
+    fn count_error(&mut self, host: &mut dyn Host, code: &str) {
+        self.error_type = Some(code.to_string());
         if let Some(route) = self.route() {
             host.counter_add(
                 &metrics::name(metrics::ERRORS, &[("route", &route.name), ("code", code)]),
@@ -183,8 +223,12 @@ impl Flow {
                 let chunk = (body_size > 0)
                     .then(|| host.response_body(0, body_size))
                     .flatten();
-                if let Some(chunk) = chunk {
-                    copy.push(&chunk);
+                if let Some(chunk) = &chunk {
+                    copy.push(chunk);
+                }
+                if chunk.is_some() || end_of_stream {
+                    let chunk = chunk.unwrap_or_default();
+                    self.relay_chunk(host, body_size, &chunk, None, end_of_stream);
                 }
                 if end_of_stream {
                     self.exchange_usage = copy.usage(self.response_encoding.as_deref());
@@ -246,14 +290,7 @@ impl Flow {
                     // A decoded chunk is sent decoded even when it passes unchanged.
                     None => decoded,
                 };
-                if let Some(out) = out {
-                    if self.at_trailers && !out.is_empty() {
-                        self.end_undeliverable(host);
-                    } else if body_size > 0 || !out.is_empty() {
-                        // Nothing in, nothing owed: no write (there may be no body to write to).
-                        host.replace_response_body(0, body_size, &out);
-                    }
-                }
+                self.relay_chunk(host, body_size, &chunk, out, end_of_stream);
                 if let Some(found) = processor.usage() {
                     self.exchange_usage = Some(found);
                 }
@@ -411,7 +448,10 @@ impl Flow {
                 self.replace_with_error(host, super::internal_error());
                 return Some(Progress::Rejected);
             };
+            let rewritten = self.redacted(rewritten);
             host.replace_response_body(0, self.response_body_size, &rewritten);
+        } else if let Some(redacted) = self.plan.secrets.redact(body) {
+            host.replace_response_body(0, self.response_body_size, &redacted);
         }
         self.account(host);
         Some(Progress::Done)
@@ -477,6 +517,7 @@ impl Flow {
             }
             None => crate::json::to_vec(&self.body, self.response_body_size + 64),
         };
+        let bytes = self.redacted(bytes);
         if self.headers_held {
             if let Some(status) = self.response_override.status {
                 host.set_response_header(":status", Some(&status.to_string()));
@@ -505,6 +546,7 @@ impl Flow {
             }
             error.body()
         };
+        let bytes = self.redacted(bytes);
         host.replace_response_body(0, self.response_body_size, &bytes);
         host.set_filter_state(filter_state::OUTCOME, &error.code);
         self.count_error(host, &error.code);
@@ -513,9 +555,13 @@ impl Flow {
 
     fn finish_error_response(&mut self, host: &mut dyn Host, status: u16, body: &[u8]) {
         let Some(route) = self.route() else { return };
+        // Redacted before it is read: the message is cut to a length that could split a key.
+        let redacted = self.plan.secrets.redact(body);
+        let body = redacted.as_deref().unwrap_or(body);
         let error = route.provider.codec().decode_error(status, body);
         // The buffered size, not `body.len()`: the body may have been decoded.
-        host.replace_response_body(0, self.response_body_size, &error.body());
+        let bytes = self.redacted(error.body());
+        host.replace_response_body(0, self.response_body_size, &bytes);
         host.set_filter_state(filter_state::OUTCOME, &format!("upstream_{status}"));
         self.count_error(host, &format!("upstream_{status}"));
         self.account(host);
@@ -583,19 +629,49 @@ impl Flow {
         self.first_token_recorded = true;
         let Some(route) = self.route() else { return };
         let elapsed = host.now_ms().saturating_sub(self.started_ms);
-        let labels = self.model_labels(route);
+        let labels = self.model_labels(route, host);
         host.histogram_record(
-            &metrics::name(metrics::TIME_TO_FIRST_TOKEN_MS, &labels.as_refs()),
-            elapsed,
+            &metrics::name(metrics::TIME_TO_FIRST_CHUNK, &labels.as_refs()),
+            metrics::seconds(elapsed),
         );
     }
 
-    fn model_labels(&self, route: &Route) -> Labels {
-        Labels(vec![
+    /// The GenAI attributes of this exchange (`error.type` once it failed).
+    fn model_labels(&self, route: &Route, host: &dyn Host) -> Labels {
+        let server = route.provider.authority.rsplit_once(':').map_or(
+            route.provider.authority.as_str(),
+            |(host, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) && !host.contains(':') {
+                    host
+                } else {
+                    route.provider.authority.as_str()
+                }
+            },
+        );
+        let mut labels = vec![
             ("route", route.name.clone()),
-            ("provider", route.provider.kind.as_str().to_string()),
-            ("model", self.exchange.model.clone()),
-        ])
+            (
+                metrics::OPERATION_NAME,
+                metrics::operation_name(self.operation).to_string(),
+            ),
+            (
+                metrics::PROVIDER_NAME,
+                metrics::provider_name(route.provider.kind).to_string(),
+            ),
+            (
+                metrics::REQUEST_MODEL,
+                metrics::model_label(route, &self.exchange.model),
+            ),
+            (metrics::SERVER_ADDRESS, server.to_string()),
+            (
+                metrics::SERVER_PORT,
+                upstream_port(host).unwrap_or_default(),
+            ),
+        ];
+        if let Some(error) = &self.error_type {
+            labels.push((metrics::ERROR_TYPE, error.clone()));
+        }
+        Labels(labels)
     }
 
     /// Charges the budgets the request was admitted against with the usage seen so far (none
@@ -634,25 +710,33 @@ impl Flow {
         let Some(route) = plan.routes.get(self.route) else {
             return;
         };
-        let labels = self.model_labels(route);
+        let labels = self.model_labels(route, host);
         host.counter_add(&metrics::name(metrics::REQUESTS, &labels.as_refs()), 1);
         let elapsed = host.now_ms().saturating_sub(self.started_ms);
         host.histogram_record(
-            &metrics::name(metrics::OPERATION_DURATION_MS, &labels.as_refs()),
-            elapsed,
+            &metrics::name(metrics::OPERATION_DURATION, &labels.as_refs()),
+            metrics::seconds(elapsed),
         );
         self.charge_limits(host);
         let Some(found) = self.exchange_usage else {
             return;
         };
+        // Without `error.type`: usage is reported for answers, failed or not.
+        let labels = Labels(
+            labels
+                .0
+                .into_iter()
+                .filter(|(key, _)| *key != metrics::ERROR_TYPE)
+                .collect(),
+        );
         for (token_type, count) in [
             ("input", found.prompt_tokens),
             ("output", found.completion_tokens),
-            ("total", found.total_tokens),
         ] {
             let mut with_type = labels.as_refs();
-            with_type.push(("token_type", token_type));
-            host.counter_add(&metrics::name(metrics::TOKEN_USAGE, &with_type), count);
+            with_type.push((metrics::TOKEN_TYPE, token_type));
+            host.histogram_record(&metrics::name(metrics::TOKEN_USAGE, &with_type), count);
+            host.counter_add(&metrics::name(metrics::TOKENS, &with_type), count);
         }
         host.set_filter_state(
             filter_state::PROMPT_TOKENS,
@@ -663,6 +747,17 @@ impl Flow {
             &found.completion_tokens.to_string(),
         );
         host.set_filter_state(filter_state::TOTAL_TOKENS, &found.total_tokens.to_string());
+    }
+}
+
+/// The port of the upstream connection (Envoy's `upstream.port`, an int64), for `server.port`.
+fn upstream_port(host: &dyn Host) -> Option<String> {
+    let bytes = host.property(&["upstream", "port"])?;
+    match <[u8; 8]>::try_from(bytes.as_slice()) {
+        Ok(raw) => Some(i64::from_le_bytes(raw).to_string()),
+        Err(_) => String::from_utf8(bytes)
+            .ok()
+            .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())),
     }
 }
 

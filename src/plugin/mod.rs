@@ -56,6 +56,13 @@ impl RootContext for Root {
         match config::parse_and_compile(&bytes, &env) {
             Ok(plan) => {
                 log::info!("aigate: configured {} route(s)", plan.routes.len());
+                if plan.secrets.too_short() > 0 {
+                    log::warn!(
+                        "aigate: {} configured secret(s) shorter than {} bytes are not redacted from answers",
+                        plan.secrets.too_short(),
+                        crate::secrets::MIN_SECRET_LEN
+                    );
+                }
                 let mut host = WasmHost {
                     metrics: Rc::clone(&self.metrics),
                     root_id: self.id,

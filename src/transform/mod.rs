@@ -164,8 +164,8 @@ impl Transformer {
         }
     }
 
-    /// `aigate.route.<r>.transformer.<side>.model.<m>.token_type.<t>.gen_ai.client.token.usage`:
-    /// the transformer's tokens, apart from the provider's (and not charged to limits).
+    /// `gen_ai.client.token.usage;route=<r>;aigate.transformer=<side>;...`: the transformer's
+    /// tokens, apart from the provider's (and not charged to limits).
     fn count_usage(&self, answer: &ModelReply, route: &str, host: &mut dyn Host) {
         let Some(usage) = answer.usage else { return };
         let model = self
@@ -176,22 +176,24 @@ impl Transformer {
         for (token_type, count) in [
             ("input", usage.prompt_tokens),
             ("output", usage.completion_tokens),
-            ("total", usage.total_tokens),
         ] {
             let name = metrics::name(
                 metrics::TOKEN_USAGE,
                 &[
                     ("route", route),
                     ("transformer", self.side.as_str()),
-                    ("model", model),
-                    ("token_type", token_type),
+                    (metrics::OPERATION_NAME, "chat"),
+                    (metrics::REQUEST_MODEL, model),
+                    (metrics::TOKEN_TYPE, token_type),
                 ],
             );
-            host.counter_add(&name, count);
+            host.histogram_record(&name, count);
+            let (_, labels) = metrics::split(&name);
+            host.counter_add(&metrics::name(metrics::TOKENS, &labels), count);
         }
     }
 
-    /// `aigate.route.<r>.transformer.<side>.outcome.<o>.transformer.outcomes`.
+    /// `aigate.transformer.outcomes_total;route=<r>;transformer=<side>;outcome=<o>`.
     fn count_outcome(&self, outcome: &str, route: &str, host: &mut dyn Host) {
         let name = metrics::name(
             metrics::TRANSFORMER_OUTCOMES,

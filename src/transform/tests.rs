@@ -134,7 +134,7 @@ fn provider_answer(content: &str) -> Vec<u8> {
 
 fn counter(host: &RecordingHost, side: &str, outcome: &str) -> u64 {
     host.counter(&format!(
-        "aigate.route.chat.transformer.{side}.outcome.{outcome}.transformer.outcomes"
+        "aigate.transformer.outcomes_total;route=chat;transformer={side};outcome={outcome}"
     ))
 }
 
@@ -189,14 +189,14 @@ fn request_reply_replaces_the_upstream_body() {
     );
     assert_eq!(body["temperature"], 0);
     assert_eq!(counter(&h.host, "request", "applied"), 1);
-    assert_eq!(
-        h.host.counter("aigate.route.chat.transformer.request.model.rewriter.token_type.input.gen_ai.client.token.usage"),
-        40
-    );
-    assert_eq!(
-        h.host.counter("aigate.route.chat.transformer.request.model.rewriter.token_type.total.gen_ai.client.token.usage"),
-        50
-    );
+    let usage = |t: &str| {
+        h.host.histograms.get(&format!(
+            "gen_ai.client.token.usage;route=chat;transformer=request;gen_ai.operation.name=chat;gen_ai.request.model=rewriter;gen_ai.token.type={t}"
+        )).cloned()
+    };
+    assert_eq!(usage("input"), Some(vec![40]));
+    assert_eq!(usage("output"), Some(vec![10]));
+    assert_eq!(usage("total"), None, "not a GenAI token type");
 }
 
 #[test]
@@ -307,13 +307,19 @@ fn response_reply_replaces_the_answer() {
         "secret <CARD>"
     );
     // The provider's usage is still what counts for the route; the transformer's apart.
+    let provider = h.host.histograms.iter().find(|(name, _)| {
+        name.starts_with("gen_ai.client.token.usage;route=chat;gen_ai.operation.name=chat;gen_ai.provider.name=openai;gen_ai.request.model=gpt-4o-mini;")
+            && name.ends_with(";gen_ai.token.type=output")
+    });
     assert_eq!(
-        h.host.counter("aigate.route.chat.provider.openai.model.gpt-4o-mini.token_type.total.gen_ai.client.token.usage"),
-        7
+        provider.map(|(_, v)| v.clone()),
+        Some(vec![2]),
+        "{:?}",
+        h.host.histograms.keys()
     );
     assert_eq!(
-        h.host.counter("aigate.route.chat.transformer.response.model.rewriter.token_type.output.gen_ai.client.token.usage"),
-        10
+        h.host.histograms.get("gen_ai.client.token.usage;route=chat;transformer=response;gen_ai.operation.name=chat;gen_ai.request.model=rewriter;gen_ai.token.type=output"),
+        Some(&vec![10])
     );
 }
 
