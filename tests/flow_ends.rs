@@ -60,7 +60,7 @@ fn used(host: &RecordingHost, user: &str) -> u64 {
 }
 
 fn errors(host: &RecordingHost, code: &str) -> u64 {
-    host.counter(&format!("aigate.route.chat.code.{code}.errors"))
+    host.counter(&format!("aigate.errors_total;route=chat;code={code}"))
 }
 
 fn outcome(host: &RecordingHost) -> Option<&str> {

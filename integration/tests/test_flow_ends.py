@@ -350,7 +350,7 @@ def test_stream_ending_in_an_error_event_is_a_failure(envoy: Envoy, flow_mock: M
     ]
     stream = b"".join(sse_event(data, event=name) for name, data in events)
     flow_mock.enqueue(200, headers={"content-type": "text/event-stream"}, chunks=[stream])
-    before = envoy.counter("wasmcustom.aigate.route.claude.code.upstream_529.errors")
+    before = envoy.metric_total("aigate.errors_total", {"route": "claude", "code": "upstream_529"})
     r = httpx.post(
         envoy.base_url + "/anthropic/v1/chat/completions",
         json={"model": "claude-x", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
@@ -359,7 +359,7 @@ def test_stream_ending_in_an_error_event_is_a_failure(envoy: Envoy, flow_mock: M
     )
     assert "Overloaded" in r.text
     assert log_of(envoy, rid)["aigate_outcome"] == "upstream_529"
-    assert envoy.counter("wasmcustom.aigate.route.claude.code.upstream_529.errors") == before + 1
+    assert envoy.metric_total("aigate.errors_total", {"route": "claude", "code": "upstream_529"}) == before + 1
 
 
 # ------------------------------------------------------------------ item 11: hang-up

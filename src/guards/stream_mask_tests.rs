@@ -431,7 +431,7 @@ fn unreadable_events_end_the_stream_and_are_counted() {
             assert!(out.iter().all(|e| !e.data.contains("6789")), "{data}");
             assert_eq!(
                 host.counter(
-                    "aigate.route.chat.guard.pii.side.response.outcome.failed_closed.guard.outcomes"
+                    "aigate.guard.outcomes_total;route=chat;guard=pii;side=response;outcome=failed_closed"
                 ),
                 1,
                 "{data}"
@@ -480,7 +480,9 @@ fn legacy_function_call_arguments_are_masked_across_events() {
         );
         assert!(out[0].data.contains("\"name\":\"f\""));
         assert_eq!(
-            host.counter("aigate.route.chat.guard.pii.side.response.outcome.masked.guard.outcomes"),
+            host.counter(
+                "aigate.guard.outcomes_total;route=chat;guard=pii;side=response;outcome=masked"
+            ),
             1
         );
     }
@@ -568,7 +570,7 @@ fn an_operator_match_over_the_pending_limit_ends_the_stream() {
     assert_eq!((error.status, error.code.as_str()), (500, "guard_failed"));
     assert_eq!(
         host.counter(
-            "aigate.route.chat.guard.pii.side.response.outcome.failed_closed.guard.outcomes"
+            "aigate.guard.outcomes_total;route=chat;guard=pii;side=response;outcome=failed_closed"
         ),
         1
     );
