@@ -489,6 +489,9 @@ fn usage_is_found_at_the_end_of_an_answer_over_the_observe_limit() {
     answer.push_str(r#"]},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":140000,"total_tokens":140009}}"#);
     let bytes = answer.as_bytes();
     let pieces: Vec<&[u8]> = bytes.chunks(64 * 1024).collect();
+    // Relayed as it comes (the secret redactor may hold back a few bytes at a piece's end,
+    // which could begin the route's key), and nothing of it changed.
+    let mut relayed = Vec::with_capacity(bytes.len());
     for (index, piece) in pieces.iter().enumerate() {
         host.response_body = piece.to_vec();
         let end = index + 1 == pieces.len();
@@ -496,8 +499,10 @@ fn usage_is_found_at_the_end_of_an_answer_over_the_observe_limit() {
             flow.on_response_body(&mut host, piece.len(), end),
             Action::Continue
         );
-        assert_eq!(host.response_body, piece.to_vec(), "passes unchanged");
+        assert!(host.response_body.len() + 64 >= piece.len(), "not held back");
+        relayed.extend_from_slice(&host.response_body);
     }
+    assert!(relayed == bytes, "passes unchanged");
     assert_eq!(
         host.filter_state
             .get("aigate.total_tokens")
