@@ -187,7 +187,11 @@ mod tests {
         ];
         for text in texts {
             for from in 0..=text.len() + 1 {
-                assert_eq!(key_value_colon(text, from), window(text, from), "{text:?} {from}");
+                assert_eq!(
+                    key_value_colon(text, from),
+                    window(text, from),
+                    "{text:?} {from}"
+                );
             }
         }
     }
