@@ -9,6 +9,7 @@ use super::builtins::{self, next_char, Needs, Reach, Validator, Verdict};
 use super::engine::PatternSet;
 use super::outcome::GuardInfo;
 use super::text;
+use crate::client_api;
 use crate::config::model::{RegexAction, RegexGuardConfig};
 use crate::config::ConfigError;
 use crate::pipeline::in_place::Text;
@@ -322,7 +323,7 @@ impl RegexGuard {
         &self,
         body: &mut Value,
         host: &mut dyn crate::host::Host,
-        visit_all: fn(&mut Value, &mut text::Visitor<'_>) -> bool,
+        visit_all: &dyn Fn(&mut Value, &mut text::Visitor<'_>) -> bool,
     ) -> Step {
         match self.action {
             RegexAction::Reject => {
@@ -387,7 +388,10 @@ pub struct RegexRequestStage(pub Rc<RegexGuard>);
 
 impl RequestStage for RegexRequestStage {
     fn start(&self, ctx: &mut RequestCtx<'_>) -> Step {
-        self.0.apply(ctx.body, ctx.host, text::visit_request)
+        let api = client_api::of_or_chat(ctx.exchange.operation);
+        self.0.apply(ctx.body, ctx.host, &|body, visit| {
+            api.visit_request_texts(body, visit)
+        })
     }
 
     fn regex_guard(&self) -> Option<&RegexGuard> {
@@ -402,7 +406,10 @@ pub struct RegexResponseStage(pub Rc<RegexGuard>);
 
 impl ResponseStage for RegexResponseStage {
     fn start(&self, ctx: &mut ResponseCtx<'_>) -> Step {
-        self.0.apply(ctx.body, ctx.host, text::visit_answer)
+        let api = client_api::of_or_chat(ctx.exchange.operation);
+        self.0.apply(ctx.body, ctx.host, &|body, visit| {
+            api.visit_answer_texts(body, visit)
+        })
     }
 
     fn needs_whole_answer(&self) -> bool {

@@ -6,10 +6,10 @@ use std::rc::Rc;
 use serde_json::Value;
 
 use super::aggregate;
-use super::in_place;
 use super::stage::Step;
 use super::stream::{self, StreamProcessor};
 use super::{filter_state, Action, Flow, Progress, ResponseMode, Side, State};
+use crate::client_api::ClientApi;
 use crate::config::Route;
 use crate::encoding;
 use crate::error::ApiError;
@@ -24,7 +24,11 @@ impl Flow {
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
         headers.extend(error.headers.iter().cloned());
         headers.extend(self.notes.response_headers.iter().cloned());
-        host.send_response(error.status, &headers, &self.redacted(error.body()));
+        host.send_response(
+            error.status,
+            &headers,
+            &self.redacted(self.api.error_body(&error)),
+        );
         host.set_filter_state(filter_state::OUTCOME, &error.code);
         self.count_error(host, &error.code);
         self.state = State::Answered;
@@ -154,7 +158,8 @@ impl Flow {
                 codec.stream_decoder(&self.exchange),
                 filters,
                 !self.exchange.client_wants_usage,
-            );
+            )
+            .for_api(self.api);
             if !processor.is_passthrough() {
                 host.set_response_header("content-length", None);
             }
@@ -231,7 +236,7 @@ impl Flow {
                     self.relay_chunk(host, body_size, &chunk, None, end_of_stream);
                 }
                 if end_of_stream {
-                    self.exchange_usage = copy.usage(self.response_encoding.as_deref());
+                    self.exchange_usage = copy.usage(self.api, self.response_encoding.as_deref());
                     if self.exchange_usage.is_none() {
                         self.usage_estimate =
                             Some(usage::estimate(self.request_body_size, copy.total));
@@ -265,7 +270,7 @@ impl Flow {
                             self.stream_broken = true;
                             let error = unreadable_answer(&reason);
                             let mut out = Vec::new();
-                            stream::write_error_event(&error, &mut out);
+                            self.api.write_error_event(&error, &mut out);
                             host.replace_response_body(0, body_size, &out);
                             host.set_filter_state(filter_state::OUTCOME, &error.code);
                             self.count_error(host, &error.code);
@@ -408,7 +413,7 @@ impl Flow {
         host.send_response(
             error.status,
             &[("content-type".to_string(), "application/json".to_string())],
-            &error.body(),
+            &self.api.error_body(&error),
         );
         host.set_filter_state(filter_state::OUTCOME, &error.code);
         self.count_error(host, &error.code);
@@ -434,7 +439,7 @@ impl Flow {
             .map(|stage| stage.regex_guard())
             .collect::<Option<Vec<_>>>()?;
         let text = std::str::from_utf8(body).ok()?;
-        let mut answer = in_place::read_answer(text)?;
+        let mut answer = self.api.read_answer(text)?;
         self.exchange_usage = answer.usage;
         for guard in guards {
             if let Step::Reject(error) = guard.apply_in_place(&mut answer.texts, host) {
@@ -537,14 +542,14 @@ impl Flow {
         // error status, which SDKs raise before reading any stream.
         let bytes = if self.exchange.client_stream && !self.headers_held {
             let mut out = Vec::new();
-            stream::write_error_event(&error, &mut out);
+            self.api.write_error_event(&error, &mut out);
             out
         } else {
             if self.headers_held {
                 host.set_response_header(":status", Some(&error.status.to_string()));
                 host.set_response_header("content-type", Some("application/json"));
             }
-            error.body()
+            self.api.error_body(&error)
         };
         let bytes = self.redacted(bytes);
         host.replace_response_body(0, self.response_body_size, &bytes);
@@ -560,7 +565,7 @@ impl Flow {
         let body = redacted.as_deref().unwrap_or(body);
         let error = route.provider.codec().decode_error(status, body);
         // The buffered size, not `body.len()`: the body may have been decoded.
-        let bytes = self.redacted(error.body());
+        let bytes = self.redacted(self.api.error_body(&error));
         host.replace_response_body(0, self.response_body_size, &bytes);
         host.set_filter_state(filter_state::OUTCOME, &format!("upstream_{status}"));
         self.count_error(host, &format!("upstream_{status}"));
@@ -593,7 +598,7 @@ impl Flow {
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
         headers.extend(error.headers.iter().cloned());
         headers.extend(self.notes.response_headers.iter().cloned());
-        host.send_response(status, &headers, &error.body());
+        host.send_response(status, &headers, &self.api.error_body(error));
         self.response = None;
         host.set_filter_state(filter_state::OUTCOME, outcome);
         self.count_error(host, outcome);
@@ -804,14 +809,14 @@ impl Observed {
 
     /// The answer's usage: parsed from the whole answer, or found in the tail of one too
     /// large to keep (an encoded one is decoded first; its tail alone can not be).
-    fn usage(&self, content_encoding: Option<&str>) -> Option<Usage> {
+    fn usage(&self, api: &dyn ClientApi, content_encoding: Option<&str>) -> Option<Usage> {
         if self.tail_only {
             return encoding::is_identity(content_encoding)
-                .then(|| usage::from_json_tail(&self.kept))
+                .then(|| api.usage_from_json_tail(&self.kept))
                 .flatten();
         }
         let decoded = encoding::decode(content_encoding, &self.kept).ok()?;
-        usage::from_json(&decoded)
+        api.usage_from_json(&decoded)
     }
 }
 
