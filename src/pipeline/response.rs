@@ -247,10 +247,26 @@ impl Flow {
                 Action::Continue
             }
             Some(ResponseMode::Stream(mut processor)) => {
-                let mut chunk = (body_size > 0)
-                    .then(|| host.response_body(0, body_size))
-                    .flatten()
-                    .unwrap_or_default();
+                // A broken stream's bytes are dropped below: no need to read them.
+                let read = if self.stream_broken {
+                    Some(Vec::new())
+                } else {
+                    self.read_answer(host, body_size)
+                };
+                let Some(mut chunk) = read else {
+                    // Never relay bytes the stream's guards could not read.
+                    self.stream_broken = true;
+                    self.stream_inflater = None;
+                    let error = unreadable_answer_body();
+                    let mut out = Vec::new();
+                    self.api.write_error_event(&error, &mut out);
+                    host.replace_response_body(0, body_size, &out);
+                    host.set_filter_state(filter_state::OUTCOME, &error.code);
+                    self.count_error(host, &error.code);
+                    self.account(host);
+                    self.response = Some(ResponseMode::Stream(processor));
+                    return Action::Continue;
+                };
                 let mut decoded = None;
                 if let Some(inflater) = &mut self.stream_inflater {
                     let mut out = Vec::with_capacity(chunk.len() * 4);
@@ -323,8 +339,12 @@ impl Flow {
                 if !end_of_stream {
                     return Action::Pause;
                 }
-                let body = host.response_body(0, body_size).unwrap_or_default();
                 self.response_body_size = body_size;
+                let Some(body) = self.read_answer(host, body_size) else {
+                    // The upstream already failed; its status still reaches the client.
+                    self.finish_error_response(host, status, &[]);
+                    return Action::Continue;
+                };
                 let decoded =
                     encoding::decode(self.response_encoding.as_deref(), &body).unwrap_or_default();
                 self.finish_error_response(host, status, &decoded);
@@ -336,7 +356,10 @@ impl Flow {
                     return Action::Pause;
                 }
                 self.response_body_size = body_size;
-                let body = host.response_body(0, body_size).unwrap_or_default();
+                let Some(body) = self.read_answer(host, body_size) else {
+                    self.replace_with_error(host, unreadable_answer_body());
+                    return Action::Continue;
+                };
                 // Charged if the answer turns out to carry no usage.
                 self.usage_estimate = Some(usage::estimate(self.request_body_size, body.len()));
                 let body = match encoding::decode(self.response_encoding.as_deref(), &body) {
@@ -460,6 +483,27 @@ impl Flow {
         }
         self.account(host);
         Some(Progress::Done)
+    }
+
+    /// The answer's first `body_size` bytes from the host (none to read when 0). None, with a
+    /// log line, when the host could not give them all: a host failure, which the caller
+    /// turns into the gateway's own error, never the client's or the provider's.
+    fn read_answer(&self, host: &mut dyn Host, body_size: usize) -> Option<Vec<u8>> {
+        if body_size == 0 {
+            return Some(Vec::new());
+        }
+        match host.response_body(0, body_size) {
+            Some(bytes) if bytes.len() == body_size => Some(bytes),
+            read => {
+                log::warn!(
+                    "aigate: route {}: the host returned {} of the answer's {} bytes",
+                    self.route().map(|r| r.name.as_str()).unwrap_or_default(),
+                    read.map_or(0, |bytes| bytes.len()),
+                    body_size
+                );
+                None
+            }
+        }
     }
 
     /// Translates the buffered answer to an OpenAI `chat.completion` and reads its usage.
@@ -826,4 +870,14 @@ impl Labels {
     fn as_refs(&self) -> Vec<(&str, &str)> {
         self.0.iter().map(|(k, v)| (*k, v.as_str())).collect()
     }
+}
+
+/// The host could not give the filter the answer's bytes: the gateway's failure.
+fn unreadable_answer_body() -> ApiError {
+    ApiError::new(
+        500,
+        "api_error",
+        "unreadable_response_body",
+        "The gateway could not read the provider's answer, so it was not relayed.",
+    )
 }
