@@ -13,7 +13,9 @@ use crate::client_api;
 use crate::config::model::{RegexAction, RegexGuardConfig};
 use crate::config::ConfigError;
 use crate::pipeline::in_place::Text;
-use crate::pipeline::stage::{RequestCtx, RequestStage, ResponseCtx, ResponseStage, Step};
+use crate::pipeline::stage::{
+    RequestCtx, RequestStage, ResponseCtx, ResponseStage, Step, TextStage,
+};
 
 /// Texts up to this long skip the detectors whose required byte they lack.
 const SHORT_TEXT_BYTES: usize = 512;
@@ -348,10 +350,10 @@ impl RegexGuard {
     }
 }
 
-impl RegexGuard {
+impl TextStage for RegexGuard {
     /// The guard on texts read in place (`pipeline::in_place`): the verdict, masks and
     /// metrics of `apply` on the same texts.
-    pub fn apply_in_place(&self, texts: &mut [Text<'_>], host: &mut dyn crate::host::Host) -> Step {
+    fn apply_in_place(&self, texts: &mut [Text<'_>], host: &mut dyn crate::host::Host) -> Step {
         match self.action {
             RegexAction::Reject => {
                 if texts.iter().any(|text| self.scanner.has_hit(&text.text)) {
@@ -394,8 +396,8 @@ impl RequestStage for RegexRequestStage {
         })
     }
 
-    fn regex_guard(&self) -> Option<&RegexGuard> {
-        Some(&self.0)
+    fn text_stage(&self) -> Option<&dyn TextStage> {
+        Some(&*self.0)
     }
 }
 
@@ -420,8 +422,8 @@ impl ResponseStage for RegexResponseStage {
         self.0.action == RegexAction::Reject
     }
 
-    fn regex_guard(&self) -> Option<&RegexGuard> {
-        Some(&self.0)
+    fn text_stage(&self) -> Option<&dyn TextStage> {
+        Some(&*self.0)
     }
 }
 

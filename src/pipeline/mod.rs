@@ -484,7 +484,7 @@ impl Flow {
         }
         let guards = (self.first_body_stage..)
             .map_while(|index| route.request_stage(index))
-            .map(|stage| stage.regex_guard())
+            .map(|stage| stage.text_stage())
             .collect::<Option<Vec<_>>>()?;
         let body = std::str::from_utf8(bytes).ok()?;
         let mut request = self.api.read_request(body)?;

@@ -459,7 +459,7 @@ impl Flow {
         }
         let guards = (0..)
             .map_while(|index| route.response_stage(index))
-            .map(|stage| stage.regex_guard())
+            .map(|stage| stage.text_stage())
             .collect::<Option<Vec<_>>>()?;
         let text = std::str::from_utf8(body).ok()?;
         let mut answer = self.api.read_answer(text)?;
