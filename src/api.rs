@@ -18,24 +18,18 @@ pub enum Operation {
 }
 
 impl Operation {
-    /// Recognises the operation from the client's `:path` (query ignored).
+    /// Recognises the operation from the client's `:path` (query ignored): a registered
+    /// client API's (`client_api::for_path`), or the model list the filter answers itself.
     pub fn from_path(path: &str) -> Option<Operation> {
+        if let Some(api) = crate::client_api::for_path(path) {
+            return Some(api.operation());
+        }
         let path = path
             .split('?')
             .next()
             .unwrap_or_default()
             .trim_end_matches('/');
-        if path.ends_with("/chat/completions") {
-            Some(Operation::ChatCompletions)
-        } else if path.ends_with("/completions") {
-            Some(Operation::Completions)
-        } else if path.ends_with("/embeddings") {
-            Some(Operation::Embeddings)
-        } else if path.ends_with("/models") {
-            Some(Operation::ListModels)
-        } else {
-            None
-        }
+        path.ends_with("/models").then_some(Operation::ListModels)
     }
 
     pub fn method(self) -> &'static str {
@@ -101,49 +95,12 @@ pub fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     Ok(value)
 }
 
-/// Checks the fields the filter relies on; the provider checks the rest.
+/// Checks the fields the filter relies on (the provider checks the rest), as the
+/// operation's client API (`client_api`) does.
 pub fn validate(operation: Operation, body: &Value) -> Result<(), ApiError> {
-    let Some(object) = body.as_object() else {
-        return Err(ApiError::invalid_request(
-            "invalid_body",
-            "The request body must be a JSON object.",
-        ));
-    };
-    if let Some(model) = object.get("model") {
-        if !model.is_string() {
-            return Err(invalid_param("model", "must be a string"));
-        }
-    }
-    if let Some(stream) = object.get("stream") {
-        if !stream.is_boolean() && !stream.is_null() {
-            return Err(invalid_param("stream", "must be a boolean"));
-        }
-    }
-    match operation {
-        Operation::ChatCompletions => validate_messages(object.get("messages")),
-        Operation::Completions => match object.get("prompt") {
-            Some(Value::String(_)) => Ok(()),
-            Some(Value::Array(items))
-                if items.iter().all(Value::is_string) && !items.is_empty() =>
-            {
-                Ok(())
-            }
-            Some(_) => Err(invalid_param(
-                "prompt",
-                "must be a string or a non-empty array of strings",
-            )),
-            None => Err(missing_param("prompt")),
-        },
-        Operation::Embeddings => match object.get("input") {
-            Some(input) if embeddings_input_shape(input).is_some() => Ok(()),
-            Some(_) => Err(invalid_param(
-                "input",
-                "must be a string, an array of strings, an array of integers (tokens) or an \
-                 array of arrays of integers",
-            )),
-            None => Err(missing_param("input")),
-        },
-        Operation::ListModels => Ok(()),
+    match crate::client_api::of(operation) {
+        Some(api) => api.validate(body),
+        None => Ok(()),
     }
 }
 
@@ -176,151 +133,6 @@ pub fn embeddings_input_shape(input: &Value) -> Option<EmbeddingsInput> {
 
 /// Content part types whose text field guards read, and that field.
 pub const TEXT_PARTS: [(&str, &str); 2] = [("text", "text"), ("refusal", "refusal")];
-
-/// A message's `tool_calls` (null or an array of objects whose `function` is an object with
-/// string `arguments`) and legacy `function_call` (null or such an object): anything else
-/// would carry text past the guards.
-fn validate_calls(message: &serde_json::Map<String, Value>, index: usize) -> Result<(), ApiError> {
-    let function = |function: &Value, at: &str| -> Result<(), ApiError> {
-        let Some(function) = function.as_object() else {
-            return Err(invalid_param(at, "must be an object"));
-        };
-        match function.get("arguments") {
-            None | Some(Value::String(_)) => Ok(()),
-            Some(_) => Err(invalid_param(
-                &format!("{at}.arguments"),
-                "must be a string (JSON text)",
-            )),
-        }
-    };
-    match message.get("tool_calls") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(calls)) => {
-            for (call_index, call) in calls.iter().enumerate() {
-                let at = format!("messages[{index}].tool_calls[{call_index}]");
-                let Some(call) = call.as_object() else {
-                    return Err(invalid_param(&at, "must be an object"));
-                };
-                match call.get("function") {
-                    None | Some(Value::Null) => {}
-                    Some(value) => function(value, &format!("{at}.function"))?,
-                }
-            }
-        }
-        Some(_) => {
-            return Err(invalid_param(
-                &format!("messages[{index}].tool_calls"),
-                "must be an array",
-            ))
-        }
-    }
-    match message.get("function_call") {
-        None | Some(Value::Null) => Ok(()),
-        Some(value) => function(value, &format!("messages[{index}].function_call")),
-    }
-}
-
-fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
-    let Some(messages) = messages else {
-        return Err(missing_param("messages"));
-    };
-    let Some(messages) = messages.as_array() else {
-        return Err(invalid_param("messages", "must be an array"));
-    };
-    if messages.is_empty() {
-        return Err(invalid_param(
-            "messages",
-            "must contain at least one message",
-        ));
-    }
-    for (index, message) in messages.iter().enumerate() {
-        let Some(message) = message.as_object() else {
-            return Err(invalid_param(
-                &format!("messages[{index}]"),
-                "must be an object",
-            ));
-        };
-        match message.get("role").and_then(Value::as_str) {
-            Some(role) if ROLES.contains(&role) => {}
-            Some(role) => {
-                return Err(invalid_param(
-                    &format!("messages[{index}].role"),
-                    &format!("{role:?} is not one of {}", ROLES.join(", ")),
-                ))
-            }
-            None => return Err(missing_param(&format!("messages[{index}].role"))),
-        }
-        validate_calls(message, index)?;
-        match message.get("refusal") {
-            None | Some(Value::Null | Value::String(_)) => {}
-            Some(_) => {
-                return Err(invalid_param(
-                    &format!("messages[{index}].refusal"),
-                    "must be a string or null",
-                ))
-            }
-        }
-        match message.get("content") {
-            None | Some(Value::Null) => {
-                let has_tool_calls = message.get("tool_calls").is_some_and(Value::is_array)
-                    || message.get("function_call").is_some_and(Value::is_object);
-                if !has_tool_calls {
-                    return Err(missing_param(&format!("messages[{index}].content")));
-                }
-            }
-            Some(Value::String(_)) => {}
-            Some(Value::Array(parts)) => {
-                for (part_index, part) in parts.iter().enumerate() {
-                    let at = format!("messages[{index}].content[{part_index}]");
-                    let Some(kind) = part.get("type").and_then(Value::as_str) else {
-                        return Err(invalid_param(&at, "must be an object with a \"type\""));
-                    };
-                    if let Some((_, field)) = TEXT_PARTS.iter().find(|(k, _)| *k == kind) {
-                        if !part.get(field).is_some_and(Value::is_string) {
-                            return Err(invalid_param(
-                                &format!("{at}.{field}"),
-                                "must be a string",
-                            ));
-                        }
-                    }
-                }
-            }
-            Some(_) => {
-                return Err(invalid_param(
-                    &format!("messages[{index}].content"),
-                    "must be a string, an array of content parts, or null",
-                ))
-            }
-        }
-    }
-    Ok(())
-}
-
-fn missing_param(name: &str) -> ApiError {
-    ApiError::invalid_request(
-        "missing_required_parameter",
-        format!("Missing required parameter: '{name}'."),
-    )
-}
-
-fn invalid_param(name: &str, why: &str) -> ApiError {
-    ApiError::invalid_request(
-        "invalid_value",
-        format!("Invalid parameter '{name}': {why}."),
-    )
-}
-
-pub fn is_stream(body: &Value) -> bool {
-    body.get("stream").and_then(Value::as_bool).unwrap_or(false)
-}
-
-pub fn wants_stream_usage(body: &Value) -> bool {
-    body.get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -115,6 +115,9 @@ pub struct RecordingHost {
     pub now_ms: u64,
     pub resumed_request: u32,
     pub resumed_response: u32,
+    /// The host fails to give the answer's body (`response_body` is None), as a broken host
+    /// could: tests that the filter treats it as its own failure.
+    pub response_body_unreadable: bool,
     next_token: u32,
 }
 
@@ -208,6 +211,9 @@ impl Host for RecordingHost {
         set(&mut self.response_headers, name, value);
     }
     fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        if self.response_body_unreadable {
+            return None;
+        }
         let end = start.saturating_add(size).min(self.response_body.len());
         Some(self.response_body.get(start.min(end)..end)?.to_vec())
     }

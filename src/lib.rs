@@ -6,6 +6,7 @@
 pub mod api;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
+pub mod client_api;
 pub mod config;
 pub mod counting_host;
 pub mod encoding;

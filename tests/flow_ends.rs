@@ -161,6 +161,62 @@ fn an_unreadable_body_is_never_forwarded() {
     assert!(String::from_utf8_lossy(&reply.body).contains("unreadable_request_body"));
 }
 
+/// Issue 13 item 6: a host that can not give the answer's bytes is the gateway's failure
+/// (500, counted, logged), never the provider's error or, for a stream, bytes relayed past
+/// the guards.
+#[test]
+fn an_unreadable_answer_is_an_internal_error_never_relayed() {
+    let guarded =
+        json!({"guards": {"response": [{"regex": {"builtins": ["ssn"], "action": "mask"}}]}});
+    // A buffered JSON answer.
+    let mut flow = Flow::new(plan(guarded.clone(), false));
+    let mut host = host_for(&chat("hi", false));
+    flow.on_request_headers(&mut host, false);
+    let size = host.request_body.len();
+    flow.on_request_body(&mut host, size, true);
+    start_answer(&mut flow, &mut host, 200, "application/json");
+    host.response_body =
+        br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"123-45-6789"}}]}"#
+            .to_vec();
+    host.response_body_unreadable = true;
+    let size = host.response_body.len();
+    assert_eq!(
+        flow.on_response_body(&mut host, size, true),
+        Action::Continue
+    );
+    let client = String::from_utf8(host.response_body.clone()).unwrap();
+    assert!(client.contains("unreadable_response_body"), "{client}");
+    assert!(!client.contains("123-45-6789"), "{client}");
+    assert_eq!(outcome(&host), Some("unreadable_response_body"));
+    // A guarded stream: the chunk the guard could not read is replaced by an error event.
+    let mut flow = Flow::new(plan(guarded, false));
+    let mut host = host_for(&chat("hi", true));
+    flow.on_request_headers(&mut host, false);
+    let size = host.request_body.len();
+    flow.on_request_body(&mut host, size, true);
+    start_answer(&mut flow, &mut host, 200, "text/event-stream");
+    let body = sse(&chunk("my ssn is 123-45-6789"));
+    host.response_body = body.clone().into_bytes();
+    host.response_body_unreadable = true;
+    assert_eq!(
+        flow.on_response_body(&mut host, body.len(), false),
+        Action::Continue
+    );
+    let client = String::from_utf8(host.response_body.clone()).unwrap();
+    assert!(!client.contains("123-45-6789"), "{client}");
+    assert!(client.contains("unreadable_response_body"), "{client}");
+    assert!(client.ends_with("data: [DONE]\n\n"), "{client}");
+    // What follows is dropped, even once the host can read it again.
+    host.response_body_unreadable = false;
+    host.response_body = body.clone().into_bytes();
+    assert_eq!(
+        flow.on_response_body(&mut host, body.len(), true),
+        Action::Continue
+    );
+    assert!(host.response_body.is_empty());
+    assert_eq!(outcome(&host), Some("unreadable_response_body"));
+}
+
 #[test]
 fn an_answer_ending_with_trailers_is_masked_and_accounted() {
     // Buffered JSON answer (a response guard): read and replaced from the trailers callback.

@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::outcome::GuardInfo;
+use crate::client_api;
 use crate::config::model::FailureMode;
 use crate::config::{Auth, Endpoint};
 use crate::host::{Callout, CalloutKind, CalloutReply, Host};
@@ -86,7 +87,8 @@ pub struct OnRequest<G>(pub G);
 
 impl<G: TextVerdict> RequestStage for OnRequest<G> {
     fn start(&self, ctx: &mut RequestCtx<'_>) -> Step {
-        self.0.call(super::text::request_texts(ctx.body))
+        self.0
+            .call(client_api::of_or_chat(ctx.exchange.operation).request_texts(ctx.body))
     }
 
     fn on_reply(&self, ctx: &mut RequestCtx<'_>, reply: &CalloutReply) -> Step {
@@ -100,7 +102,8 @@ pub struct OnAnswer<G>(pub G);
 
 impl<G: TextVerdict> ResponseStage for OnAnswer<G> {
     fn start(&self, ctx: &mut ResponseCtx<'_>) -> Step {
-        self.0.call(super::text::answer_texts(ctx.body))
+        self.0
+            .call(client_api::of_or_chat(ctx.exchange.operation).answer_texts(ctx.body))
     }
 
     fn on_reply(&self, ctx: &mut ResponseCtx<'_>, reply: &CalloutReply) -> Step {

@@ -9,10 +9,13 @@ use super::builtins::{self, next_char, Needs, Reach, Validator, Verdict};
 use super::engine::PatternSet;
 use super::outcome::GuardInfo;
 use super::text;
+use crate::client_api;
 use crate::config::model::{RegexAction, RegexGuardConfig};
 use crate::config::ConfigError;
 use crate::pipeline::in_place::Text;
-use crate::pipeline::stage::{RequestCtx, RequestStage, ResponseCtx, ResponseStage, Step};
+use crate::pipeline::stage::{
+    RequestCtx, RequestStage, ResponseCtx, ResponseStage, Step, TextStage,
+};
 
 /// Texts up to this long skip the detectors whose required byte they lack.
 const SHORT_TEXT_BYTES: usize = 512;
@@ -322,7 +325,7 @@ impl RegexGuard {
         &self,
         body: &mut Value,
         host: &mut dyn crate::host::Host,
-        visit_all: fn(&mut Value, &mut text::Visitor<'_>) -> bool,
+        visit_all: &dyn Fn(&mut Value, &mut text::Visitor<'_>) -> bool,
     ) -> Step {
         match self.action {
             RegexAction::Reject => {
@@ -347,10 +350,10 @@ impl RegexGuard {
     }
 }
 
-impl RegexGuard {
+impl TextStage for RegexGuard {
     /// The guard on texts read in place (`pipeline::in_place`): the verdict, masks and
     /// metrics of `apply` on the same texts.
-    pub fn apply_in_place(&self, texts: &mut [Text<'_>], host: &mut dyn crate::host::Host) -> Step {
+    fn apply_in_place(&self, texts: &mut [Text<'_>], host: &mut dyn crate::host::Host) -> Step {
         match self.action {
             RegexAction::Reject => {
                 if texts.iter().any(|text| self.scanner.has_hit(&text.text)) {
@@ -387,11 +390,14 @@ pub struct RegexRequestStage(pub Rc<RegexGuard>);
 
 impl RequestStage for RegexRequestStage {
     fn start(&self, ctx: &mut RequestCtx<'_>) -> Step {
-        self.0.apply(ctx.body, ctx.host, text::visit_request)
+        let api = client_api::of_or_chat(ctx.exchange.operation);
+        self.0.apply(ctx.body, ctx.host, &|body, visit| {
+            api.visit_request_texts(body, visit)
+        })
     }
 
-    fn regex_guard(&self) -> Option<&RegexGuard> {
-        Some(&self.0)
+    fn text_stage(&self) -> Option<&dyn TextStage> {
+        Some(&*self.0)
     }
 }
 
@@ -402,7 +408,10 @@ pub struct RegexResponseStage(pub Rc<RegexGuard>);
 
 impl ResponseStage for RegexResponseStage {
     fn start(&self, ctx: &mut ResponseCtx<'_>) -> Step {
-        self.0.apply(ctx.body, ctx.host, text::visit_answer)
+        let api = client_api::of_or_chat(ctx.exchange.operation);
+        self.0.apply(ctx.body, ctx.host, &|body, visit| {
+            api.visit_answer_texts(body, visit)
+        })
     }
 
     fn needs_whole_answer(&self) -> bool {
@@ -413,8 +422,8 @@ impl ResponseStage for RegexResponseStage {
         self.0.action == RegexAction::Reject
     }
 
-    fn regex_guard(&self) -> Option<&RegexGuard> {
-        Some(&self.0)
+    fn text_stage(&self) -> Option<&dyn TextStage> {
+        Some(&*self.0)
     }
 }
 

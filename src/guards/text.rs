@@ -110,34 +110,34 @@ fn visit_strings(value: &mut Value, visit: &mut Visitor<'_>) -> bool {
     }
 }
 
-/// Copies of every text of a request, in order.
-pub fn request_texts(body: &mut Value) -> Vec<String> {
-    let mut texts = Vec::new();
-    visit_request(body, &mut |text: &mut String| {
-        if !text.is_empty() {
-            texts.push(text.clone());
-        }
-        false
-    });
-    texts
-}
-
-/// Copies of every text of an answer, in order.
-pub fn answer_texts(body: &mut Value) -> Vec<String> {
-    let mut texts = Vec::new();
-    visit_answer(body, &mut |text: &mut String| {
-        if !text.is_empty() {
-            texts.push(text.clone());
-        }
-        false
-    });
-    texts
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn collect(body: &mut Value, request: bool) -> Vec<String> {
+        let mut texts = Vec::new();
+        let mut visit = |text: &mut String| {
+            if !text.is_empty() {
+                texts.push(text.clone());
+            }
+            false
+        };
+        if request {
+            visit_request(body, &mut visit);
+        } else {
+            visit_answer(body, &mut visit);
+        }
+        texts
+    }
+
+    fn request_texts(body: &mut Value) -> Vec<String> {
+        collect(body, true)
+    }
+
+    fn answer_texts(body: &mut Value) -> Vec<String> {
+        collect(body, false)
+    }
 
     fn upper(body: &mut Value, request: bool) -> bool {
         let mut visit = |text: &mut String| {

@@ -4,10 +4,13 @@
 //! rewritten: the model, `stream_options`, the masked strings. A body nothing changes is
 //! not written back at all.
 //!
-//! Each reader mirrors what the general path (`api::validate`, `text::visit_request`,
-//! `text::visit_answer`, the OpenAI codec) would do, and says `None` wherever it is not
-//! sure it would do the same: the caller then takes the general `Value` path, which also
-//! words every error. Nothing here has side effects.
+//! Each reader mirrors what the general path (the client API's `validate`,
+//! `text::visit_request`, `text::visit_answer`, the OpenAI codec) would do, and says `None`
+//! wherever it is not sure it would do the same: the caller then takes the general `Value`
+//! path, which also words every error. Nothing here has side effects. The client APIs
+//! (`client_api`) call these readers: `read_request` reads what every OpenAI request shares
+//! and hands the view to the API for its own fields (`read_messages`, `is_text_prompt`,
+//! `is_embeddings_input`).
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -15,7 +18,7 @@ use std::ops::Range;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::api::{Operation, ROLES, TEXT_PARTS};
+use crate::api::{ROLES, TEXT_PARTS};
 use crate::json_view::{self, Edits, Kind, Member};
 use crate::usage::Usage;
 
@@ -51,8 +54,9 @@ impl<'a> Text<'a> {
 
 // ---------------------------------------------------------------- views
 
+/// The members of an OpenAI request the readers look at, borrowed from the body.
 #[derive(Deserialize)]
-struct RequestView<'a> {
+pub struct RequestView<'a> {
     #[serde(borrow, default)]
     model: Member<'a>,
     #[serde(borrow, default)]
@@ -161,11 +165,17 @@ pub struct Request<'a> {
 }
 
 /// Reads a request body; None when the general path must (or may) see it differently.
-pub fn read_request(body: &str, operation: Operation) -> Option<Request<'_>> {
+/// `api_fields` checks the client API's own fields in the view (as its `validate` would)
+/// and reads their texts; the texts every OpenAI request's guards read (`prompt`, `suffix`,
+/// `input`, as `text::visit_request` does) follow.
+pub fn read_request<'a>(
+    body: &'a str,
+    api_fields: impl FnOnce(&RequestView<'a>, &mut Vec<Text<'a>>) -> Option<()>,
+) -> Option<Request<'a>> {
     if !json_view::nesting_within(body.as_bytes(), MAX_NESTING) {
         return None;
     }
-    let view: RequestView<'_> = serde_json::from_str(body).ok()?;
+    let view: RequestView<'a> = serde_json::from_str(body).ok()?;
     let open = body.find('{')?;
     let model = match view.model.0 {
         None => None,
@@ -185,52 +195,9 @@ pub fn read_request(body: &str, operation: Operation) -> Option<Request<'_>> {
         .and_then(json_view::as_bool)
         .unwrap_or(false);
     let mut texts = Vec::new();
-    match operation {
-        Operation::ChatCompletions => {
-            let messages = view.messages.as_ref()?;
-            if messages.is_empty() {
-                return None;
-            }
-            for message in messages {
-                if json_view::kind(message) != Kind::Object {
-                    return None; // "must be an object"
-                }
-                let message: MessageView<'_> = serde_json::from_str(message.get()).ok()?;
-                let role = json_view::as_str(message.role?)?;
-                if !ROLES.contains(&role.as_ref()) {
-                    return None;
-                }
-                let has_calls = message.tool_calls.map(json_view::kind) == Some(Kind::Array)
-                    || message.function_call.map(json_view::kind) == Some(Kind::Object);
-                if json_view::is_null(message.content) && !has_calls {
-                    return None; // content is required without tool calls
-                }
-                read_message(body, &message, 0, true, &mut texts)?;
-            }
-        }
-        // Checked below, with the prompt's texts.
-        Operation::Completions => {}
-        // A string or an array of strings (read below), or of tokens, as `api::validate`
-        // demands; anything else takes the general path, which refuses it.
-        Operation::Embeddings => {
-            let input: serde_json::Value = serde_json::from_str(view.input?.get()).ok()?;
-            crate::api::embeddings_input_shape(&input)?;
-        }
-        Operation::ListModels => return None,
-    }
-    // Every operation's guard reads these, as `text::visit_request` does.
-    let prompt = match view.prompt {
-        Some(raw) => Some(read_strings(body, raw, &mut texts)?),
-        None => None,
-    };
-    for raw in [view.suffix, view.input].into_iter().flatten() {
+    api_fields(&view, &mut texts)?;
+    for raw in [view.prompt, view.suffix, view.input].into_iter().flatten() {
         read_strings(body, raw, &mut texts)?;
-    }
-    // A string, or a non-empty array of strings (as `api::validate` demands).
-    if operation == Operation::Completions
-        && !matches!(prompt, Some(Strings::One | Strings::All(1..)))
-    {
-        return None;
     }
     let requested_model = match model {
         Some(raw) => Some(json_view::as_str(raw)?),
@@ -248,44 +215,72 @@ pub fn read_request(body: &str, operation: Operation) -> Option<Request<'_>> {
     })
 }
 
-/// What `read_strings` found.
-enum Strings {
-    /// A string.
-    One,
-    /// An array whose items are all strings, this many.
-    All(usize),
-    /// An array with other items, or another type.
-    Other,
+/// Chat's `messages`, checked as its `validate` demands, their texts read.
+pub fn read_messages<'a>(
+    body: &'a str,
+    view: &RequestView<'a>,
+    texts: &mut Vec<Text<'a>>,
+) -> Option<()> {
+    let messages = view.messages.as_ref()?;
+    if messages.is_empty() {
+        return None;
+    }
+    for message in messages {
+        if json_view::kind(message) != Kind::Object {
+            return None; // "must be an object"
+        }
+        let message: MessageView<'_> = serde_json::from_str(message.get()).ok()?;
+        let role = json_view::as_str(message.role?)?;
+        if !ROLES.contains(&role.as_ref()) {
+            return None;
+        }
+        let has_calls = message.tool_calls.map(json_view::kind) == Some(Kind::Array)
+            || message.function_call.map(json_view::kind) == Some(Kind::Object);
+        if json_view::is_null(message.content) && !has_calls {
+            return None; // content is required without tool calls
+        }
+        read_message(body, &message, 0, true, texts)?;
+    }
+    Some(())
+}
+
+/// Legacy completions' `prompt`: a string, or a non-empty array of strings (as its
+/// `validate` demands). Its texts are read with every request's.
+pub fn is_text_prompt(view: &RequestView<'_>) -> bool {
+    let Some(raw) = view.prompt else {
+        return false;
+    };
+    match json_view::kind(raw) {
+        Kind::String => true,
+        Kind::Array => serde_json::from_str::<Vec<&RawValue>>(raw.get())
+            .is_ok_and(|items| !items.is_empty() && items.iter().all(|item| is_string(Some(item)))),
+        _ => false,
+    }
+}
+
+/// Embeddings' `input`: one of the API's shapes (`api::embeddings_input_shape`). Its texts
+/// are read with every request's.
+pub fn is_embeddings_input(view: &RequestView<'_>) -> bool {
+    view.input
+        .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
+        .is_some_and(|input| crate::api::embeddings_input_shape(&input).is_some())
 }
 
 /// A string's text, or the strings of an array (other items skipped, as token arrays are).
-fn read_strings<'a>(
-    body: &'a str,
-    raw: &'a RawValue,
-    texts: &mut Vec<Text<'a>>,
-) -> Option<Strings> {
+fn read_strings<'a>(body: &'a str, raw: &'a RawValue, texts: &mut Vec<Text<'a>>) -> Option<()> {
     match json_view::kind(raw) {
-        Kind::String => {
-            texts.push(Text::read(body, raw, 0)?);
-            Some(Strings::One)
-        }
+        Kind::String => texts.push(Text::read(body, raw, 0)?),
         Kind::Array => {
             let items: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
-            let mut strings = 0;
-            for item in &items {
+            for item in items {
                 if is_string(Some(item)) {
                     texts.push(Text::read(body, item, 0)?);
-                    strings += 1;
                 }
             }
-            Some(if strings == items.len() {
-                Strings::All(strings)
-            } else {
-                Strings::Other
-            })
         }
-        _ => Some(Strings::Other),
+        _ => {}
     }
+    Some(())
 }
 
 /// The texts of a message, in `text::visit_message`'s order. `strict`: the request's
@@ -380,11 +375,12 @@ fn read_message<'a>(
 
 impl<'a> Request<'a> {
     /// What the OpenAI codec would change besides the texts: the model, and usage asked
-    /// for on a stream. None when only the general path can make the change.
+    /// for on a stream (`streams`: the client API streams at all). None when only the
+    /// general path can make the change.
     pub fn field_edits(
         &self,
         model: &str,
-        operation: Operation,
+        streams: bool,
         client_stream: bool,
         upstream_stream: bool,
     ) -> Option<Edits> {
@@ -404,7 +400,8 @@ impl<'a> Request<'a> {
                 edits.replace(after_open..after_open, member);
             }
         }
-        if operation == Operation::Embeddings {
+        if !streams {
+            // No stream options in an API that does not stream (embeddings).
             return Some(edits);
         }
         match (client_stream, upstream_stream) {

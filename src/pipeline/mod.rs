@@ -16,6 +16,7 @@ use std::rc::Rc;
 use serde_json::{json, Value};
 
 use crate::api::{self, Operation};
+use crate::client_api::{self, ClientApi};
 use crate::config::{Auth, Plan, Route};
 use crate::error::ApiError;
 use crate::host::{CalloutReply, Host};
@@ -75,6 +76,8 @@ pub struct Flow {
     route: usize,
     state: State,
     operation: Operation,
+    /// The client API of the request (`client_api`): everything API-specific goes through it.
+    api: &'static dyn ClientApi,
     request_headers: Vec<(String, String)>,
     started_ms: u64,
     request_body_size: usize,
@@ -130,6 +133,7 @@ impl Flow {
             route: 0,
             state: State::Passthrough,
             operation: Operation::ChatCompletions,
+            api: &client_api::chat::Chat,
             request_headers: Vec::new(),
             started_ms: 0,
             request_body_size: 0,
@@ -246,7 +250,8 @@ impl Flow {
                 .with_header("allow", operation.method()),
             );
         }
-        if operation == Operation::ListModels {
+        let Some(api) = client_api::of(operation) else {
+            // The model list: answered by the filter from the route's config.
             let body = list_models(route);
             host.send_response(
                 200,
@@ -255,8 +260,9 @@ impl Flow {
             );
             self.state = State::Answered;
             return Action::Pause;
-        }
-        if !route.provider.codec().supports(operation) {
+        };
+        self.api = api;
+        if api.translation(route.provider.codec()).is_none() {
             return self.reject(
                 host,
                 ApiError::invalid_request(
@@ -420,16 +426,16 @@ impl Flow {
         let route = plan.routes.get(self.route).ok_or_else(internal_error)?;
         let mut body = api::parse_body(bytes)?;
         route.shaping.apply(&mut body)?;
-        api::validate(self.operation, &body)?;
+        self.api.validate(&body)?;
         let requested = body.get("model").and_then(Value::as_str);
         let model = route.provider.resolve_model(requested)?.unwrap_or_default();
         route.provider.check_model_name(&model)?;
         if let Some(object) = body.as_object_mut() {
             object.insert("model".into(), Value::String(model.clone()));
         }
-        let client_stream = self.operation != Operation::Embeddings && api::is_stream(&body);
+        let client_stream = self.api.is_stream(&body);
         let upstream_stream = self.upstream_stream(route, client_stream);
-        let wants_usage = api::wants_stream_usage(&body);
+        let wants_usage = self.api.wants_stream_usage(&body);
         self.start_exchange(host, model, client_stream, upstream_stream, wants_usage);
         self.body = body;
         Ok(())
@@ -478,11 +484,11 @@ impl Flow {
         }
         let guards = (self.first_body_stage..)
             .map_while(|index| route.request_stage(index))
-            .map(|stage| stage.regex_guard())
+            .map(|stage| stage.text_stage())
             .collect::<Option<Vec<_>>>()?;
         let body = std::str::from_utf8(bytes).ok()?;
-        let mut request = in_place::read_request(body, self.operation)?;
-        let client_stream = self.operation != Operation::Embeddings && request.stream;
+        let mut request = self.api.read_request(body)?;
+        let client_stream = self.api.streams() && request.stream;
         let upstream_stream = self.upstream_stream(route, client_stream);
         let model = route
             .provider
@@ -495,8 +501,12 @@ impl Flow {
                 return Some(Progress::Rejected);
             }
             Ok(model) => {
-                let edits =
-                    request.field_edits(&model, self.operation, client_stream, upstream_stream)?;
+                let edits = request.field_edits(
+                    &model,
+                    self.api.streams(),
+                    client_stream,
+                    upstream_stream,
+                )?;
                 (model, edits)
             }
         };

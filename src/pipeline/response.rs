@@ -6,10 +6,10 @@ use std::rc::Rc;
 use serde_json::Value;
 
 use super::aggregate;
-use super::in_place;
 use super::stage::Step;
 use super::stream::{self, StreamProcessor};
 use super::{filter_state, Action, Flow, Progress, ResponseMode, Side, State};
+use crate::client_api::ClientApi;
 use crate::config::Route;
 use crate::encoding;
 use crate::error::ApiError;
@@ -24,7 +24,11 @@ impl Flow {
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
         headers.extend(error.headers.iter().cloned());
         headers.extend(self.notes.response_headers.iter().cloned());
-        host.send_response(error.status, &headers, &self.redacted(error.body()));
+        host.send_response(
+            error.status,
+            &headers,
+            &self.redacted(self.api.error_body(&error)),
+        );
         host.set_filter_state(filter_state::OUTCOME, &error.code);
         self.count_error(host, &error.code);
         self.state = State::Answered;
@@ -154,7 +158,8 @@ impl Flow {
                 codec.stream_decoder(&self.exchange),
                 filters,
                 !self.exchange.client_wants_usage,
-            );
+            )
+            .for_api(self.api);
             if !processor.is_passthrough() {
                 host.set_response_header("content-length", None);
             }
@@ -231,7 +236,7 @@ impl Flow {
                     self.relay_chunk(host, body_size, &chunk, None, end_of_stream);
                 }
                 if end_of_stream {
-                    self.exchange_usage = copy.usage(self.response_encoding.as_deref());
+                    self.exchange_usage = copy.usage(self.api, self.response_encoding.as_deref());
                     if self.exchange_usage.is_none() {
                         self.usage_estimate =
                             Some(usage::estimate(self.request_body_size, copy.total));
@@ -242,10 +247,26 @@ impl Flow {
                 Action::Continue
             }
             Some(ResponseMode::Stream(mut processor)) => {
-                let mut chunk = (body_size > 0)
-                    .then(|| host.response_body(0, body_size))
-                    .flatten()
-                    .unwrap_or_default();
+                // A broken stream's bytes are dropped below: no need to read them.
+                let read = if self.stream_broken {
+                    Some(Vec::new())
+                } else {
+                    self.read_answer(host, body_size)
+                };
+                let Some(mut chunk) = read else {
+                    // Never relay bytes the stream's guards could not read.
+                    self.stream_broken = true;
+                    self.stream_inflater = None;
+                    let error = unreadable_answer_body();
+                    let mut out = Vec::new();
+                    self.api.write_error_event(&error, &mut out);
+                    host.replace_response_body(0, body_size, &out);
+                    host.set_filter_state(filter_state::OUTCOME, &error.code);
+                    self.count_error(host, &error.code);
+                    self.account(host);
+                    self.response = Some(ResponseMode::Stream(processor));
+                    return Action::Continue;
+                };
                 let mut decoded = None;
                 if let Some(inflater) = &mut self.stream_inflater {
                     let mut out = Vec::with_capacity(chunk.len() * 4);
@@ -265,7 +286,7 @@ impl Flow {
                             self.stream_broken = true;
                             let error = unreadable_answer(&reason);
                             let mut out = Vec::new();
-                            stream::write_error_event(&error, &mut out);
+                            self.api.write_error_event(&error, &mut out);
                             host.replace_response_body(0, body_size, &out);
                             host.set_filter_state(filter_state::OUTCOME, &error.code);
                             self.count_error(host, &error.code);
@@ -318,8 +339,12 @@ impl Flow {
                 if !end_of_stream {
                     return Action::Pause;
                 }
-                let body = host.response_body(0, body_size).unwrap_or_default();
                 self.response_body_size = body_size;
+                let Some(body) = self.read_answer(host, body_size) else {
+                    // The upstream already failed; its status still reaches the client.
+                    self.finish_error_response(host, status, &[]);
+                    return Action::Continue;
+                };
                 let decoded =
                     encoding::decode(self.response_encoding.as_deref(), &body).unwrap_or_default();
                 self.finish_error_response(host, status, &decoded);
@@ -331,7 +356,10 @@ impl Flow {
                     return Action::Pause;
                 }
                 self.response_body_size = body_size;
-                let body = host.response_body(0, body_size).unwrap_or_default();
+                let Some(body) = self.read_answer(host, body_size) else {
+                    self.replace_with_error(host, unreadable_answer_body());
+                    return Action::Continue;
+                };
                 // Charged if the answer turns out to carry no usage.
                 self.usage_estimate = Some(usage::estimate(self.request_body_size, body.len()));
                 let body = match encoding::decode(self.response_encoding.as_deref(), &body) {
@@ -408,7 +436,7 @@ impl Flow {
         host.send_response(
             error.status,
             &[("content-type".to_string(), "application/json".to_string())],
-            &error.body(),
+            &self.api.error_body(&error),
         );
         host.set_filter_state(filter_state::OUTCOME, &error.code);
         self.count_error(host, &error.code);
@@ -431,10 +459,10 @@ impl Flow {
         }
         let guards = (0..)
             .map_while(|index| route.response_stage(index))
-            .map(|stage| stage.regex_guard())
+            .map(|stage| stage.text_stage())
             .collect::<Option<Vec<_>>>()?;
         let text = std::str::from_utf8(body).ok()?;
-        let mut answer = in_place::read_answer(text)?;
+        let mut answer = self.api.read_answer(text)?;
         self.exchange_usage = answer.usage;
         for guard in guards {
             if let Step::Reject(error) = guard.apply_in_place(&mut answer.texts, host) {
@@ -455,6 +483,27 @@ impl Flow {
         }
         self.account(host);
         Some(Progress::Done)
+    }
+
+    /// The answer's first `body_size` bytes from the host (none to read when 0). None, with a
+    /// log line, when the host could not give them all: a host failure, which the caller
+    /// turns into the gateway's own error, never the client's or the provider's.
+    fn read_answer(&self, host: &mut dyn Host, body_size: usize) -> Option<Vec<u8>> {
+        if body_size == 0 {
+            return Some(Vec::new());
+        }
+        match host.response_body(0, body_size) {
+            Some(bytes) if bytes.len() == body_size => Some(bytes),
+            read => {
+                log::warn!(
+                    "aigate: route {}: the host returned {} of the answer's {} bytes",
+                    self.route().map(|r| r.name.as_str()).unwrap_or_default(),
+                    read.map_or(0, |bytes| bytes.len()),
+                    body_size
+                );
+                None
+            }
+        }
     }
 
     /// Translates the buffered answer to an OpenAI `chat.completion` and reads its usage.
@@ -537,14 +586,14 @@ impl Flow {
         // error status, which SDKs raise before reading any stream.
         let bytes = if self.exchange.client_stream && !self.headers_held {
             let mut out = Vec::new();
-            stream::write_error_event(&error, &mut out);
+            self.api.write_error_event(&error, &mut out);
             out
         } else {
             if self.headers_held {
                 host.set_response_header(":status", Some(&error.status.to_string()));
                 host.set_response_header("content-type", Some("application/json"));
             }
-            error.body()
+            self.api.error_body(&error)
         };
         let bytes = self.redacted(bytes);
         host.replace_response_body(0, self.response_body_size, &bytes);
@@ -560,7 +609,7 @@ impl Flow {
         let body = redacted.as_deref().unwrap_or(body);
         let error = route.provider.codec().decode_error(status, body);
         // The buffered size, not `body.len()`: the body may have been decoded.
-        let bytes = self.redacted(error.body());
+        let bytes = self.redacted(self.api.error_body(&error));
         host.replace_response_body(0, self.response_body_size, &bytes);
         host.set_filter_state(filter_state::OUTCOME, &format!("upstream_{status}"));
         self.count_error(host, &format!("upstream_{status}"));
@@ -593,7 +642,7 @@ impl Flow {
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
         headers.extend(error.headers.iter().cloned());
         headers.extend(self.notes.response_headers.iter().cloned());
-        host.send_response(status, &headers, &error.body());
+        host.send_response(status, &headers, &self.api.error_body(error));
         self.response = None;
         host.set_filter_state(filter_state::OUTCOME, outcome);
         self.count_error(host, outcome);
@@ -804,14 +853,14 @@ impl Observed {
 
     /// The answer's usage: parsed from the whole answer, or found in the tail of one too
     /// large to keep (an encoded one is decoded first; its tail alone can not be).
-    fn usage(&self, content_encoding: Option<&str>) -> Option<Usage> {
+    fn usage(&self, api: &dyn ClientApi, content_encoding: Option<&str>) -> Option<Usage> {
         if self.tail_only {
             return encoding::is_identity(content_encoding)
-                .then(|| usage::from_json_tail(&self.kept))
+                .then(|| api.usage_from_json_tail(&self.kept))
                 .flatten();
         }
         let decoded = encoding::decode(content_encoding, &self.kept).ok()?;
-        usage::from_json(&decoded)
+        api.usage_from_json(&decoded)
     }
 }
 
@@ -821,4 +870,14 @@ impl Labels {
     fn as_refs(&self) -> Vec<(&str, &str)> {
         self.0.iter().map(|(k, v)| (*k, v.as_str())).collect()
     }
+}
+
+/// The host could not give the filter the answer's bytes: the gateway's failure.
+fn unreadable_answer_body() -> ApiError {
+    ApiError::new(
+        500,
+        "api_error",
+        "unreadable_response_body",
+        "The gateway could not read the provider's answer, so it was not relayed.",
+    )
 }

@@ -6,8 +6,8 @@ use std::fmt::Debug;
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::guards::regex_guard::RegexGuard;
 use crate::host::{Callout, CalloutReply, Host};
+use crate::pipeline::in_place::Text;
 use crate::providers::Exchange;
 use crate::sse::SseEvent;
 
@@ -59,14 +59,20 @@ impl Side {
     }
 }
 
+/// A stage that needs nothing but the body's texts (read in place, `in_place::Text`): it
+/// decides and rewrites them as its `start` would on the parsed body.
+pub trait TextStage {
+    fn apply_in_place(&self, texts: &mut [Text<'_>], host: &mut dyn Host) -> Step;
+}
+
 pub trait RequestStage: Debug {
     fn start(&self, ctx: &mut RequestCtx<'_>) -> Step;
     fn on_reply(&self, _ctx: &mut RequestCtx<'_>, _reply: &CalloutReply) -> Step {
         Step::Next
     }
-    /// The regex guard this stage is, if it is one: the body can then be rewritten in
-    /// place (`in_place`) when every stage is.
-    fn regex_guard(&self) -> Option<&RegexGuard> {
+    /// The stage as one that reads and rewrites only the body's texts, if it is one: the
+    /// body can then be rewritten in place (`in_place`) when every stage is.
+    fn text_stage(&self) -> Option<&dyn TextStage> {
         None
     }
 }
@@ -105,8 +111,8 @@ pub trait ResponseStage: Debug {
     /// instructions). Needs the response headers held, which only
     /// `allow_on_headers_stop_iteration` allows; without it the config is refused.
     fn sets_status(&self) -> bool;
-    /// As `RequestStage::regex_guard`.
-    fn regex_guard(&self) -> Option<&RegexGuard> {
+    /// As `RequestStage::text_stage`.
+    fn text_stage(&self) -> Option<&dyn TextStage> {
         None
     }
 }

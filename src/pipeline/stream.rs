@@ -5,6 +5,7 @@
 use serde_json::{json, Value};
 
 use super::stage::EventFilter;
+use crate::client_api::{self, ClientApi};
 use crate::error::ApiError;
 use crate::host::Host;
 use crate::providers::StreamDecoder;
@@ -12,6 +13,8 @@ use crate::sse::{SseEvent, SseParser};
 use crate::usage::{self, Usage};
 
 pub struct StreamProcessor {
+    /// The client API the stream answers: its usage events and error events.
+    api: &'static dyn ClientApi,
     parser: SseParser,
     decoder: Option<Box<dyn StreamDecoder>>,
     filters: Vec<Box<dyn EventFilter>>,
@@ -40,6 +43,7 @@ impl StreamProcessor {
         strip_usage_chunk: bool,
     ) -> Self {
         StreamProcessor {
+            api: &client_api::chat::Chat,
             parser: SseParser::new(),
             decoder,
             filters,
@@ -54,6 +58,12 @@ impl StreamProcessor {
             events: Vec::new(),
             openai_events: Vec::new(),
         }
+    }
+
+    /// The stream answers `api` (chat completions unless set).
+    pub fn for_api(mut self, api: &'static dyn ClientApi) -> Self {
+        self.api = api;
+        self
     }
 
     /// True when the stream's bytes pass unchanged and are only observed.
@@ -158,7 +168,7 @@ impl StreamProcessor {
             result = decoded;
         }
         if let Err(error) = result {
-            write_error_event(&error, &mut out);
+            self.api.write_error_event(&error, &mut out);
             if let Some(outcome) = outcome {
                 self.note_error(&outcome);
             }
@@ -231,7 +241,7 @@ impl StreamProcessor {
         if let Some(code) = in_band_error(&event.data) {
             self.note_error(&code);
         }
-        if let Some(found) = usage::from_stream_event(&event.data) {
+        if let Some(found) = self.api.usage_from_event(&event.data) {
             self.usage = Some(found);
         }
         if crate::find::contains(&event.data, "\"delta\"") {
@@ -293,13 +303,6 @@ fn is_usage_only_chunk(event: &SseEvent) -> bool {
                 .and_then(Value::as_array)
                 .is_some_and(Vec::is_empty)
         })
-}
-
-/// Ends a stream in-band: OpenAI clients raise an error when an event carries `error`.
-pub fn write_error_event(error: &ApiError, out: &mut Vec<u8>) {
-    let body = String::from_utf8_lossy(&error.body()).into_owned();
-    SseEvent::data(body).write_to(out);
-    SseEvent::data("[DONE]").write_to(out);
 }
 
 /// Turns a whole `chat.completion` into the SSE stream a streaming client expects: one
