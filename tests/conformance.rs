@@ -14,9 +14,9 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use aigate::config::{parse_and_compile, Plan};
-use aigate::host::RecordingHost;
-use aigate::pipeline::{Action, Flow};
+use aigate_core::config::{parse_and_compile, Plan};
+use aigate_core::host::RecordingHost;
+use aigate_core::pipeline::{Action, Flow};
 use serde_json::{json, Value};
 
 /// Fixtures (provider/direction/name) whose expectation aigate does not meet, and why.

@@ -5,11 +5,11 @@
 
 use std::rc::Rc;
 
-use aigate::config::{parse_and_compile, Plan};
-use aigate::host::RecordingHost;
-use aigate::limits::ledger::Table;
-use aigate::limits::local::shard_name;
-use aigate::pipeline::{Action, Flow};
+use aigate_core::config::{parse_and_compile, Plan};
+use aigate_core::host::RecordingHost;
+use aigate_core::limits::ledger::Table;
+use aigate_core::limits::local::shard_name;
+use aigate_core::pipeline::{Action, Flow};
 use serde_json::{json, Value};
 
 fn plan(route: Value, mode_a: bool) -> Rc<Plan> {

@@ -4,9 +4,9 @@
 
 use std::rc::Rc;
 
-use aigate::config::parse_and_compile;
-use aigate::host::{CalloutReply, RecordingHost};
-use aigate::pipeline::{Action, Flow};
+use aigate_core::config::parse_and_compile;
+use aigate_core::host::{CalloutReply, RecordingHost};
+use aigate_core::pipeline::{Action, Flow};
 use serde_json::{json, Value};
 
 fn env(name: &str) -> Option<String> {

@@ -5,12 +5,12 @@
 
 use std::rc::Rc;
 
-use aigate::config::{parse_and_compile, Plan};
-use aigate::host::{CalloutKind, CalloutReply, RecordingHost};
-use aigate::limits::ledger::Table;
-use aigate::limits::local::shard_name;
-use aigate::limits::proto;
-use aigate::pipeline::{Action, Flow};
+use aigate_core::config::{parse_and_compile, Plan};
+use aigate_core::host::{CalloutKind, CalloutReply, RecordingHost};
+use aigate_core::limits::ledger::Table;
+use aigate_core::limits::local::shard_name;
+use aigate_core::limits::proto;
+use aigate_core::pipeline::{Action, Flow};
 use serde_json::{json, Value};
 
 const ANSWER: &[u8] = br#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"yo"},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}}"#;

@@ -4,10 +4,10 @@
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
-use aigate::config::{parse_and_compile, Plan};
-use aigate::host::RecordingHost;
-use aigate::metrics;
-use aigate::pipeline::Flow;
+use aigate_core::config::{parse_and_compile, Plan};
+use aigate_core::host::RecordingHost;
+use aigate_core::metrics;
+use aigate_core::pipeline::Flow;
 use serde_json::{json, Value};
 
 fn plan(provider: Value) -> Rc<Plan> {

@@ -4,9 +4,9 @@
 
 use std::rc::Rc;
 
-use aigate::config::{parse_and_compile, Plan};
-use aigate::host::RecordingHost;
-use aigate::pipeline::{Action, Flow};
+use aigate_core::config::{parse_and_compile, Plan};
+use aigate_core::host::RecordingHost;
+use aigate_core::pipeline::{Action, Flow};
 use serde_json::{json, Value};
 
 fn plan(config: Value) -> Rc<Plan> {
@@ -306,7 +306,7 @@ fn json_answer_passes_unchanged_and_usage_is_counted() {
     assert_eq!(client, answer.to_vec());
     let usage = |t: &str| {
         host.histogram_total(
-            aigate::metrics::TOKEN_USAGE,
+            aigate_core::metrics::TOKEN_USAGE,
             &[
                 ("route", "chat"),
                 ("gen_ai.provider.name", "openai"),
@@ -321,7 +321,7 @@ fn json_answer_passes_unchanged_and_usage_is_counted() {
     );
     assert_eq!(
         host.counter_total(
-            aigate::metrics::REQUESTS,
+            aigate_core::metrics::REQUESTS,
             &[("gen_ai.request.model", "gpt-4o")]
         ),
         1

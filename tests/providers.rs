@@ -6,9 +6,9 @@
 
 use std::rc::Rc;
 
-use aigate::config::{parse_and_compile, Plan};
-use aigate::host::RecordingHost;
-use aigate::pipeline::{Action, Flow};
+use aigate_core::config::{parse_and_compile, Plan};
+use aigate_core::host::RecordingHost;
+use aigate_core::pipeline::{Action, Flow};
 use serde_json::{json, Value};
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -144,7 +144,7 @@ fn tokens(host: &RecordingHost, provider: &str, model: &str) -> (u64, u64, u64) 
     };
     let count = |kind: &str| {
         host.histogram_total(
-            aigate::metrics::TOKEN_USAGE,
+            aigate_core::metrics::TOKEN_USAGE,
             &[
                 ("route", "llm"),
                 ("gen_ai.provider.name", provider),
