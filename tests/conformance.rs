@@ -14,10 +14,12 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use aigate_core::config::{parse_and_compile, Plan};
+use aigate_core::config::Plan;
 use aigate_core::host::RecordingHost;
-use aigate_core::pipeline::{Action, Flow};
+use aigate_core::pipeline::Flow;
 use serde_json::{json, Value};
+
+mod support;
 
 /// Fixtures (provider/direction/name) whose expectation aigate does not meet, and why.
 const SKIPPED: &[(&str, &str)] = &[
@@ -51,7 +53,7 @@ fn plan(provider: &str, model: &str, mode_a: bool) -> Rc<Plan> {
         "allow_on_headers_stop_iteration": mode_a,
         "routes": [{"name": "llm", "match": {"route_name": "llm"}, "provider": config}],
     });
-    Rc::new(parse_and_compile(config.to_string().as_bytes(), &|_: &str| None).unwrap())
+    support::compile(&config, &support::no_env)
 }
 
 fn send(plan: &Rc<Plan>, body: &Value) -> (Flow, RecordingHost) {
@@ -81,24 +83,14 @@ fn respond(
     content_type: &str,
     body: &[u8],
 ) -> Vec<u8> {
-    host.response_headers = vec![
-        (":status".into(), status.to_string()),
-        ("content-type".into(), content_type.into()),
-    ];
-    flow.on_response_headers(host, false);
     let half = body.len() / 2;
-    let mut client = Vec::new();
-    let mut buffered = Vec::new();
-    for (index, chunk) in [&body[..half], &body[half..]].iter().enumerate() {
-        let end = index == 1;
-        buffered.extend_from_slice(chunk);
-        host.response_body = buffered.clone();
-        if flow.on_response_body(host, buffered.len(), end) == Action::Continue {
-            client.extend_from_slice(&host.response_body);
-            buffered.clear();
-        }
-    }
-    client
+    support::respond(
+        flow,
+        host,
+        status,
+        content_type,
+        &[&body[..half], &body[half..]],
+    )
 }
 
 // ---------------------------------------------------------------- JSON Schema subset

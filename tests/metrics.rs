@@ -4,15 +4,17 @@
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
-use aigate_core::config::{parse_and_compile, Plan};
+use aigate_core::config::Plan;
 use aigate_core::host::RecordingHost;
 use aigate_core::metrics;
 use aigate_core::pipeline::Flow;
 use serde_json::{json, Value};
 
+mod support;
+
 fn plan(provider: Value) -> Rc<Plan> {
     let config = json!({"routes": [{"name": "chat", "provider": provider}]});
-    Rc::new(parse_and_compile(config.to_string().as_bytes(), &|_: &str| None).unwrap())
+    support::compile(&config, &support::no_env)
 }
 
 /// One whole exchange; returns the counter names it created.
@@ -31,11 +33,7 @@ fn exchange(plan: &Rc<Plan>, model: &str) -> Vec<String> {
     let size = host.request_body.len();
     flow.on_request_body(&mut host, size, true);
     assert!(host.local_response.is_none(), "{:?}", host.local_response);
-    host.response_headers = vec![
-        (":status".into(), "200".into()),
-        ("content-type".into(), "application/json".into()),
-    ];
-    flow.on_response_headers(&mut host, false);
+    support::answer_headers(&mut flow, &mut host, 200, "application/json");
     let answer = json!({"id": "c", "object": "chat.completion", "model": model,
         "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
