@@ -58,20 +58,20 @@ fn plan(provider: &str, model: &str, mode_a: bool) -> Rc<Plan> {
 
 fn send(plan: &Rc<Plan>, body: &Value) -> (Flow, RecordingHost) {
     let body = body.to_string().into_bytes();
-    let mut host = RecordingHost::new();
-    host.request_headers = vec![
-        (":method".into(), "POST".into()),
-        (":path".into(), "/v1/chat/completions".into()),
-        (":authority".into(), "gateway.local".into()),
-        ("content-type".into(), "application/json".into()),
-        ("content-length".into(), body.len().to_string()),
-    ];
-    host.request_body = body;
+    let length = body.len().to_string();
+    let mut host = support::request_host(
+        &[
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            (":authority", "gateway.local"),
+            ("content-type", "application/json"),
+            ("content-length", &length),
+        ],
+        body,
+    );
     host.set_property_value(&["xds", "route_name"], b"llm");
     let mut flow = Flow::new(Rc::clone(plan));
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    support::send_whole(&mut flow, &mut host);
     (flow, host)
 }
 

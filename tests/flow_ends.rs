@@ -29,18 +29,17 @@ fn plan(route: Value, mode_a: bool) -> Rc<Plan> {
 }
 
 fn host_for(body: &Value) -> RecordingHost {
-    let bytes = body.to_string().into_bytes();
-    let mut host = RecordingHost::new();
-    host.request_headers = vec![
-        (":method".into(), "POST".into()),
-        (":path".into(), "/v1/chat/completions".into()),
-        (":authority".into(), "gw.local".into()),
-        ("authorization".into(), "Bearer client".into()),
-        ("content-type".into(), "application/json".into()),
-        ("x-user-id".into(), "u1".into()),
-    ];
-    host.request_body = bytes;
-    host
+    support::request_host(
+        &[
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            (":authority", "gw.local"),
+            ("authorization", "Bearer client"),
+            ("content-type", "application/json"),
+            ("x-user-id", "u1"),
+        ],
+        body.to_string().into_bytes(),
+    )
 }
 
 /// Request headers, then the body in two DATA callbacks without end of stream, then the

@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 use std::rc::Rc;
 
 use aigate_core::config::Plan;
-use aigate_core::host::RecordingHost;
 use aigate_core::metrics;
 use aigate_core::pipeline::Flow;
 use serde_json::{json, Value};
@@ -20,18 +19,17 @@ fn plan(provider: Value) -> Rc<Plan> {
 /// One whole exchange; returns the counter names it created.
 fn exchange(plan: &Rc<Plan>, model: &str) -> Vec<String> {
     let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string();
-    let mut host = RecordingHost::new();
-    host.request_headers = vec![
-        (":method".into(), "POST".into()),
-        (":path".into(), "/v1/chat/completions".into()),
-        (":authority".into(), "localhost".into()),
-        ("content-type".into(), "application/json".into()),
-    ];
-    host.request_body = body.into_bytes();
+    let mut host = support::request_host(
+        &[
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            (":authority", "localhost"),
+            ("content-type", "application/json"),
+        ],
+        body.into_bytes(),
+    );
     let mut flow = Flow::new(Rc::clone(plan));
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    support::send_whole(&mut flow, &mut host);
     assert!(host.local_response.is_none(), "{:?}", host.local_response);
     support::answer_headers(&mut flow, &mut host, 200, "application/json");
     let answer = json!({"id": "c", "object": "chat.completion", "model": model,

@@ -52,16 +52,18 @@ fn gemini_fixed(mode_a: bool) -> Rc<Plan> {
 
 fn request(body: &Value) -> RecordingHost {
     let body = body.to_string().into_bytes();
-    let mut host = RecordingHost::new();
-    host.request_headers = vec![
-        (":method".into(), "POST".into()),
-        (":path".into(), "/v1/chat/completions".into()),
-        (":authority".into(), "gateway.local".into()),
-        ("authorization".into(), "Bearer client-key".into()),
-        ("content-type".into(), "application/json".into()),
-        ("content-length".into(), body.len().to_string()),
-    ];
-    host.request_body = body;
+    let length = body.len().to_string();
+    let mut host = support::request_host(
+        &[
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            (":authority", "gateway.local"),
+            ("authorization", "Bearer client-key"),
+            ("content-type", "application/json"),
+            ("content-length", &length),
+        ],
+        body,
+    );
     host.set_property_value(&["xds", "route_name"], b"llm");
     host
 }

@@ -29,19 +29,19 @@ fn start(kind: &str, stream: bool) -> (Flow, RecordingHost) {
     let body = json!({"model": "m-1", "stream": stream,
                       "messages": [{"role": "user", "content": "hi"}]})
     .to_string();
-    let mut host = RecordingHost::new();
-    host.request_headers = vec![
-        (":method".into(), "POST".into()),
-        (":path".into(), "/v1/chat/completions".into()),
-        (":authority".into(), "localhost:10000".into()),
-        ("content-type".into(), "application/json".into()),
-        ("content-length".into(), body.len().to_string()),
-    ];
-    host.request_body = body.into_bytes();
+    let length = body.len().to_string();
+    let mut host = support::request_host(
+        &[
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            (":authority", "localhost:10000"),
+            ("content-type", "application/json"),
+            ("content-length", &length),
+        ],
+        body.into_bytes(),
+    );
     let mut flow = Flow::new(plan(kind));
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    support::send_whole(&mut flow, &mut host);
     assert!(host.local_response.is_none());
     (flow, host)
 }
