@@ -93,11 +93,13 @@ oci: release
 	$(PYTHON) deploy/oci_image.py $(RELEASE_WASM) $(OCI_LAYOUT) --tag $(OCI_TAG)
 
 ## lint: formatting, clippy on every crate (native; the filter and core for wasm, with and
-##   without phase-profile), and the one-way layer check (tools/layers.py, with its self-test)
+##   without phase-profile), and the one-way layer check (tools/layers.py, with its self-test).
+##   The wasm clippy names no package: it checks what the standard `cargo build --target
+##   wasm32-wasip1` at the root selects (core + filter), and fails if the native-only CLI joins.
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy --target $(WASM_TARGET) -p aigate-core -p aigate -- -D warnings
+	cargo clippy --target $(WASM_TARGET) -- -D warnings
 	cargo clippy --target $(WASM_TARGET) -p aigate --features phase-profile -- -D warnings
 	$(PYTHON) tools/layers.py --self-test
 	$(PYTHON) tools/layers.py
