@@ -43,14 +43,15 @@ toolchain:
 	rustup target add $(WASM_TARGET)
 	rustup component add clippy rustfmt
 
-## wasm: the filter (--lib: the aigate CLI bin is native only and must not overwrite aigate.wasm)
+## wasm: the filter crate (filter/, package aigate) as target/wasm32-wasip1/release/aigate.wasm
+##   (what the standard `cargo build --release --target wasm32-wasip1` at the root builds too)
 wasm:
-	cargo build --release --target $(WASM_TARGET) --lib
+	cargo build --release --target $(WASM_TARGET) -p aigate
 	@ls -l $(WASM)
 
-## cli: the native aigate CLI (aigate check CONFIG.json, aigate explain CONFIG.json REQUEST.json)
+## cli: the native aigate CLI (cli/, package aigate-cli: aigate check CONFIG.json, aigate explain CONFIG.json REQUEST.json)
 cli:
-	cargo build --release --bin aigate
+	cargo build --release -p aigate-cli --bin aigate
 	@ls -l target/release/aigate
 
 # wasm-opt from npm's binaryen package, installed into tools/binaryen by `npm ci` (the version
@@ -91,16 +92,21 @@ oci: release
 	rm -rf $(OCI_LAYOUT)
 	$(PYTHON) deploy/oci_image.py $(RELEASE_WASM) $(OCI_LAYOUT) --tag $(OCI_TAG)
 
-## lint: formatting and clippy, native and wasm
+## lint: formatting, clippy on every crate (native; the filter and core for wasm, with and
+##   without phase-profile), and the one-way layer check (tools/layers.py, with its self-test).
+##   The wasm clippy names no package: it checks what the standard `cargo build --target
+##   wasm32-wasip1` at the root selects (core + filter), and fails if the native-only CLI joins.
 lint:
-	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
-	cargo clippy --target $(WASM_TARGET) --lib -- -D warnings
-	cargo clippy --target $(WASM_TARGET) --lib --features phase-profile -- -D warnings
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target $(WASM_TARGET) -- -D warnings
+	cargo clippy --target $(WASM_TARGET) -p aigate --features phase-profile -- -D warnings
+	$(PYTHON) tools/layers.py --self-test
+	$(PYTHON) tools/layers.py
 
-## unit: native Rust tests
+## unit: native Rust tests of every crate (core, filter, CLI)
 unit:
-	cargo test
+	cargo test --workspace
 
 ## e2e: real Envoy + mocks + real clients (binaryen: the wasm-opt build is tested too)
 e2e: venv wasm bench-tools binaryen
@@ -156,7 +162,7 @@ bench-tools:
 
 ## bench-profile: aigate with per-phase timing inside the VM (the bench's "where the time goes" pass)
 bench-profile:
-	cargo build --release --target $(WASM_TARGET) --lib --features phase-profile --target-dir $(BENCH_TARGET)/profile
+	cargo build --release --target $(WASM_TARGET) -p aigate --features phase-profile --target-dir $(BENCH_TARGET)/profile
 
 ## wrk: the load generator, from Debian's packages when missing
 wrk:

@@ -9,9 +9,9 @@
 
 use std::time::Instant;
 
-use aigate::config::model::{NamedPatternConfig, RegexAction, RegexGuardConfig};
-use aigate::guards::engine::ENGINE;
-use aigate::guards::regex_guard::Scanner;
+use aigate_core::config::model::{NamedPatternConfig, RegexAction, RegexGuardConfig};
+use aigate_core::guards::engine::ENGINE;
+use aigate_core::guards::regex_guard::Scanner;
 
 const WORDS: [&str; 24] = [
     "the",

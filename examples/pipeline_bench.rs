@@ -17,10 +17,10 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use aigate::config::{parse_and_compile, Plan};
-use aigate::counting_host::CountingHost;
-use aigate::host::RecordingHost;
-use aigate::pipeline::Flow;
+use aigate_core::config::{parse_and_compile, Plan};
+use aigate_core::counting_host::CountingHost;
+use aigate_core::host::RecordingHost;
+use aigate_core::pipeline::Flow;
 
 const DEFAULT_ROUTE: &str = "integration/bench/route.json";
 const FALLBACK_ROUTE: &str = "integration/bench/route-noguards.json";
@@ -294,7 +294,7 @@ fn main() {
         ));
     }
     println!();
-    println!("request body steps (median µs): parse, clone, serialize with serde_json and with aigate::json");
+    println!("request body steps (median µs): parse, clone, serialize with serde_json and with aigate_core::json");
     for (name, size, stream) in cases {
         // Under a fixed count (callgrind) these timed steps would only add noise.
         if only.as_deref().is_some_and(|only| only != name) || stream || fixed_iters.is_some() {
@@ -326,10 +326,10 @@ fn main() {
             std::hint::black_box(serde_json::to_vec(&value).ok());
         });
         let fast = step(&|| {
-            std::hint::black_box(aigate::json::to_vec(&value, body.len()));
+            std::hint::black_box(aigate_core::json::to_vec(&value, body.len()));
         });
         println!(
-            "  {name:<12} parse {parse:>8.1}  clone {clone:>8.1}  serde_json {serde:>8.1}  aigate::json {fast:>8.1}"
+            "  {name:<12} parse {parse:>8.1}  clone {clone:>8.1}  serde_json {serde:>8.1}  aigate_core::json {fast:>8.1}"
         );
     }
     println!();

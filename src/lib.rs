@@ -1,11 +1,10 @@
-//! aigate: an AI gateway as one proxy-wasm filter for Envoy.
+//! aigate-core: the logic of aigate, an AI gateway as one proxy-wasm filter for Envoy.
 //!
-//! Everything but `plugin` is plain Rust with no proxy-wasm dependency, so the whole request
-//! pipeline runs natively in tests through the `host::Host` trait.
+//! Plain Rust with no proxy-wasm dependency, so the whole request pipeline runs natively in
+//! tests through the `host::Host` trait. The filter crate (`filter/`, the only proxy-wasm user)
+//! and the CLI crate (`cli/`) sit on top of it; ARCHITECTURE.md has the layers.
 
 pub mod api;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod cli;
 pub mod client_api;
 pub mod config;
 pub mod counting_host;
@@ -25,6 +24,3 @@ pub mod shaping;
 pub mod sse;
 pub mod transform;
 pub mod usage;
-
-#[cfg(target_arch = "wasm32")]
-mod plugin;

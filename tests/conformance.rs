@@ -14,10 +14,12 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use aigate::config::{parse_and_compile, Plan};
-use aigate::host::RecordingHost;
-use aigate::pipeline::{Action, Flow};
+use aigate_core::config::Plan;
+use aigate_core::host::RecordingHost;
+use aigate_core::pipeline::Flow;
 use serde_json::{json, Value};
+
+mod support;
 
 /// Fixtures (provider/direction/name) whose expectation aigate does not meet, and why.
 const SKIPPED: &[(&str, &str)] = &[
@@ -51,25 +53,25 @@ fn plan(provider: &str, model: &str, mode_a: bool) -> Rc<Plan> {
         "allow_on_headers_stop_iteration": mode_a,
         "routes": [{"name": "llm", "match": {"route_name": "llm"}, "provider": config}],
     });
-    Rc::new(parse_and_compile(config.to_string().as_bytes(), &|_: &str| None).unwrap())
+    support::compile(&config, &support::no_env)
 }
 
 fn send(plan: &Rc<Plan>, body: &Value) -> (Flow, RecordingHost) {
     let body = body.to_string().into_bytes();
-    let mut host = RecordingHost::new();
-    host.request_headers = vec![
-        (":method".into(), "POST".into()),
-        (":path".into(), "/v1/chat/completions".into()),
-        (":authority".into(), "gateway.local".into()),
-        ("content-type".into(), "application/json".into()),
-        ("content-length".into(), body.len().to_string()),
-    ];
-    host.request_body = body;
+    let length = body.len().to_string();
+    let mut host = support::request_host(
+        &[
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            (":authority", "gateway.local"),
+            ("content-type", "application/json"),
+            ("content-length", &length),
+        ],
+        body,
+    );
     host.set_property_value(&["xds", "route_name"], b"llm");
     let mut flow = Flow::new(Rc::clone(plan));
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    support::send_whole(&mut flow, &mut host);
     (flow, host)
 }
 
@@ -81,24 +83,14 @@ fn respond(
     content_type: &str,
     body: &[u8],
 ) -> Vec<u8> {
-    host.response_headers = vec![
-        (":status".into(), status.to_string()),
-        ("content-type".into(), content_type.into()),
-    ];
-    flow.on_response_headers(host, false);
     let half = body.len() / 2;
-    let mut client = Vec::new();
-    let mut buffered = Vec::new();
-    for (index, chunk) in [&body[..half], &body[half..]].iter().enumerate() {
-        let end = index == 1;
-        buffered.extend_from_slice(chunk);
-        host.response_body = buffered.clone();
-        if flow.on_response_body(host, buffered.len(), end) == Action::Continue {
-            client.extend_from_slice(&host.response_body);
-            buffered.clear();
-        }
-    }
-    client
+    support::respond(
+        flow,
+        host,
+        status,
+        content_type,
+        &[&body[..half], &body[half..]],
+    )
 }
 
 // ---------------------------------------------------------------- JSON Schema subset

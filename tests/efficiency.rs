@@ -5,11 +5,11 @@
 
 use std::rc::Rc;
 
-use aigate::config::{parse_and_compile, Plan};
-use aigate::counting_host::CountingHost;
-use aigate::host::RecordingHost;
-use aigate::pipeline::{Action, Flow};
-use aigate::sse::{SseEvent, SseParser};
+use aigate_core::config::{parse_and_compile, Plan};
+use aigate_core::counting_host::CountingHost;
+use aigate_core::host::RecordingHost;
+use aigate_core::pipeline::{Action, Flow};
+use aigate_core::sse::{SseEvent, SseParser};
 use serde_json::json;
 
 const SECRET: &str = "sk-upstream-secret";

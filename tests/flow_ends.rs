@@ -5,12 +5,15 @@
 
 use std::rc::Rc;
 
-use aigate::config::{parse_and_compile, Plan};
-use aigate::host::RecordingHost;
-use aigate::limits::ledger::Table;
-use aigate::limits::local::shard_name;
-use aigate::pipeline::{Action, Flow};
+use aigate_core::config::Plan;
+use aigate_core::host::RecordingHost;
+use aigate_core::limits::ledger::Table;
+use aigate_core::limits::local::shard_name;
+use aigate_core::pipeline::{Action, Flow};
 use serde_json::{json, Value};
+
+mod support;
+use support::sse;
 
 fn plan(route: Value, mode_a: bool) -> Rc<Plan> {
     let mut base = json!({
@@ -22,22 +25,21 @@ fn plan(route: Value, mode_a: bool) -> Rc<Plan> {
         base[key] = value.clone();
     }
     let config = json!({"allow_on_headers_stop_iteration": mode_a, "routes": [base]});
-    Rc::new(parse_and_compile(config.to_string().as_bytes(), &|_: &str| None).unwrap())
+    support::compile(&config, &support::no_env)
 }
 
 fn host_for(body: &Value) -> RecordingHost {
-    let bytes = body.to_string().into_bytes();
-    let mut host = RecordingHost::new();
-    host.request_headers = vec![
-        (":method".into(), "POST".into()),
-        (":path".into(), "/v1/chat/completions".into()),
-        (":authority".into(), "gw.local".into()),
-        ("authorization".into(), "Bearer client".into()),
-        ("content-type".into(), "application/json".into()),
-        ("x-user-id".into(), "u1".into()),
-    ];
-    host.request_body = bytes;
-    host
+    support::request_host(
+        &[
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            (":authority", "gw.local"),
+            ("authorization", "Bearer client"),
+            ("content-type", "application/json"),
+            ("x-user-id", "u1"),
+        ],
+        body.to_string().into_bytes(),
+    )
 }
 
 /// Request headers, then the body in two DATA callbacks without end of stream, then the
@@ -71,22 +73,12 @@ fn chat(content: &str, stream: bool) -> Value {
     json!({"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": content}]})
 }
 
-fn sse(data: &Value) -> String {
-    format!("data: {data}\n\n")
-}
-
 fn chunk(content: &str) -> Value {
     json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
         "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]})
 }
 
-fn start_answer(flow: &mut Flow, host: &mut RecordingHost, status: u16, content_type: &str) {
-    host.response_headers = vec![
-        (":status".into(), status.to_string()),
-        ("content-type".into(), content_type.into()),
-    ];
-    flow.on_response_headers(host, false);
-}
+use support::answer_headers as start_answer;
 
 // ------------------------------------------------------------------ item 1: trailers
 

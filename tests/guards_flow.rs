@@ -1,13 +1,12 @@
 //! Guards through the whole pipeline (`Flow`) with the recording host: callouts dispatched,
 //! replies fed back, failures in both failure modes, rejections, masks and streams.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use std::rc::Rc;
-
-use aigate::config::parse_and_compile;
-use aigate::host::{CalloutReply, RecordingHost};
-use aigate::pipeline::{Action, Flow};
+use aigate_core::host::{CalloutReply, RecordingHost};
+use aigate_core::pipeline::{Action, Flow};
 use serde_json::{json, Value};
+
+mod support;
+use support::{local_error as local, reply};
 
 fn env(name: &str) -> Option<String> {
     (name == "GUARD_KEY").then(|| "gk-secret".to_string())
@@ -18,8 +17,7 @@ fn flow(guards: Value, mode_a: bool) -> Flow {
         "allow_on_headers_stop_iteration": mode_a,
         "routes": [{"name": "chat", "provider": {"kind": "openai", "auth": {"key": {"value": "sk-up"}}}, "guards": guards}]
     });
-    let plan = parse_and_compile(config.to_string().as_bytes(), &env).unwrap();
-    Flow::new(Rc::new(plan))
+    Flow::new(support::compile(&config, &env))
 }
 
 fn chat(content: Value) -> Value {
@@ -43,24 +41,7 @@ fn send(flow: &mut Flow, host: &mut RecordingHost, body: &Value, content_type: &
 }
 
 fn upstream_body(host: &RecordingHost) -> Value {
-    serde_json::from_slice(&host.request_body).unwrap()
-}
-
-fn local(host: &RecordingHost) -> (u16, Value) {
-    let response = host.local_response.as_ref().expect("a local response");
-    (
-        response.status,
-        serde_json::from_slice(&response.body).unwrap(),
-    )
-}
-
-fn reply(status: u16, body: Value) -> CalloutReply {
-    CalloutReply {
-        status,
-        headers: vec![(":status".into(), status.to_string())],
-        body: body.to_string().into_bytes(),
-        grpc_status: None,
-    }
+    support::json_of(&host.request_body)
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {

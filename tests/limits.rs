@@ -5,13 +5,15 @@
 
 use std::rc::Rc;
 
-use aigate::config::{parse_and_compile, Plan};
-use aigate::host::{CalloutKind, CalloutReply, RecordingHost};
-use aigate::limits::ledger::Table;
-use aigate::limits::local::shard_name;
-use aigate::limits::proto;
-use aigate::pipeline::{Action, Flow};
+use aigate_core::config::{parse_and_compile, Plan};
+use aigate_core::host::{CalloutKind, CalloutReply, RecordingHost};
+use aigate_core::limits::ledger::Table;
+use aigate_core::limits::local::shard_name;
+use aigate_core::limits::proto;
+use aigate_core::pipeline::{Action, Flow};
 use serde_json::{json, Value};
+
+mod support;
 
 const ANSWER: &[u8] = br#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"yo"},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}}"#;
 
@@ -28,7 +30,7 @@ fn plan(limits: Value) -> Rc<Plan> {
         "provider": {"kind": "openai", "authority": "upstream.local", "auth": {"none": true}},
         "limits": limits,
     }]});
-    Rc::new(parse_and_compile(config.to_string().as_bytes(), &|_: &str| None).unwrap())
+    support::compile(&config, &support::no_env)
 }
 
 fn local(limit: u64) -> Rc<Plan> {
@@ -81,11 +83,7 @@ fn send(flow: &mut Flow, host: &mut RecordingHost) -> Action {
 }
 
 fn respond(flow: &mut Flow, host: &mut RecordingHost, content_type: &str, body: &[u8]) {
-    host.response_headers = vec![
-        (":status".into(), "200".into()),
-        ("content-type".into(), content_type.into()),
-    ];
-    flow.on_response_headers(host, false);
+    support::answer_headers(flow, host, 200, content_type);
     host.response_body = body.to_vec();
     flow.on_response_body(host, body.len(), true);
     flow.on_log(host);

@@ -4,38 +4,34 @@
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
-use aigate::config::{parse_and_compile, Plan};
-use aigate::host::RecordingHost;
-use aigate::metrics;
-use aigate::pipeline::Flow;
+use aigate_core::config::Plan;
+use aigate_core::metrics;
+use aigate_core::pipeline::Flow;
 use serde_json::{json, Value};
+
+mod support;
 
 fn plan(provider: Value) -> Rc<Plan> {
     let config = json!({"routes": [{"name": "chat", "provider": provider}]});
-    Rc::new(parse_and_compile(config.to_string().as_bytes(), &|_: &str| None).unwrap())
+    support::compile(&config, &support::no_env)
 }
 
 /// One whole exchange; returns the counter names it created.
 fn exchange(plan: &Rc<Plan>, model: &str) -> Vec<String> {
     let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string();
-    let mut host = RecordingHost::new();
-    host.request_headers = vec![
-        (":method".into(), "POST".into()),
-        (":path".into(), "/v1/chat/completions".into()),
-        (":authority".into(), "localhost".into()),
-        ("content-type".into(), "application/json".into()),
-    ];
-    host.request_body = body.into_bytes();
+    let mut host = support::request_host(
+        &[
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            (":authority", "localhost"),
+            ("content-type", "application/json"),
+        ],
+        body.into_bytes(),
+    );
     let mut flow = Flow::new(Rc::clone(plan));
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    support::send_whole(&mut flow, &mut host);
     assert!(host.local_response.is_none(), "{:?}", host.local_response);
-    host.response_headers = vec![
-        (":status".into(), "200".into()),
-        ("content-type".into(), "application/json".into()),
-    ];
-    flow.on_response_headers(&mut host, false);
+    support::answer_headers(&mut flow, &mut host, 200, "application/json");
     let answer = json!({"id": "c", "object": "chat.completion", "model": model,
         "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})

@@ -4,14 +4,17 @@
 
 use std::rc::Rc;
 
-use aigate::config::{parse_and_compile, Plan};
-use aigate::host::RecordingHost;
-use aigate::pipeline::{Action, Flow};
+use aigate_core::config::Plan;
+use aigate_core::host::RecordingHost;
+use aigate_core::pipeline::{Action, Flow};
 use serde_json::{json, Value};
+
+mod support;
+use support::{json_of, local_error, respond};
 
 fn plan(config: Value) -> Rc<Plan> {
     let env = |name: &str| (name == "OPENAI_API_KEY").then(|| "sk-server-secret".to_string());
-    Rc::new(parse_and_compile(config.to_string().as_bytes(), &env).unwrap())
+    support::compile(&config, &env)
 }
 
 fn openai_route(extra: Value) -> Value {
@@ -56,62 +59,6 @@ fn send(flow: &mut Flow, host: &mut RecordingHost) -> (Action, Action) {
     (headers, body)
 }
 
-fn respond(
-    flow: &mut Flow,
-    host: &mut RecordingHost,
-    status: u16,
-    content_type: &str,
-    chunks: &[&[u8]],
-) -> Vec<u8> {
-    host.response_headers = vec![
-        (":status".into(), status.to_string()),
-        ("content-type".into(), content_type.into()),
-    ];
-    flow.on_response_headers(host, false);
-    let mut client = Vec::new();
-    let mut buffered = Vec::new();
-    for (index, chunk) in chunks.iter().enumerate() {
-        let end = index + 1 == chunks.len();
-        buffered.extend_from_slice(chunk);
-        host.response_body = buffered.clone();
-        let action = flow.on_http_response_body_for_test(host, buffered.len(), end);
-        if action == Action::Continue {
-            client.extend_from_slice(&host.response_body);
-            buffered.clear();
-        }
-    }
-    client
-}
-
-trait ResponseBody {
-    fn on_http_response_body_for_test(
-        &mut self,
-        host: &mut RecordingHost,
-        size: usize,
-        end: bool,
-    ) -> Action;
-}
-
-impl ResponseBody for Flow {
-    fn on_http_response_body_for_test(
-        &mut self,
-        host: &mut RecordingHost,
-        size: usize,
-        end: bool,
-    ) -> Action {
-        self.on_response_body(host, size, end)
-    }
-}
-
-fn body_json(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes).unwrap()
-}
-
-fn local_error(host: &RecordingHost) -> (u16, Value) {
-    let reply = host.local_response.as_ref().expect("a local response");
-    (reply.status, body_json(&reply.body))
-}
-
 #[test]
 fn unmatched_request_passes_untouched() {
     let plan = plan(json!({"routes": [openai_route(json!({}))]}));
@@ -152,7 +99,7 @@ fn chat_request_gets_key_and_upstream_headers() {
     );
     assert_eq!(host.request_header("content-length"), None);
     assert_eq!(host.request_header("accept-encoding"), Some("identity"));
-    let upstream = body_json(&host.request_body);
+    let upstream = json_of(&host.request_body);
     assert_eq!(upstream["model"], "gpt-4o-mini");
     assert_eq!(
         host.filter_state.get("aigate.model").map(String::as_str),
@@ -276,7 +223,7 @@ fn models_are_listed_locally() {
     assert_eq!(flow.on_request_headers(&mut host, true), Action::Pause);
     let reply = host.local_response.clone().unwrap();
     assert_eq!(reply.status, 200);
-    let ids: Vec<String> = body_json(&reply.body)["data"]
+    let ids: Vec<String> = json_of(&reply.body)["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -306,7 +253,7 @@ fn json_answer_passes_unchanged_and_usage_is_counted() {
     assert_eq!(client, answer.to_vec());
     let usage = |t: &str| {
         host.histogram_total(
-            aigate::metrics::TOKEN_USAGE,
+            aigate_core::metrics::TOKEN_USAGE,
             &[
                 ("route", "chat"),
                 ("gen_ai.provider.name", "openai"),
@@ -321,7 +268,7 @@ fn json_answer_passes_unchanged_and_usage_is_counted() {
     );
     assert_eq!(
         host.counter_total(
-            aigate::metrics::REQUESTS,
+            aigate_core::metrics::REQUESTS,
             &[("gen_ai.request.model", "gpt-4o")]
         ),
         1
@@ -351,7 +298,7 @@ fn stream_request(include_usage: bool) -> (Flow, RecordingHost) {
     let mut host = request("POST", "/v1/chat/completions", body.to_string().as_bytes());
     let mut flow = Flow::new(plan);
     send(&mut flow, &mut host);
-    let upstream = body_json(&host.request_body);
+    let upstream = json_of(&host.request_body);
     assert_eq!(upstream["stream_options"]["include_usage"], true);
     (flow, host)
 }
@@ -426,7 +373,7 @@ fn upstream_errors_come_back_openai_shaped() {
         "text/html",
         &[b"<html>bad gateway</html>"],
     );
-    let body = body_json(&client);
+    let body = json_of(&client);
     assert_eq!(body["error"]["code"], "upstream_502");
     assert_eq!(
         host.response_header_value("content-type"),

@@ -5,13 +5,13 @@
 
 use std::rc::Rc;
 
-use aigate::api::{self, Operation};
-use aigate::config::{parse_and_compile, Plan};
-use aigate::host::RecordingHost;
-use aigate::pipeline::stream::StreamProcessor;
-use aigate::pipeline::{Action, Flow};
-use aigate::sse::{SseEvent, SseParser};
-use aigate::usage::{self, Usage};
+use aigate_core::api::{self, Operation};
+use aigate_core::config::{parse_and_compile, Plan};
+use aigate_core::host::RecordingHost;
+use aigate_core::pipeline::stream::StreamProcessor;
+use aigate_core::pipeline::{Action, Flow};
+use aigate_core::sse::{SseEvent, SseParser};
+use aigate_core::usage::{self, Usage};
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{json, Value};

@@ -6,10 +6,13 @@
 
 use std::rc::Rc;
 
-use aigate::config::{parse_and_compile, Plan};
-use aigate::host::RecordingHost;
-use aigate::pipeline::{Action, Flow};
+use aigate_core::config::Plan;
+use aigate_core::host::RecordingHost;
+use aigate_core::pipeline::{Action, Flow};
 use serde_json::{json, Value};
+
+mod support;
+use support::{json_of, respond};
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = format!(
@@ -29,7 +32,7 @@ fn plan(provider: Value, mode_a: bool) -> Rc<Plan> {
         "GEMINI_API_KEY" => Some("g-server".to_string()),
         _ => None,
     };
-    Rc::new(parse_and_compile(config.to_string().as_bytes(), &env).unwrap())
+    support::compile(&config, &env)
 }
 
 fn anthropic(mode_a: bool) -> Rc<Plan> {
@@ -49,16 +52,18 @@ fn gemini_fixed(mode_a: bool) -> Rc<Plan> {
 
 fn request(body: &Value) -> RecordingHost {
     let body = body.to_string().into_bytes();
-    let mut host = RecordingHost::new();
-    host.request_headers = vec![
-        (":method".into(), "POST".into()),
-        (":path".into(), "/v1/chat/completions".into()),
-        (":authority".into(), "gateway.local".into()),
-        ("authorization".into(), "Bearer client-key".into()),
-        ("content-type".into(), "application/json".into()),
-        ("content-length".into(), body.len().to_string()),
-    ];
-    host.request_body = body;
+    let length = body.len().to_string();
+    let mut host = support::request_host(
+        &[
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            (":authority", "gateway.local"),
+            ("authorization", "Bearer client-key"),
+            ("content-type", "application/json"),
+            ("content-length", &length),
+        ],
+        body,
+    );
     host.set_property_value(&["xds", "route_name"], b"llm");
     host
 }
@@ -77,38 +82,6 @@ fn send(plan: &Rc<Plan>, body: &Value) -> (Flow, RecordingHost) {
     let size = host.request_body.len();
     flow.on_request_body(&mut host, size, true);
     (flow, host)
-}
-
-/// Answers with `chunks` (the last ends the stream); returns what the client receives.
-fn respond(
-    flow: &mut Flow,
-    host: &mut RecordingHost,
-    status: u16,
-    content_type: &str,
-    chunks: &[&[u8]],
-) -> Vec<u8> {
-    host.response_headers = vec![
-        (":status".into(), status.to_string()),
-        ("content-type".into(), content_type.into()),
-    ];
-    flow.on_response_headers(host, false);
-    let mut client = Vec::new();
-    let mut buffered = Vec::new();
-    for (index, chunk) in chunks.iter().enumerate() {
-        let end = index + 1 == chunks.len();
-        buffered.extend_from_slice(chunk);
-        host.response_body = buffered.clone();
-        if flow.on_response_body(host, buffered.len(), end) == Action::Continue {
-            client.extend_from_slice(&host.response_body);
-            buffered.clear();
-        }
-    }
-    client
-}
-
-fn json_of(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
 }
 
 fn events(bytes: &[u8]) -> Vec<Value> {
@@ -144,7 +117,7 @@ fn tokens(host: &RecordingHost, provider: &str, model: &str) -> (u64, u64, u64) 
     };
     let count = |kind: &str| {
         host.histogram_total(
-            aigate::metrics::TOKEN_USAGE,
+            aigate_core::metrics::TOKEN_USAGE,
             &[
                 ("route", "llm"),
                 ("gen_ai.provider.name", provider),
@@ -436,7 +409,7 @@ fn guarded(provider: Value, action: &str) -> Rc<Plan> {
         "GEMINI_API_KEY" => Some("g-server".to_string()),
         _ => None,
     };
-    Rc::new(parse_and_compile(config.to_string().as_bytes(), &env).unwrap())
+    support::compile(&config, &env)
 }
 
 /// JSON escapes inside the JSON strings the translation parses (tool-call `arguments`,

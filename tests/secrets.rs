@@ -5,10 +5,13 @@
 
 use std::rc::Rc;
 
-use aigate::config::{parse_and_compile, Plan};
-use aigate::host::RecordingHost;
-use aigate::pipeline::{Action, Flow};
+use aigate_core::config::Plan;
+use aigate_core::host::RecordingHost;
+use aigate_core::pipeline::Flow;
 use serde_json::{json, Value};
+
+mod support;
+use support::respond;
 
 const KEY: &str = "sk-proj-echoed-by-upstream-0123456789";
 
@@ -19,55 +22,28 @@ fn plan(kind: &str) -> Rc<Plan> {
         "provider": {"kind": kind, "authority": "upstream.local", "model": "m-1",
                      "auth": {"key": {"env": "PROVIDER_KEY"}}}
     }]});
-    Rc::new(parse_and_compile(config.to_string().as_bytes(), &env).unwrap())
+    support::compile(&config, &env)
 }
 
 fn start(kind: &str, stream: bool) -> (Flow, RecordingHost) {
     let body = json!({"model": "m-1", "stream": stream,
                       "messages": [{"role": "user", "content": "hi"}]})
     .to_string();
-    let mut host = RecordingHost::new();
-    host.request_headers = vec![
-        (":method".into(), "POST".into()),
-        (":path".into(), "/v1/chat/completions".into()),
-        (":authority".into(), "localhost:10000".into()),
-        ("content-type".into(), "application/json".into()),
-        ("content-length".into(), body.len().to_string()),
-    ];
-    host.request_body = body.into_bytes();
+    let length = body.len().to_string();
+    let mut host = support::request_host(
+        &[
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            (":authority", "localhost:10000"),
+            ("content-type", "application/json"),
+            ("content-length", &length),
+        ],
+        body.into_bytes(),
+    );
     let mut flow = Flow::new(plan(kind));
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    support::send_whole(&mut flow, &mut host);
     assert!(host.local_response.is_none());
     (flow, host)
-}
-
-/// Feeds the answer in `chunks` as Envoy would; returns what the client receives.
-fn respond(
-    flow: &mut Flow,
-    host: &mut RecordingHost,
-    status: u16,
-    content_type: &str,
-    chunks: &[&[u8]],
-) -> Vec<u8> {
-    host.response_headers = vec![
-        (":status".into(), status.to_string()),
-        ("content-type".into(), content_type.into()),
-    ];
-    flow.on_response_headers(host, false);
-    let mut client = Vec::new();
-    let mut buffered = Vec::new();
-    for (index, chunk) in chunks.iter().enumerate() {
-        let end = index + 1 == chunks.len();
-        buffered.extend_from_slice(chunk);
-        host.response_body = buffered.clone();
-        if flow.on_response_body(host, buffered.len(), end) == Action::Continue {
-            client.extend_from_slice(&host.response_body);
-            buffered.clear();
-        }
-    }
-    client
 }
 
 fn assert_clean(client: &[u8]) {

@@ -4,9 +4,9 @@
 
 use std::rc::Rc;
 
-use aigate::config::parse_and_compile;
-use aigate::host::RecordingHost;
-use aigate::pipeline::{Action, Flow};
+use aigate_core::config::parse_and_compile;
+use aigate_core::host::RecordingHost;
+use aigate_core::pipeline::{Action, Flow};
 use libfuzzer_sys::fuzz_target;
 
 const CONFIG: &str = r#"{"routes": [

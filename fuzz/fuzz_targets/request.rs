@@ -1,7 +1,7 @@
 //! Any bytes as a request body, for every operation: parsed and checked, never a panic.
 #![no_main]
 
-use aigate::api::{parse_body, validate, Operation};
+use aigate_core::api::{parse_body, validate, Operation};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

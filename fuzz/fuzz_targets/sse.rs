@@ -1,7 +1,7 @@
 //! SSE framing: the same events whatever the chunking (the first byte picks the cut).
 #![no_main]
 
-use aigate::sse::SseParser;
+use aigate_core::sse::SseParser;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -22,6 +22,6 @@ fuzz_target!(|data: &[u8]| {
     parser.finish(&mut split);
     assert_eq!(whole, split);
     for event in &whole {
-        let _ = aigate::usage::from_stream_event(&event.data);
+        let _ = aigate_core::usage::from_stream_event(&event.data);
     }
 });

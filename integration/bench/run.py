@@ -650,7 +650,7 @@ PROFILE_LINE = re.compile(
 
 
 def parse_profile_line(line: str) -> dict[str, Any] | None:
-    """The numbers of one `aigate profile:` log line (see src/plugin/profile.rs)."""
+    """The numbers of one `aigate profile:` log line (see filter/src/plugin/profile.rs)."""
     match = PROFILE_LINE.search(line)
     if not match:
         return None

@@ -63,10 +63,10 @@ def aigate_cli() -> str:
         return env
     for p in (REPO_ROOT / "target/debug/aigate", REPO_ROOT / "target/release/aigate"):
         if p.exists():
-            newest_src = max(f.stat().st_mtime for f in (REPO_ROOT / "src").rglob("*.rs"))
+            newest_src = max(f.stat().st_mtime for d in ("src", "cli/src") for f in (REPO_ROOT / d).rglob("*.rs"))
             if p.stat().st_mtime >= newest_src:
                 return str(p)
-    subprocess.run(["cargo", "build", "--quiet", "--bin", "aigate"], cwd=REPO_ROOT, check=True)
+    subprocess.run(["cargo", "build", "--quiet", "-p", "aigate-cli", "--bin", "aigate"], cwd=REPO_ROOT, check=True)
     return str(REPO_ROOT / "target/debug/aigate")
 
 

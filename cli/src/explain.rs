@@ -17,10 +17,10 @@ use super::json_diff::{self, Change};
 use super::redact::Redactor;
 use super::trace::{split_metric, Event, TracingHost};
 use super::{read_input, EXIT_INVALID, EXIT_OK};
-use crate::config::{Plan, Route, RouteMatcher};
-use crate::host::{Callout, CalloutKind, CalloutReply, RecordingHost};
-use crate::metrics;
-use crate::pipeline::{filter_state, matching, Action, Flow};
+use aigate_core::config::{Plan, Route, RouteMatcher};
+use aigate_core::host::{Callout, CalloutKind, CalloutReply, RecordingHost};
+use aigate_core::metrics;
+use aigate_core::pipeline::{filter_state, matching, Action, Flow};
 
 /// Longest body or value shown in full; the rest is elided.
 const MAX_SHOWN_BYTES: usize = 64 * 1024;
@@ -648,7 +648,7 @@ impl DryRun<'_> {
 
     fn short(&self, value: &Value) -> String {
         let text = self.redactor.text(&value.to_string());
-        crate::error::truncate_chars(&text, MAX_VALUE_CHARS)
+        aigate_core::error::truncate_chars(&text, MAX_VALUE_CHARS)
     }
 }
 
@@ -710,9 +710,9 @@ fn list_or_none(items: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_and_compile;
-    use crate::error::ApiError;
-    use crate::pipeline::stage::{RequestCtx, RequestStage, Step};
+    use aigate_core::config::parse_and_compile;
+    use aigate_core::error::ApiError;
+    use aigate_core::pipeline::stage::{RequestCtx, RequestStage, Step};
 
     /// A stage that asks a service before letting the request go on.
     #[derive(Debug)]

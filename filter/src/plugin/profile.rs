@@ -16,8 +16,8 @@ pub enum Phase {
 #[inline(always)]
 pub fn phase<T>(
     _phase: Phase,
-    host: &mut dyn crate::host::Host,
-    run: impl FnOnce(&mut dyn crate::host::Host) -> T,
+    host: &mut dyn aigate_core::host::Host,
+    run: impl FnOnce(&mut dyn aigate_core::host::Host) -> T,
 ) -> T {
     run(host)
 }
@@ -35,8 +35,8 @@ mod timed {
     use std::collections::BTreeMap;
 
     use super::Phase;
-    use crate::host::{Callout, Host, SharedDataError};
     use crate::plugin::abi;
+    use aigate_core::host::{Callout, Host, SharedDataError};
 
     const REPORT_EVERY: u64 = 1000;
     /// Slow requests (megabyte prompts) report at least this often, after a few requests.

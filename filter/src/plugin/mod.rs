@@ -12,9 +12,9 @@ use std::time::Duration;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action as WasmAction, ContextType, LogLevel};
 
-use crate::config::{self, Plan};
-use crate::host::{Callout, CalloutKind, CalloutReply, Host, SharedDataError};
-use crate::pipeline::{Action, Flow};
+use aigate_core::config::{self, Plan};
+use aigate_core::host::{Callout, CalloutKind, CalloutReply, Host, SharedDataError};
+use aigate_core::pipeline::{Action, Flow};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -60,7 +60,7 @@ impl RootContext for Root {
                     log::warn!(
                         "aigate: {} configured secret(s) shorter than {} bytes are not redacted from answers",
                         plan.secrets.too_short(),
-                        crate::secrets::MIN_SECRET_LEN
+                        aigate_core::secrets::MIN_SECRET_LEN
                     );
                 }
                 let mut host = WasmHost {

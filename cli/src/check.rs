@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::args::Options;
 use super::{read_input, EXIT_INVALID, EXIT_OK};
-use crate::config::{self, ConfigError, Plan};
+use aigate_core::config::{self, ConfigError, Plan};
 
 /// The Wasm VM's environment as the CLI sees it: `--env` first, then the process environment,
 /// then (with `--placeholder-env`) a placeholder for anything unset.
@@ -136,7 +136,7 @@ pub fn run(
                     out,
                     "  note: {} secret(s) shorter than {} bytes: not redacted from answers (docs/CONFIG.md, Secrets in answers)",
                     plan.secrets.too_short(),
-                    crate::secrets::MIN_SECRET_LEN
+                    aigate_core::secrets::MIN_SECRET_LEN
                 );
             }
             Ok(EXIT_OK)

@@ -2,8 +2,8 @@
 //! tell what the pipeline decided (metrics, filter state, callouts, local replies) are also
 //! logged in order, so `explain` can tell the story whatever stages a build has.
 
-use crate::host::{Callout, Host, RecordingHost, SharedDataError};
-use crate::metrics;
+use aigate_core::host::{Callout, Host, RecordingHost, SharedDataError};
+use aigate_core::metrics;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::providers::CLIENT_CREDENTIAL_HEADERS;
+use aigate_core::providers::CLIENT_CREDENTIAL_HEADERS;
 
 pub const REDACTED: &str = "<redacted>";
 
