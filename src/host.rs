@@ -1,5 +1,5 @@
-//! The one seam between the pipeline and Envoy. `plugin::glue` implements it with
-//! proxy-wasm host calls; tests implement it with a recording mock.
+//! The one seam between the pipeline and Envoy. The filter crate (`filter/src/plugin`) implements
+//! it with proxy-wasm host calls; tests implement it with a recording mock.
 
 /// A call to another service through an Envoy cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -158,7 +158,9 @@ impl Secrets {
     }
 }
 
-fn collect(value: &Value, env: &dyn Fn(&str) -> Option<String>, out: &mut Vec<String>) {
+/// Every `auth.key` secret of a raw config (providers, fallbacks, callout endpoints), resolved
+/// the way the filter resolves it; shared with the CLI's redaction of what it prints.
+pub fn collect(value: &Value, env: &dyn Fn(&str) -> Option<String>, out: &mut Vec<String>) {
     match value {
         Value::Object(object) => {
             if let Some(key) = object.get("auth").and_then(|auth| auth.get("key")) {

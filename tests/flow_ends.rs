@@ -547,7 +547,10 @@ fn usage_is_found_at_the_end_of_an_answer_over_the_observe_limit() {
             flow.on_response_body(&mut host, piece.len(), end),
             Action::Continue
         );
-        assert!(host.response_body.len() + 64 >= piece.len(), "not held back");
+        assert!(
+            host.response_body.len() + 64 >= piece.len(),
+            "not held back"
+        );
         relayed.extend_from_slice(&host.response_body);
     }
     assert!(relayed == bytes, "passes unchanged");

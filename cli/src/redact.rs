@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use aigate_core::providers::CLIENT_CREDENTIAL_HEADERS;
+use aigate_core::secrets::collect;
 
 pub const REDACTED: &str = "<redacted>";
 
@@ -54,30 +55,6 @@ impl Redactor {
             }
         }
         out
-    }
-}
-
-fn collect(value: &Value, env: &dyn Fn(&str) -> Option<String>, out: &mut Vec<String>) {
-    match value {
-        Value::Object(object) => {
-            if let Some(key) = object.get("auth").and_then(|auth| auth.get("key")) {
-                if let Some(name) = key.get("env").and_then(Value::as_str) {
-                    out.extend(env(name));
-                }
-                if let Some(literal) = key.get("value").and_then(Value::as_str) {
-                    out.push(literal.to_string());
-                }
-            }
-            for child in object.values() {
-                collect(child, env, out);
-            }
-        }
-        Value::Array(items) => {
-            for child in items {
-                collect(child, env, out);
-            }
-        }
-        _ => {}
     }
 }
 
