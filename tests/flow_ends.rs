@@ -495,6 +495,30 @@ fn a_client_gone_before_the_usage_event_is_charged_an_estimate() {
 }
 
 #[test]
+fn a_client_gone_before_any_answer_is_charged_its_request() {
+    for answer_started in [false, true] {
+        let mut flow = Flow::new(plan_plain());
+        let request = chat("tell me a story", true);
+        let request_bytes = request.to_string().len() as u64;
+        let mut host = host_for(&request);
+        flow.on_request_headers(&mut host, false);
+        let size = host.request_body.len();
+        flow.on_request_body(&mut host, size, true);
+        if answer_started {
+            // The answer's headers reached the client, its first body bytes did not.
+            start_answer(&mut flow, &mut host, 200, "text/event-stream");
+        }
+        // The provider has the prompt: the hang-up still costs its input tokens.
+        flow.on_log(&mut host);
+        assert_eq!(
+            used(&host, "u1"),
+            request_bytes.div_ceil(4),
+            "{answer_started}"
+        );
+    }
+}
+
+#[test]
 fn a_stream_with_its_usage_is_charged_the_usage_not_the_estimate() {
     let mut flow = Flow::new(plan_plain());
     let mut host = host_for(&chat("hi", true));

@@ -286,18 +286,21 @@ fn concurrent_requests_are_held_back_until_the_first_answer_is_measured() {
 }
 
 #[test]
-fn a_request_that_ends_unanswered_releases_its_hold() {
+fn a_request_that_ends_unanswered_releases_its_hold_and_is_charged_its_prompt() {
     let plan = local(100);
     let shared = RecordingHost::new();
     let mut flow = Flow::new(Rc::clone(&plan));
     let mut host = request("alice", &chat(), &shared);
     assert_eq!(send(&mut flow, &mut host), Action::Continue);
-    // The client goes away before any answer: only the log phase runs.
+    // The client goes away before any answer: only the log phase runs. The provider got the
+    // prompt, so its bytes are charged by estimate (4 a token, CONFIG.md "Counting"), and
+    // the hold is released: the next request is admitted.
     flow.on_log(&mut host);
     let mut next = Flow::new(Rc::clone(&plan));
     let mut next_host = request("alice", &chat(), &host);
     assert_eq!(send(&mut next, &mut next_host), Action::Continue);
-    assert_eq!(used(&next_host, "alice"), 0);
+    let prompt_bytes = chat().to_string().len() as u64;
+    assert_eq!(used(&next_host, "alice"), prompt_bytes.div_ceil(4));
 }
 
 #[test]

@@ -682,6 +682,9 @@ impl Flow {
             let model = self.exchange.model.clone();
             self.write_upstream_headers(host, Some(&model), Some(self.exchange.upstream_stream));
         }
+        // The provider now has the prompt: a client that leaves before any answer byte or
+        // usage reaches the filter is still charged its input (the answer refines this).
+        self.usage_estimate = Some(crate::usage::estimate(self.request_body_size, 0));
         self.state = State::Upstream;
     }
 
