@@ -322,6 +322,8 @@ fn an_upstream_error_charges_nothing_and_releases() {
     let body = br#"{"error":{"message":"boom"}}"#;
     host.response_body = body.to_vec();
     flow.on_response_body(&mut host, body.len(), true);
+    flow.on_log(&mut host);
+    assert_eq!(used(&host, "alice"), 0, "an upstream error charges nothing");
     shared.shared = host.shared.clone();
     let next = exchange(
         &plan,

@@ -109,6 +109,8 @@ impl Flow {
             // Replaced by an error code if the answer is rejected or cut short later.
             host.set_filter_state(filter_state::OUTCOME, "ok");
         } else {
+            // An upstream error charges nothing (not even the prompt's estimate).
+            self.usage_estimate = None;
             self.response = Some(ResponseMode::Error(status));
             host.set_response_header("content-length", None);
             host.set_response_header("content-encoding", None);
