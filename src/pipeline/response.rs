@@ -74,6 +74,27 @@ impl Flow {
         }
     }
 
+    /// Ends a stream that can not go on (its bytes can not be read or decoded) with the
+    /// client API's in-band error in place of this chunk; later chunks are dropped.
+    fn break_stream(
+        &mut self,
+        host: &mut dyn Host,
+        body_size: usize,
+        processor: Box<StreamProcessor>,
+        error: ApiError,
+    ) -> Action {
+        self.stream_broken = true;
+        self.stream_inflater = None;
+        let mut out = Vec::new();
+        self.api.write_error_event(&error, &mut out);
+        host.replace_response_body(0, body_size, &out);
+        host.set_filter_state(filter_state::OUTCOME, &error.code);
+        self.count_error(host, &error.code);
+        self.account(host);
+        self.response = Some(ResponseMode::Stream(processor));
+        Action::Continue
+    }
+
     fn count_error(&mut self, host: &mut dyn Host, code: &str) {
         self.error_type = Some(code.to_string());
         if let Some(route) = self.route() {
@@ -257,17 +278,7 @@ impl Flow {
                 };
                 let Some(mut chunk) = read else {
                     // Never relay bytes the stream's guards could not read.
-                    self.stream_broken = true;
-                    self.stream_inflater = None;
-                    let error = unreadable_answer_body();
-                    let mut out = Vec::new();
-                    self.api.write_error_event(&error, &mut out);
-                    host.replace_response_body(0, body_size, &out);
-                    host.set_filter_state(filter_state::OUTCOME, &error.code);
-                    self.count_error(host, &error.code);
-                    self.account(host);
-                    self.response = Some(ResponseMode::Stream(processor));
-                    return Action::Continue;
+                    return self.break_stream(host, body_size, processor, unreadable_answer_body());
                 };
                 let mut decoded = None;
                 if let Some(inflater) = &mut self.stream_inflater {
@@ -284,17 +295,8 @@ impl Flow {
                     match result {
                         Ok(()) => decoded = Some(out),
                         Err(reason) => {
-                            self.stream_inflater = None;
-                            self.stream_broken = true;
                             let error = unreadable_answer(&reason);
-                            let mut out = Vec::new();
-                            self.api.write_error_event(&error, &mut out);
-                            host.replace_response_body(0, body_size, &out);
-                            host.set_filter_state(filter_state::OUTCOME, &error.code);
-                            self.count_error(host, &error.code);
-                            self.account(host);
-                            self.response = Some(ResponseMode::Stream(processor));
-                            return Action::Continue;
+                            return self.break_stream(host, body_size, processor, error);
                         }
                     }
                 }
