@@ -13,7 +13,7 @@ use aigate_core::pipeline::{Action, Flow};
 use serde_json::{json, Value};
 
 mod support;
-use support::sse;
+use support::{send_whole, sse};
 
 fn plan(route: Value, mode_a: bool) -> Rc<Plan> {
     let mut base = json!({
@@ -163,9 +163,7 @@ fn an_unreadable_answer_is_an_internal_error_never_relayed() {
     // A buffered JSON answer.
     let mut flow = Flow::new(plan(guarded.clone(), false));
     let mut host = host_for(&chat("hi", false));
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    send_whole(&mut flow, &mut host);
     start_answer(&mut flow, &mut host, 200, "application/json");
     host.response_body =
         br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"123-45-6789"}}]}"#
@@ -183,9 +181,7 @@ fn an_unreadable_answer_is_an_internal_error_never_relayed() {
     // A guarded stream: the chunk the guard could not read is replaced by an error event.
     let mut flow = Flow::new(plan(guarded, false));
     let mut host = host_for(&chat("hi", true));
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    send_whole(&mut flow, &mut host);
     start_answer(&mut flow, &mut host, 200, "text/event-stream");
     let body = sse(&chunk("my ssn is 123-45-6789"));
     host.response_body = body.clone().into_bytes();
@@ -218,9 +214,7 @@ fn an_answer_ending_with_trailers_is_masked_and_accounted() {
     );
     let mut flow = Flow::new(plan);
     let mut host = host_for(&chat("hi", false));
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    send_whole(&mut flow, &mut host);
     start_answer(&mut flow, &mut host, 200, "application/json");
     let answer = json!({"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-4o",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "it is 123-45-6789"}, "finish_reason": "stop"}],
@@ -248,9 +242,7 @@ fn guarded_stream(body: &str) -> (Flow, RecordingHost, String) {
     );
     let mut flow = Flow::new(plan);
     let mut host = host_for(&chat("hi", true));
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    send_whole(&mut flow, &mut host);
     start_answer(&mut flow, &mut host, 200, "text/event-stream");
     host.response_body = body.as_bytes().to_vec();
     flow.on_response_body(&mut host, body.len(), false);
@@ -321,9 +313,7 @@ fn an_upstream_error_without_a_body_becomes_an_error_object() {
     for status in [401u16, 429, 500, 503] {
         let mut flow = Flow::new(plan_plain());
         let mut host = host_for(&chat("hi", false));
-        flow.on_request_headers(&mut host, false);
-        let size = host.request_body.len();
-        flow.on_request_body(&mut host, size, true);
+        send_whole(&mut flow, &mut host);
         host.response_headers = vec![(":status".into(), status.to_string())];
         assert_eq!(flow.on_response_headers(&mut host, true), Action::Pause);
         let reply = host.local_response.as_ref().expect("a local reply");
@@ -347,9 +337,7 @@ fn an_upstream_error_with_an_empty_or_text_body_becomes_an_error_object() {
     ] {
         let mut flow = Flow::new(plan_plain());
         let mut host = host_for(&chat("hi", false));
-        flow.on_request_headers(&mut host, false);
-        let size = host.request_body.len();
-        flow.on_request_body(&mut host, size, true);
+        send_whole(&mut flow, &mut host);
         start_answer(&mut flow, &mut host, 503, content_type);
         host.response_body = body.as_bytes().to_vec();
         flow.on_response_body(&mut host, body.len(), true);
@@ -369,9 +357,7 @@ fn anthropic_stream(events: &[(&str, Value)]) -> (RecordingHost, String) {
     let mut host = host_for(
         &json!({"model": "claude-x", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
     );
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    send_whole(&mut flow, &mut host);
     start_answer(&mut flow, &mut host, 200, "text/event-stream");
     let body: String = events
         .iter()
@@ -434,9 +420,7 @@ fn a_gemini_stream_cut_before_its_finish_reason_is_a_failure() {
     );
     let mut flow = Flow::new(plan);
     let mut host = host_for(&chat("hi", true));
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    send_whole(&mut flow, &mut host);
     start_answer(&mut flow, &mut host, 200, "text/event-stream");
     let body = sse(
         &json!({"candidates": [{"index": 0, "content": {"role": "model", "parts": [{"text": "Hel"}]}}]}),
@@ -453,9 +437,7 @@ fn a_gemini_stream_cut_before_its_finish_reason_is_a_failure() {
 fn an_openai_stream_with_an_error_event_is_a_failure() {
     let mut flow = Flow::new(plan_plain());
     let mut host = host_for(&chat("hi", true));
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    send_whole(&mut flow, &mut host);
     start_answer(&mut flow, &mut host, 200, "text/event-stream");
     let body = format!(
         "{}{}",
@@ -478,9 +460,7 @@ fn a_client_gone_before_the_usage_event_is_charged_an_estimate() {
     let request = chat("tell me a story", true);
     let request_bytes = request.to_string().len() as u64;
     let mut host = host_for(&request);
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    send_whole(&mut flow, &mut host);
     start_answer(&mut flow, &mut host, 200, "text/event-stream");
     let text = "Once upon a time there was a gateway. ".repeat(20);
     let body = sse(&chunk(&text));
@@ -501,9 +481,7 @@ fn a_client_gone_before_any_answer_is_charged_its_request() {
         let request = chat("tell me a story", true);
         let request_bytes = request.to_string().len() as u64;
         let mut host = host_for(&request);
-        flow.on_request_headers(&mut host, false);
-        let size = host.request_body.len();
-        flow.on_request_body(&mut host, size, true);
+        send_whole(&mut flow, &mut host);
         if answer_started {
             // The answer's headers reached the client, its first body bytes did not.
             start_answer(&mut flow, &mut host, 200, "text/event-stream");
@@ -522,9 +500,7 @@ fn a_client_gone_before_any_answer_is_charged_its_request() {
 fn a_stream_with_its_usage_is_charged_the_usage_not_the_estimate() {
     let mut flow = Flow::new(plan_plain());
     let mut host = host_for(&chat("hi", true));
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    send_whole(&mut flow, &mut host);
     start_answer(&mut flow, &mut host, 200, "text/event-stream");
     let usage = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
         "choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}});
@@ -545,9 +521,7 @@ fn a_stream_with_its_usage_is_charged_the_usage_not_the_estimate() {
 fn usage_is_found_at_the_end_of_an_answer_over_the_observe_limit() {
     let mut flow = Flow::new(plan_plain());
     let mut host = host_for(&chat("hi", false));
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    send_whole(&mut flow, &mut host);
     start_answer(&mut flow, &mut host, 200, "application/json");
     // ~10 MB of logprobs, then the usage, sent in 64 KiB pieces that pass unchanged.
     let logprob = r#"{"token":"abc","logprob":-0.25,"bytes":[97,98,99],"top_logprobs":[]},"#;
@@ -594,9 +568,7 @@ fn an_answer_without_usage_is_charged_by_its_size() {
     let request = chat("hi", false);
     let request_bytes = request.to_string().len() as u64;
     let mut host = host_for(&request);
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    send_whole(&mut flow, &mut host);
     start_answer(&mut flow, &mut host, 200, "application/json");
     let answer = json!({"id": "x", "object": "chat.completion", "choices": [
         {"index": 0, "message": {"role": "assistant", "content": "y".repeat(1000)}, "finish_reason": "stop"}]})
@@ -636,9 +608,7 @@ fn crc32(data: &[u8]) -> u32 {
 fn gzip_stream(route: Value, encoding: &str) -> (RecordingHost, String) {
     let mut flow = Flow::new(plan(route, false));
     let mut host = host_for(&chat("hi", true));
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    send_whole(&mut flow, &mut host);
     host.response_headers = vec![
         (":status".into(), "200".into()),
         ("content-type".into(), "text/event-stream".into()),
@@ -692,9 +662,7 @@ fn a_gzip_stream_is_decoded_for_the_client_and_its_usage_read() {
 fn a_truncated_gzip_stream_ends_with_an_error_event() {
     let mut flow = Flow::new(plan_plain());
     let mut host = host_for(&chat("hi", true));
-    flow.on_request_headers(&mut host, false);
-    let size = host.request_body.len();
-    flow.on_request_body(&mut host, size, true);
+    send_whole(&mut flow, &mut host);
     host.response_headers = vec![
         (":status".into(), "200".into()),
         ("content-type".into(), "text/event-stream".into()),
