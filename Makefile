@@ -27,7 +27,7 @@ PYTEST_ARGS  ?=
 
 BENCH_TARGET := target/bench
 
-.PHONY: venv toolchain wasm lint unit e2e test run cli binaryen wasm-opt release oci soak bench bench-tools bench-profile wrk
+.PHONY: venv toolchain wasm lint unit e2e test run cli binaryen wasm-opt release oci soak bench bench-tools bench-profile wrk agents
 
 ## venv: .venv with the e2e requirements (re-installs only when they change)
 venv: $(VENV_STAMP)
@@ -108,8 +108,20 @@ lint:
 unit:
 	cargo test --workspace
 
+# The real coding agents the e2e tests drive (Claude Code, Codex), pinned in
+# integration/agents/package-lock.json and installed project-locally by `npm ci`.
+AGENTS_DIR   := integration/agents
+AGENTS_STAMP := $(AGENTS_DIR)/node_modules/.installed.stamp
+
+## agents: claude and codex in integration/agents/node_modules/.bin (re-installs only when the lock changes)
+agents: $(AGENTS_STAMP)
+
+$(AGENTS_STAMP): $(AGENTS_DIR)/package.json $(AGENTS_DIR)/package-lock.json
+	npm ci --prefix $(AGENTS_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
 ## e2e: real Envoy + mocks + real clients (binaryen: the wasm-opt build is tested too)
-e2e: venv wasm bench-tools binaryen
+e2e: venv wasm bench-tools binaryen agents
 	AIGATE_WASM_OPT=$(if $(findstring /,$(WASM_OPT)),$(abspath $(WASM_OPT)),$(WASM_OPT)) $(VENV_PY) -m pytest integration/tests -q $(PYTEST_ARGS)
 
 ## soak: minutes of mixed traffic through Envoy; prints RSS and Wasm memory over time (SOAK_ARGS='--seconds 300')
