@@ -3,6 +3,10 @@
 
 use serde::Deserialize;
 
+/// Tokens of one answer, in every API's terms: `prompt_tokens` counts every input token,
+/// including those read from or written to a prompt cache (`cache_read_tokens` and
+/// `cache_write_tokens` are parts of it, not additions: Anthropic's `input_tokens` excludes
+/// them, so its parsers add them in); `reasoning_tokens` are part of `completion_tokens`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
     #[serde(default)]
@@ -11,6 +15,17 @@ pub struct Usage {
     pub completion_tokens: u64,
     #[serde(default)]
     pub total_tokens: u64,
+    /// Input tokens served from a prompt cache (OpenAI `prompt_tokens_details.cached_tokens`,
+    /// Anthropic `cache_read_input_tokens`, Responses `input_tokens_details.cached_tokens`).
+    #[serde(skip)]
+    pub cache_read_tokens: u64,
+    /// Input tokens written to a prompt cache (Anthropic `cache_creation_input_tokens`).
+    #[serde(skip)]
+    pub cache_write_tokens: u64,
+    /// Output tokens spent on reasoning (`completion_tokens_details.reasoning_tokens`,
+    /// Responses `output_tokens_details.reasoning_tokens`).
+    #[serde(skip)]
+    pub reasoning_tokens: u64,
 }
 
 impl Usage {
@@ -19,6 +34,7 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens.saturating_add(completion_tokens),
+            ..Usage::default()
         }
     }
 
