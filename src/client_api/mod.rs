@@ -14,17 +14,22 @@
 //! (Responses' `response.completed`) overrides [`ClientApi::usage_from_event`]; one that
 //! its native provider takes as is answers [`Translation::Native`] for that provider.
 
+pub mod bridge;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
 pub mod openai;
 
+use std::rc::Rc;
+
 use serde_json::Value;
 
 use crate::api::Operation;
 use crate::error::ApiError;
+use crate::guards::regex_guard::RegexGuard;
 use crate::guards::text::Visitor;
 use crate::pipeline::in_place;
+use crate::pipeline::stage::EventFilter;
 use crate::providers::Codec;
 use crate::sse::SseEvent;
 use crate::usage::Usage;
@@ -32,12 +37,15 @@ use crate::usage::Usage;
 /// How a request of an API reaches a provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Translation {
-    /// The provider speaks this API: the body goes as it is (model and stream options
-    /// aside), and so does the answer.
+    /// The provider speaks this API: the body goes as it is (model and what stages change
+    /// aside), and so do the answer and the provider's errors; no codec is involved.
     Native,
     /// The provider's codec translates the request from the chat-completions form and its
-    /// answer back (`providers::Codec`).
+    /// answer back (`providers::Codec`): chat clients, and the legacy OpenAI APIs.
     Codec,
+    /// The API's [`bridge::ChatBridge`] turns the request into chat completions, which the
+    /// provider's codec then translates; the answer takes the same way back.
+    ViaChat,
 }
 
 /// What a client API means to the pipeline. Implementations are unit structs registered in
@@ -151,6 +159,25 @@ pub trait ClientApi: Sync {
 
     /// How a request reaches the provider behind `codec`; None when it cannot.
     fn translation(&self, codec: &dyn Codec) -> Option<Translation>;
+
+    /// The bridge to chat completions ([`Translation::ViaChat`]); None for APIs that never
+    /// need one.
+    fn chat_bridge(&self) -> Option<&'static dyn bridge::ChatBridge> {
+        None
+    }
+
+    /// A whole answer (the API's answer object) as the event stream a streaming client of
+    /// this API expects: used when the filter needed the answer whole (a response
+    /// transformer) but the client asked for a stream.
+    fn synthesize_stream(&self, answer: &Value, include_usage: bool) -> Vec<u8> {
+        crate::pipeline::stream::synthesize_stream(answer, include_usage)
+    }
+
+    /// The regex guard's masker over this API's answer events (its text deltas held back
+    /// across events so a hit split between them is masked whole).
+    fn stream_masker(&self, guard: Rc<RegexGuard>) -> Box<dyn EventFilter> {
+        Box::new(crate::guards::stream_mask::StreamMasker::new(guard))
+    }
 }
 
 /// Every client API, in the order paths are matched (`/chat/completions` before

@@ -31,7 +31,8 @@ use regex_guard::{RegexGuard, RegexRequestStage, RegexResponseStage, Scanner};
 
 /// Makes a fresh per-stream filter for each streamed answer.
 pub trait EventFilterFactory: std::fmt::Debug {
-    fn create(&self) -> Box<dyn EventFilter>;
+    /// A filter over the events of `api`'s streamed answers.
+    fn create(&self, api: &'static dyn crate::client_api::ClientApi) -> Box<dyn EventFilter>;
 }
 
 #[derive(Debug, Default)]

@@ -27,6 +27,7 @@ use super::builtins::Reach;
 use super::outcome::Outcome;
 use super::regex_guard::{Hit, RegexGuard, Scanner};
 use super::EventFilterFactory;
+use crate::client_api::ClientApi;
 use crate::config::model::RegexAction;
 use crate::error::ApiError;
 use crate::host::Host;
@@ -212,14 +213,8 @@ struct Channel {
 pub struct StreamMaskFactory(pub Rc<RegexGuard>);
 
 impl EventFilterFactory for StreamMaskFactory {
-    fn create(&self) -> Box<dyn EventFilter> {
-        Box::new(StreamMasker {
-            guard: Rc::clone(&self.0),
-            channels: Vec::new(),
-            last: Default::default(),
-            counted: false,
-            in_place: true,
-        })
+    fn create(&self, api: &'static dyn ClientApi) -> Box<dyn EventFilter> {
+        api.stream_masker(Rc::clone(&self.0))
     }
 }
 
@@ -293,6 +288,17 @@ impl EventFilter for StreamMasker {
 }
 
 impl StreamMasker {
+    /// The masker over chat-completions chunks (and the legacy completions' `text`).
+    pub fn new(guard: Rc<RegexGuard>) -> Self {
+        StreamMasker {
+            guard,
+            channels: Vec::new(),
+            last: Default::default(),
+            counted: false,
+            in_place: true,
+        }
+    }
+
     /// The usual chunk, masked without building a `Value`: its texts are read from a borrowed
     /// view and only the strings that change are rewritten in the event's text. None when the
     /// chunk does not fit the view, or when flushing would add a field the chunk lacks: the

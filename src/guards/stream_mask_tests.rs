@@ -213,7 +213,7 @@ fn filter_masks_content_split_across_events_at_every_offset() {
     for at in char_offsets(&text) {
         let (a, b) = text.split_at(at);
         let mut host = RecordingHost::new();
-        let mut filter = factory.create();
+        let mut filter = factory.create(&crate::client_api::chat::Chat);
         let events = vec![
             content_chunk(a),
             content_chunk(b),
@@ -242,7 +242,7 @@ fn filter_masks_content_split_across_events_at_every_offset() {
 #[test]
 fn held_text_is_released_with_the_finish_reason() {
     let factory = StreamMaskFactory(guard(RegexAction::Mask));
-    let mut filter = factory.create();
+    let mut filter = factory.create(&crate::client_api::chat::Chat);
     let mut host = RecordingHost::new();
     let events = vec![
         content_chunk("mail bob@example."),
@@ -253,7 +253,7 @@ fn held_text_is_released_with_the_finish_reason() {
     assert_eq!(last["choices"][0]["finish_reason"], "stop");
     assert_eq!(contents(&out), "mail bob@example.");
     // Without a finish_reason the rest comes in an added chunk before [DONE].
-    let mut filter = factory.create();
+    let mut filter = factory.create(&crate::client_api::chat::Chat);
     let out = run(
         filter.as_mut(),
         vec![
@@ -269,7 +269,7 @@ fn held_text_is_released_with_the_finish_reason() {
     assert_eq!(added["id"], "c1");
     assert_eq!(added["object"], "chat.completion.chunk");
     // And at the end of a stream that had no [DONE].
-    let mut filter = factory.create();
+    let mut filter = factory.create(&crate::client_api::chat::Chat);
     let out = run(
         filter.as_mut(),
         vec![content_chunk("ip 10.0.0.1")],
@@ -282,7 +282,7 @@ fn held_text_is_released_with_the_finish_reason() {
 #[test]
 fn tool_call_arguments_and_legacy_text_and_several_choices() {
     let factory = StreamMaskFactory(guard(RegexAction::Mask));
-    let mut filter = factory.create();
+    let mut filter = factory.create(&crate::client_api::chat::Chat);
     let mut host = RecordingHost::new();
     let events = vec![
         chunk(
@@ -320,7 +320,7 @@ fn tool_call_arguments_and_legacy_text_and_several_choices() {
     );
 
     // Legacy completions stream `text`.
-    let mut filter = factory.create();
+    let mut filter = factory.create(&crate::client_api::chat::Chat);
     let legacy = |text: &str, finish: Value| {
         SseEvent::data(json!({"id": "x", "object": "text_completion", "choices": [{"index": 0, "text": text, "finish_reason": finish}]}).to_string())
     };
@@ -351,7 +351,7 @@ fn tool_call_arguments_and_legacy_text_and_several_choices() {
 fn reject_ends_the_stream_before_any_part_of_the_hit_is_sent() {
     let factory = StreamMaskFactory(guard(RegexAction::Reject));
     let mut host = RecordingHost::new();
-    let mut filter = factory.create();
+    let mut filter = factory.create(&crate::client_api::chat::Chat);
     let mut out = Vec::new();
     filter
         .on_event(content_chunk("Your card is 4111 "), &mut out, &mut host)
@@ -374,7 +374,7 @@ fn reject_ends_the_stream_before_any_part_of_the_hit_is_sent() {
         1
     );
     // A clean stream passes.
-    let mut filter = factory.create();
+    let mut filter = factory.create(&crate::client_api::chat::Chat);
     let out = run(
         filter.as_mut(),
         vec![content_chunk("all good"), SseEvent::data("[DONE]")],
@@ -387,7 +387,7 @@ fn reject_ends_the_stream_before_any_part_of_the_hit_is_sent() {
 #[test]
 fn usage_and_empty_events_pass() {
     let factory = StreamMaskFactory(guard(RegexAction::Mask));
-    let mut filter = factory.create();
+    let mut filter = factory.create(&crate::client_api::chat::Chat);
     let mut host = RecordingHost::new();
     let usage = SseEvent::data(
         json!({"id": "c1", "choices": [], "usage": {"prompt_tokens": 1}}).to_string(),
@@ -414,7 +414,7 @@ fn unreadable_events_end_the_stream_and_are_counted() {
     for action in [RegexAction::Mask, RegexAction::Reject] {
         let factory = StreamMaskFactory(guard(action));
         for data in unreadable {
-            let mut filter = factory.create();
+            let mut filter = factory.create(&crate::client_api::chat::Chat);
             let mut host = RecordingHost::new();
             let mut out = Vec::new();
             filter
@@ -517,7 +517,7 @@ fn a_hit_split_after_a_very_large_piece_is_masked() {
     // Through the filter, in both modes.
     for action in [RegexAction::Mask, RegexAction::Reject] {
         let factory = StreamMaskFactory(guard(action));
-        let mut filter = factory.create();
+        let mut filter = factory.create(&crate::client_api::chat::Chat);
         let mut host = RecordingHost::new();
         let big = format!("{}ssn 123-45-", "a".repeat(70 * 1024));
         let out = run(
@@ -562,7 +562,7 @@ fn an_operator_match_over_the_pending_limit_ends_the_stream() {
         scanner,
         action: RegexAction::Mask,
     }));
-    let mut filter = factory.create();
+    let mut filter = factory.create(&crate::client_api::chat::Chat);
     let mut host = RecordingHost::new();
     let mut events = vec![content_chunk("Ticket: TCK-")];
     events.extend((0..20).map(|_| content_chunk(&"7".repeat(1000))));

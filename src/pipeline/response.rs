@@ -175,7 +175,7 @@ impl Flow {
                 .guards
                 .stream
                 .iter()
-                .map(|factory| factory.create())
+                .map(|factory| factory.create(self.api))
                 .collect();
             let processor = StreamProcessor::new(
                 codec.stream_decoder(&self.exchange),

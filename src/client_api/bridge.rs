@@ -1,0 +1,32 @@
+//! The bridge between a client API that is not chat completions (Anthropic Messages,
+//! OpenAI Responses) and the chat-completions form every provider codec speaks
+//! (`providers::Codec`). A request of such an API to a provider that does not speak it
+//! natively ([`super::Translation::ViaChat`]) goes: client form → [`ChatBridge::request_to_chat`]
+//! → `Codec::encode_request` → provider; the answer comes back: provider →
+//! `Codec::decode_response` (or its `StreamDecoder`) → chat form → [`ChatBridge::answer_from_chat`]
+//! (or [`ChatBridge::stream_from_chat`]) → client form.
+//!
+//! Every stage sees the client's form on both sides: guards and shaping run before the
+//! request is bridged, response guards after the answer is bridged back, so a stage works
+//! the same whether the provider speaks the client's API or not.
+
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::providers::{Exchange, StreamDecoder};
+
+pub trait ChatBridge: Sync {
+    /// The client's validated (and shaped, guarded) request as a chat-completions request.
+    /// The model is already resolved in `request["model"]`. A request that needs what chat
+    /// completions cannot carry gets a 400 naming the field (`unsupported_operation` for
+    /// server-side state).
+    fn request_to_chat(&self, request: &Value, exchange: &Exchange) -> Result<Value, ApiError>;
+
+    /// A `chat.completion` answer as the client API's answer object.
+    fn answer_from_chat(&self, answer: &Value, exchange: &Exchange) -> Result<Value, ApiError>;
+
+    /// A translator from `chat.completion.chunk` events (ending with `[DONE]`) to the client
+    /// API's events. It always receives the usage chunk (the filter asks for it upstream)
+    /// and carries usage into the client's events.
+    fn stream_from_chat(&self, exchange: &Exchange) -> Box<dyn StreamDecoder>;
+}
