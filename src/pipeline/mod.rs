@@ -425,7 +425,7 @@ impl Flow {
         let plan = Rc::clone(&self.plan);
         let route = plan.routes.get(self.route).ok_or_else(internal_error)?;
         let mut body = api::parse_body(bytes)?;
-        route.shaping.apply(&mut body)?;
+        route.shaping.apply_as(&mut body, self.api.shaping_form())?;
         self.api.validate(&body)?;
         let requested = body.get("model").and_then(Value::as_str);
         let model = route.provider.resolve_model(requested)?.unwrap_or_default();
