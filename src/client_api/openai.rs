@@ -78,7 +78,8 @@ pub fn usage_from_event(data: &str) -> Option<Usage> {
     usage::from_stream_event(data)
 }
 
-/// An OpenAI API other than chat reaches only providers that serve it natively.
-pub fn native_only(codec: &dyn Codec, operation: Operation) -> Option<Translation> {
-    codec.supports(operation).then_some(Translation::Native)
+/// An OpenAI API other than chat reaches only providers that serve it (the OpenAI kinds),
+/// through the OpenAI codec, which asks streams for their usage.
+pub fn openai_kinds_only(codec: &dyn Codec, operation: Operation) -> Option<Translation> {
+    codec.supports(operation).then_some(Translation::Codec)
 }
