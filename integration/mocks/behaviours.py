@@ -119,6 +119,7 @@ DEFAULT_ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", r"/v1/chat/completions", llm.openai_chat),
     ("POST", r"/chat/completions", llm.openai_chat),  # OpenAI-compatible servers with base path /
     ("POST", r"/openai/deployments/(?P<deployment>[^/]+)/chat/completions", llm.azure_chat),
+    ("POST", r"/v1/messages/count_tokens", llm.anthropic_count_tokens),
     ("POST", r"/v1/messages", llm.anthropic_messages),
     ("POST", r"/v1beta/models/(?P<model>[^/:]+):generateContent", llm.gemini_generate),
     ("POST", r"/v1beta/models/(?P<model>[^/:]+):streamGenerateContent", llm.gemini_stream_generate),
