@@ -93,14 +93,14 @@ def user(text: str) -> list[dict]:
 def test_create_passes_through_with_the_gateways_key(envoy, mock):
     reply = client(envoy, "plain").messages.create(
         model=MODEL, max_tokens=64, system="Be brief.", messages=user("hi there"),
-        extra_headers={"anthropic-beta": "prompt-caching-2024-07-31"},
+        extra_headers={"anthropic-beta": "prompt-caching-2024-07-31", "anthropic-version": "2099-01-01"},
     )
     assert reply.content[0].text == llm.ECHO_PREFIX + "hi there"
     assert (reply.usage.input_tokens, reply.usage.output_tokens) == (11, 7)
     seen = mock.last
     assert seen.path == "/v1/messages"
     assert_gateway_credential(seen)
-    assert seen.headers["anthropic-version"] == "2023-06-01"
+    assert seen.headers["anthropic-version"] == "2099-01-01", "the client's version must pass"
     assert seen.headers["anthropic-beta"] == "prompt-caching-2024-07-31"
     assert seen.json["system"] == "Be brief."
 
