@@ -50,7 +50,8 @@ ROUTES = [
         limits={"tokens": [{"name": "per-user", "key": {"header": "x-user-id"}, "limit": 20, "window_ms": 600000}]},
     ),
     # Claude Code: ANTHROPIC_BASE_URL is the gateway's root.
-    {"name": "claude-code", "match": {"path_prefix": "/v1/"}, "provider": PROVIDER, "guards": {"request": [EMAIL_MASK]}},
+    {"name": "claude-code", "match": {"path_prefix": "/v1/"}, "provider": PROVIDER,
+     "guards": {"request": [EMAIL_MASK], "response": [EMAIL_MASK]}},
 ]
 
 WEATHER = {
@@ -308,14 +309,40 @@ def test_gateway_errors_in_anthropics_shape(envoy, mock, body, field):
 CLAUDE = Path(__file__).resolve().parents[1] / "agents" / "node_modules" / ".bin" / "claude"
 
 
+def thinking_stream(model: str, thinking: str, text: str) -> bytes:
+    """A streamed answer with a thinking block (Claude Code asks for thinking), then text,
+    cut into small deltas the way Anthropic streams them."""
+    ev = [sse.sse_event({"type": "message_start", "message": {
+        "id": "msg_cc", "type": "message", "role": "assistant", "model": model, "content": [],
+        "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": 30, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 12, "output_tokens": 1}}}, event="message_start")]
+    ev.append(sse.sse_event({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}, event="content_block_start"))
+    for i in range(0, len(thinking), 7):
+        ev.append(sse.sse_event({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": thinking[i:i + 7]}}, event="content_block_delta"))
+    ev.append(sse.sse_event({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "c2lnbmF0dXJl"}}, event="content_block_delta"))
+    ev.append(sse.sse_event({"type": "content_block_stop", "index": 0}, event="content_block_stop"))
+    ev.append(sse.sse_event({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}, event="content_block_start"))
+    for i in range(0, len(text), 5):
+        ev.append(sse.sse_event({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": text[i:i + 5]}}, event="content_block_delta"))
+    ev.append(sse.sse_event({"type": "content_block_stop", "index": 1}, event="content_block_stop"))
+    ev.append(sse.sse_event({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 42}}, event="message_delta"))
+    ev.append(sse.sse_event({"type": "message_stop"}, event="message_stop"))
+    return b"".join(ev)
+
+
+CC_TEXT = f"PONG from the mock, mail {EMAIL} now"
+
+
 def claude_code_messages(req):
-    """Claude Code's requests, answered as Anthropic would: a streamed text answer (never a
-    tool call, so the agent runs no tool), or JSON when it does not stream."""
+    """Claude Code's requests, answered as Anthropic would: streamed (thinking when asked for,
+    then text; never a tool call, so the agent runs no tool), or JSON when it does not stream."""
     body = req.json if isinstance(req.json, dict) else {}
-    text = "PONG from the mock"
+    model = body.get("model", MODEL)
     if body.get("stream"):
-        return llm.sse_reply(llm.anthropic_stream(body.get("model", MODEL), text))
-    return Reply(200, llm.anthropic_message(body.get("model", MODEL), text))
+        if isinstance(body.get("thinking"), dict) and body["thinking"].get("type") != "disabled":
+            return llm.sse_reply(thinking_stream(model, f"The user wrote from {EMAIL}; answer PONG.", CC_TEXT))
+        return llm.sse_reply(llm.anthropic_stream(model, CC_TEXT))
+    return Reply(200, llm.anthropic_message(model, CC_TEXT))
 
 
 @pytest.mark.skipif(not CLAUDE.exists(), reason=f"Claude Code is not installed at {CLAUDE} (run `make agents`)")
@@ -344,7 +371,9 @@ def test_claude_code_through_the_gateway(envoy, mock, tmp_path):
     messages = [r for r in mock.requests if r.path_only == "/v1/messages"]
     print("Claude Code's requests:", [(r.method, r.path, (r.json or {}).get("model"), (r.json or {}).get("stream")) for r in mock.requests])
     assert done.returncode == 0, done.stderr + done.stdout
-    assert "PONG from the mock" in done.stdout
+    # The answer's address was masked on its way back, split across text deltas.
+    assert "PONG from the mock, mail <EMAIL> now" in done.stdout, done.stdout
+    assert EMAIL not in done.stdout
     assert messages, "Claude Code sent no Messages request"
     main = [r for r in messages if EMAIL in r.text or "<EMAIL>" in r.text]
     assert main, "the prompt never reached the provider"
@@ -355,3 +384,9 @@ def test_claude_code_through_the_gateway(envoy, mock, tmp_path):
     assert any("beta=true" in r.path for r in messages)
     assert any(r.headers.get("anthropic-beta") for r in messages)
     assert "<EMAIL>" in main[-1].text
+    # What Claude Code sends (2.1.x): streamed, thinking, tools, system blocks.
+    assert main[-1].json["stream"] is True
+    assert main[-1].json.get("tools")
+    assert "claude-code-" in main[-1].headers["anthropic-beta"]
+    entry = [e for e in envoy.access_log() if e.get("aigate_route") == "claude-code"][-1]
+    assert (entry["aigate_prompt_tokens"], entry["aigate_completion_tokens"]) in {("47", "42"), ("11", "7")}
