@@ -18,6 +18,7 @@ pub mod bridge;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
+pub mod messages_bridge;
 pub mod openai;
 
 use std::rc::Rc;
