@@ -3,14 +3,15 @@
 //! `openai_compatible` without `"messages": true`, and `gemini` through its chat codec).
 //!
 //! Request (`request_to_chat`): `system` → one system message (text blocks joined with a
-//! blank line); user text and image blocks → content parts (`image_url`, base64 sources as
+//! blank line), as is a `system` turn among the messages, in place; user text and image blocks → content parts (`image_url`, base64 sources as
 //! `data:` URLs); `tool_result` blocks → `tool` messages, sent before the rest of their user
 //! turn (chat wants them right after the assistant's calls); assistant `tool_use` →
 //! `tool_calls` (arguments = the compact JSON text of `input`); `thinking` and
 //! `redacted_thinking` blocks are dropped; `tools`, `tool_choice`
 //! (`disable_parallel_tool_use` → `parallel_tool_calls: false`), `stop_sequences` → `stop`,
 //! `max_tokens` → `max_completion_tokens`, `metadata.user_id` → `user`, `stream` → `stream`
-//! with `stream_options.include_usage`. Fields with no chat equivalent that only tune the
+//! with `stream_options.include_usage`, `output_config.format` → `response_format`;
+//! tools with `defer_loading` are left out. Fields with no chat equivalent that only tune the
 //! answer are dropped ([`DROPPED`]); blocks and fields that carry content or server-side
 //! state chat cannot hold get a 400 naming them. docs/CONFIG.md has the whole table.
 //!
@@ -39,7 +40,7 @@ pub struct MessagesBridge;
 pub static BRIDGE: MessagesBridge = MessagesBridge;
 
 /// Top-level request fields translated to chat completions.
-pub const MAPPED: [&str; 11] = [
+pub const MAPPED: [&str; 13] = [
     "model",
     "messages",
     "system",
@@ -51,6 +52,8 @@ pub const MAPPED: [&str; 11] = [
     "tools",
     "tool_choice",
     "metadata",
+    "output_config",
+    "output_format",
 ];
 
 /// Top-level request fields dropped on purpose: they tune sampling, reasoning, caching or
@@ -67,13 +70,14 @@ pub const DROPPED: [&str; 5] = [
 /// Top-level fields that need state on Anthropic's side: 400 `unsupported_operation`.
 const SERVER_STATE: [&str; 2] = ["container", "mcp_servers"];
 
-/// Keys of a `tools[]` entry that are read (`name`, `description`, `input_schema`, `type`)
-/// or dropped (`cache_control`, `strict`).
-const TOOL_KEYS: [&str; 6] = [
+/// Keys of a `tools[]` entry that are read (`name`, `description`, `input_schema`, `type`,
+/// `defer_loading`) or dropped (`cache_control`, `strict`).
+const TOOL_KEYS: [&str; 7] = [
     "name",
     "description",
     "input_schema",
     "type",
+    "defer_loading",
     "cache_control",
     "strict",
 ];
@@ -200,6 +204,7 @@ pub fn request_to_chat(request: &Value) -> Result<Value, ApiError> {
         Some(_) => return Err(invalid("metadata", "must be an object")),
     }
     translate_tools(request, &mut body)?;
+    translate_output(request, &mut body)?;
     match request.get("stream") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => {}
         Some(Value::Bool(true)) => {
@@ -213,13 +218,19 @@ pub fn request_to_chat(request: &Value) -> Result<Value, ApiError> {
 
 /// `system` (a string or text blocks) as one text; None when absent or empty.
 fn system_text(system: Option<&Value>) -> Result<Option<String>, ApiError> {
+    instruction_text(system, "system")
+}
+
+/// Instructions (`system`, or a `system` turn's content: a string or text blocks) as one
+/// text, blocks joined with a blank line; None when absent or empty.
+fn instruction_text(system: Option<&Value>, at: &str) -> Result<Option<String>, ApiError> {
     let text = match system {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(text)) => text.clone(),
         Some(Value::Array(blocks)) => {
             let mut texts = Vec::with_capacity(blocks.len());
             for (index, block) in blocks.iter().enumerate() {
-                let at = format!("system[{index}]");
+                let at = format!("{at}[{index}]");
                 match block_type(block, &at)? {
                     "text" => texts.push(text_of(block, &at)?),
                     other => {
@@ -229,12 +240,7 @@ fn system_text(system: Option<&Value>) -> Result<Option<String>, ApiError> {
             }
             texts.join("\n\n")
         }
-        Some(_) => {
-            return Err(invalid(
-                "system",
-                "must be a string or an array of text blocks",
-            ))
-        }
+        Some(_) => return Err(invalid(at, "must be a string or an array of text blocks")),
     };
     Ok((!text.is_empty()).then_some(text))
 }
@@ -263,10 +269,19 @@ fn is_thinking(kind: &str) -> bool {
 fn translate_turn(turn: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), ApiError> {
     let role = match turn.get("role").and_then(Value::as_str) {
         Some(role @ ("user" | "assistant")) => role,
+        Some("system") => {
+            // Instructions among the turns (Claude Code sends its environment so): a system
+            // message in place.
+            let text = instruction_text(turn.get("content"), &format!("{at}.content"))?;
+            if let Some(text) = text {
+                out.push(json!({"role": "system", "content": text}));
+            }
+            return Ok(());
+        }
         _ => {
             return Err(invalid(
                 &format!("{at}.role"),
-                "must be \"user\" or \"assistant\"",
+                "must be \"user\", \"assistant\" or \"system\"",
             ))
         }
     };
@@ -447,6 +462,13 @@ fn translate_tools(request: &Object, body: &mut Object) -> Result<(), ApiError> 
         if let Some(key) = tool.keys().find(|key| !TOOL_KEYS.contains(&key.as_str())) {
             return Err(unsupported(&format!("{at}.{key}")));
         }
+        match tool.get("defer_loading") {
+            None | Some(Value::Null | Value::Bool(false)) => {}
+            // A deferred tool is not in the model's context until a tool search loads it;
+            // chat completions has no such search, so it is left out.
+            Some(Value::Bool(true)) => continue,
+            Some(_) => return Err(invalid(&format!("{at}.defer_loading"), "must be a boolean")),
+        }
         let name = tool
             .get("name")
             .and_then(Value::as_str)
@@ -525,6 +547,47 @@ fn translate_tools(request: &Object, body: &mut Object) -> Result<(), ApiError> 
         body.insert("parallel_tool_calls".into(), Value::Bool(false));
     }
     Ok(())
+}
+
+/// `output_config` (`effort` dropped: a reasoning hint; `format` → `response_format`) and
+/// the older top-level `output_format`.
+fn translate_output(request: &Object, body: &mut Object) -> Result<(), ApiError> {
+    let mut format = match request.get("output_format") {
+        None | Some(Value::Null) => None,
+        Some(format) => Some(("output_format", format)),
+    };
+    match request.get("output_config") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(config)) => {
+            for (key, value) in config {
+                match key.as_str() {
+                    "effort" => {}
+                    "format" if !value.is_null() => format = Some(("output_config.format", value)),
+                    "format" => {}
+                    other => return Err(unsupported(&format!("output_config.{other}"))),
+                }
+            }
+        }
+        Some(_) => return Err(invalid("output_config", "must be an object")),
+    }
+    let Some((at, format)) = format else {
+        return Ok(());
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("json_schema") => {
+            let schema = format
+                .get("schema")
+                .filter(|s| s.is_object())
+                .ok_or_else(|| invalid(&format!("{at}.schema"), "must be an object"))?;
+            body.insert(
+                "response_format".into(),
+                json!({"type": "json_schema",
+                       "json_schema": {"name": "output", "schema": schema}}),
+            );
+            Ok(())
+        }
+        _ => Err(unsupported(&format!("{at} of this type"))),
+    }
 }
 
 // ------------------------------------------------------------------------ answer

@@ -224,6 +224,59 @@ fn request_mapping_table() {
                 "messages": [{"role": "user", "content": "x"}],
             }),
         ),
+        (
+            "Claude Code 2.1's request: system turn, adaptive thinking, effort, deferred tool",
+            json!({
+                "model": "claude-opus-5-5", "max_tokens": 128000, "stream": true,
+                "metadata": {"user_id": "{\"device_id\":\"dc7a\",\"session_id\":\"4cf7\"}"},
+                "thinking": {"type": "adaptive", "display": "omitted"},
+                "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+                "output_config": {"effort": "medium"},
+                "system": [
+                    {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.332;"},
+                    {"type": "text", "text": "You are a Claude agent.", "cache_control": {"type": "ephemeral"}},
+                ],
+                "messages": [
+                    {"role": "user", "content": [
+                        {"type": "text", "text": "<system-reminder>r</system-reminder>"},
+                        {"type": "text", "text": "Say ping"},
+                    ]},
+                    {"role": "system", "content": [
+                        {"type": "text", "text": "# Environment", "cache_control": {"type": "ephemeral"}},
+                    ]},
+                ],
+                "tools": [
+                    {"name": "Bash", "description": "Run.", "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}}},
+                    {"name": "DeferredToolPlaceholder", "description": "never call", "input_schema": {"type": "object", "properties": {}}, "defer_loading": true},
+                ],
+            }),
+            json!({
+                "model": "claude-opus-5-5", "max_completion_tokens": 128000,
+                "stream": true, "stream_options": {"include_usage": true},
+                "user": "{\"device_id\":\"dc7a\",\"session_id\":\"4cf7\"}",
+                "messages": [
+                    {"role": "system", "content": "x-anthropic-billing-header: cc_version=2.1.332;\n\nYou are a Claude agent."},
+                    {"role": "user", "content": [
+                        {"type": "text", "text": "<system-reminder>r</system-reminder>"},
+                        {"type": "text", "text": "Say ping"},
+                    ]},
+                    {"role": "system", "content": "# Environment"},
+                ],
+                "tools": [{"type": "function", "function": {"name": "Bash", "description": "Run.",
+                           "parameters": {"type": "object", "properties": {"command": {"type": "string"}}}}}],
+            }),
+        ),
+        (
+            "structured output: output_config.format (and output_format) → response_format",
+            json!({
+                "model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+                "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+            }),
+            json!({
+                "model": "m", "max_completion_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "output", "schema": {"type": "object"}}},
+            }),
+        ),
     ];
     for (name, request, expected) in cases {
         let chat = request_to_chat(&request).unwrap_or_else(|e| panic!("{name}: {e:?}"));
@@ -309,9 +362,25 @@ fn requests_chat_cannot_carry_are_refused_naming_the_field() {
             "'container'",
         ),
         (
-            base(json!({"output_format": {"type": "json_schema"}})),
+            base(json!({"inference_geo": "us"})),
             "unsupported_parameter",
-            "Parameter 'output_format'",
+            "Parameter 'inference_geo'",
+        ),
+        (
+            base(json!({"output_config": {"effort": "low", "task_budget": 10}})),
+            "unsupported_parameter",
+            "output_config.task_budget",
+        ),
+        (
+            base(json!({"output_config": {"format": {"type": "xml"}}})),
+            "unsupported_parameter",
+            "output_config.format of this type",
+        ),
+        (
+            base(json!({"messages": [{"role": "system", "content": [
+                {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]}]})),
+            "unsupported_parameter",
+            "messages[0].content[0]: a block of type \"image\"",
         ),
         (
             base(json!({"tool_choice": {"type": "any"}})),
@@ -334,7 +403,7 @@ fn requests_chat_cannot_carry_are_refused_naming_the_field() {
             "stop_sequences",
         ),
         (
-            base(json!({"messages": [{"role": "system", "content": "x"}]})),
+            base(json!({"messages": [{"role": "tool", "content": "x"}]})),
             "invalid_value",
             "messages[0].role",
         ),
