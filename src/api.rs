@@ -15,6 +15,10 @@ pub enum Operation {
     Embeddings,
     /// `GET .../models`: answered by the filter from the route's config.
     ListModels,
+    /// `POST .../messages` (Anthropic Messages)
+    Messages,
+    /// `POST .../messages/count_tokens` (Anthropic token counting)
+    CountTokens,
 }
 
 impl Operation {
@@ -46,6 +50,8 @@ impl Operation {
             Operation::Completions => "completions",
             Operation::Embeddings => "embeddings",
             Operation::ListModels => "models",
+            Operation::Messages => "messages",
+            Operation::CountTokens => "messages/count_tokens",
         }
     }
 
@@ -55,6 +61,8 @@ impl Operation {
             Operation::Completions => "text_completion",
             Operation::Embeddings => "embeddings",
             Operation::ListModels => "models",
+            Operation::Messages => "messages",
+            Operation::CountTokens => "count_tokens",
         }
     }
 }

@@ -58,6 +58,9 @@ pub fn operation_name(operation: crate::api::Operation) -> &'static str {
         Operation::Completions => "text_completion",
         Operation::Embeddings => "embeddings",
         Operation::ListModels => "list_models",
+        // OTel names a Messages exchange `chat`; token counting is its own operation.
+        Operation::Messages => "chat",
+        Operation::CountTokens => "count_tokens",
     }
 }
 

@@ -114,6 +114,12 @@ pub fn estimate(request_bytes: usize, generated_bytes: usize) -> Usage {
 /// inside a string is always escaped), whose value is skipped over.
 pub fn generated_text_len(data: &str) -> usize {
     const TEXT_KEYS: [&[u8]; 3] = [b"content\"", b"arguments\"", b"refusal\""];
+    generated_text_len_of(data, &TEXT_KEYS)
+}
+
+/// Bytes of the string values of the keys whose text ends with one of `text_keys` (with its
+/// closing quote: `content"` also counts `reasoning_content`), as `generated_text_len`.
+pub fn generated_text_len_of(data: &str, text_keys: &[&[u8]]) -> usize {
     let bytes = data.as_bytes();
     let mut total = 0;
     let mut at = 0;
@@ -129,7 +135,7 @@ pub fn generated_text_len(data: &str) -> usize {
         }
         let end = end.min(bytes.len());
         let key = bytes.get(..key_end).unwrap_or_default();
-        if TEXT_KEYS.iter().any(|name| key.ends_with(name)) {
+        if text_keys.iter().any(|name| key.ends_with(name)) {
             total += end.saturating_sub(start);
         }
         at = end + 1;

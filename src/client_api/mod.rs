@@ -18,6 +18,7 @@ pub mod bridge;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
+pub mod messages;
 pub mod messages_bridge;
 pub mod openai;
 
@@ -145,6 +146,34 @@ pub trait ClientApi: Sync {
     /// Usage carried by one SSE event's data, if any.
     fn usage_from_event(&self, data: &str) -> Option<Usage>;
 
+    /// Updates a stream's usage so far with one event's data. The default replaces it with
+    /// the event's usage (OpenAI's usage chunk is whole); an API whose events each carry a
+    /// part (Anthropic's `message_start` and cumulative `message_delta`) merges.
+    fn update_stream_usage(&self, data: &str, usage: &mut Option<Usage>) {
+        if let Some(found) = self.usage_from_event(data) {
+            *usage = Some(found);
+        }
+    }
+
+    /// Bytes of generated text in one stream event (what an estimate counts when usage
+    /// never arrives; `usage::estimate`).
+    fn generated_text_len(&self, data: &str) -> usize {
+        crate::usage::generated_text_len(data)
+    }
+
+    /// True when the client's query string goes on to a provider that serves the API
+    /// natively (Claude Code's `/v1/messages?beta=true`); a translated request never
+    /// carries it.
+    fn forwards_query(&self) -> bool {
+        false
+    }
+
+    /// Where shaping's prepend/append messages go (chat `messages`, or Anthropic's
+    /// `system` and alternating turns).
+    fn shaping_form(&self) -> crate::shaping::MessageForm {
+        crate::shaping::MessageForm::Chat
+    }
+
     /// The body of an error answer in the API's error shape.
     fn error_body(&self, error: &ApiError) -> Vec<u8> {
         error.body()
@@ -183,7 +212,9 @@ pub trait ClientApi: Sync {
 
 /// Every client API, in the order paths are matched (`/chat/completions` before
 /// `/completions`). Registering an API is one line here.
-pub static REGISTERED: [&dyn ClientApi; 3] = [
+pub static REGISTERED: [&dyn ClientApi; 5] = [
+    &messages::CountTokens,
+    &messages::Messages,
     &chat::Chat,
     &completions::Completions,
     &embeddings::Embeddings,
@@ -227,6 +258,8 @@ mod tests {
             Operation::ChatCompletions,
             Operation::Completions,
             Operation::Embeddings,
+            Operation::Messages,
+            Operation::CountTokens,
         ] {
             let count = REGISTERED
                 .iter()
@@ -247,6 +280,12 @@ mod tests {
         );
         assert_eq!(op("/openai/v1/completions"), Some(Operation::Completions));
         assert_eq!(op("/v1/embeddings"), Some(Operation::Embeddings));
+        assert_eq!(op("/v1/messages"), Some(Operation::Messages));
+        assert_eq!(op("/v1/messages?beta=true"), Some(Operation::Messages));
+        assert_eq!(
+            op("/anthropic/v1/messages/count_tokens/"),
+            Some(Operation::CountTokens)
+        );
         assert_eq!(op("/v1/models"), None);
         assert_eq!(op("/v1/files"), None);
     }

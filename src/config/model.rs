@@ -89,6 +89,10 @@ pub struct ProviderConfig {
     pub azure: Option<AzureConfig>,
     #[serde(default)]
     pub anthropic: Option<AnthropicConfig>,
+    /// `openai_compatible` only: the server serves Anthropic Messages (`/v1/messages`)
+    /// itself, so Messages clients pass through (default false: translated to chat).
+    #[serde(default)]
+    pub messages: Option<bool>,
 }
 
 /// Exactly one of the three fields must be given; `compile` checks that.

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::host::Host;
 use crate::providers::StreamDecoder;
 use crate::sse::{SseEvent, SseParser};
-use crate::usage::{self, Usage};
+use crate::usage::Usage;
 
 pub struct StreamProcessor {
     /// The client API the stream answers: its usage events and error events.
@@ -241,12 +241,10 @@ impl StreamProcessor {
         if let Some(code) = in_band_error(&event.data) {
             self.note_error(&code);
         }
-        if let Some(found) = self.api.usage_from_event(&event.data) {
-            self.usage = Some(found);
-        }
+        self.api.update_stream_usage(&event.data, &mut self.usage);
         if crate::find::contains(&event.data, "\"delta\"") {
             self.saw_content = true;
-            self.generated += usage::generated_text_len(&event.data);
+            self.generated += self.api.generated_text_len(&event.data);
         }
     }
 }

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::codec::{Codec, Exchange, StreamDecoder};
 use super::common::{self, Object, Part, ToolChoice};
 use super::Provider;
+use crate::api::Operation;
 use crate::error::ApiError;
 
 const NAME: &str = "anthropic";
@@ -38,6 +39,14 @@ const MAPPED: [&str; 13] = [
 pub struct AnthropicCodec;
 
 impl Codec for AnthropicCodec {
+    /// Chat clients through this codec; Anthropic Messages clients natively.
+    fn supports(&self, operation: Operation) -> bool {
+        matches!(
+            operation,
+            Operation::ChatCompletions | Operation::Messages | Operation::CountTokens
+        )
+    }
+
     fn translates_responses(&self) -> bool {
         true
     }

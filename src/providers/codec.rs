@@ -93,7 +93,13 @@ pub trait StreamDecoder {
     fn finish(&mut self, out: &mut Vec<SseEvent>);
 }
 
-static OPENAI_CODEC: super::openai::OpenAiCodec = super::openai::OpenAiCodec;
+static OPENAI_CODEC: super::openai::OpenAiCodec = super::openai::OpenAiCodec {
+    native_messages: false,
+};
+/// An `openai_compatible` server that also serves Anthropic Messages (`"messages": true`).
+static OPENAI_MESSAGES_CODEC: super::openai::OpenAiCodec = super::openai::OpenAiCodec {
+    native_messages: true,
+};
 static ANTHROPIC_CODEC: super::anthropic::AnthropicCodec = super::anthropic::AnthropicCodec;
 static GEMINI_CODEC: super::gemini::GeminiCodec = super::gemini::GeminiCodec;
 
@@ -104,6 +110,15 @@ pub fn for_kind(kind: ProviderKind) -> &'static dyn Codec {
         }
         ProviderKind::Anthropic => &ANTHROPIC_CODEC,
         ProviderKind::Gemini => &GEMINI_CODEC,
+    }
+}
+
+/// The codec of a provider; `native_messages` is the provider's `messages` setting (an
+/// `openai_compatible` server that serves Anthropic Messages itself).
+pub fn for_provider(kind: ProviderKind, native_messages: bool) -> &'static dyn Codec {
+    match kind {
+        ProviderKind::OpenaiCompatible if native_messages => &OPENAI_MESSAGES_CODEC,
+        _ => for_kind(kind),
     }
 }
 

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 pub use codec::{Codec, Exchange, StreamDecoder};
+pub use codec::for_provider as codec_for;
 
 use crate::api::Operation;
 use crate::config::model::{
@@ -98,6 +99,9 @@ pub struct Provider {
     pub models: Option<BTreeMap<String, String>>,
     pub azure: Option<AzureSettings>,
     pub anthropic: AnthropicSettings,
+    /// The provider serves Anthropic Messages natively (`anthropic`, and `openai_compatible`
+    /// with `"messages": true`).
+    pub messages: bool,
 }
 
 impl Provider {
@@ -179,6 +183,12 @@ impl Provider {
                 "only applies to kind \"anthropic\"",
             ));
         }
+        if config.messages.is_some() && config.kind != ProviderKind::OpenaiCompatible {
+            return Err(ConfigError::new(
+                format!("{path}.messages"),
+                "only applies to kind \"openai_compatible\"",
+            ));
+        }
         let azure = match config.kind {
             ProviderKind::AzureOpenai => {
                 let azure = config
@@ -235,6 +245,7 @@ impl Provider {
             models: config.models.clone(),
             azure,
             anthropic,
+            messages: config.kind == ProviderKind::Anthropic || config.messages == Some(true),
         };
         if !headers_wait_for_body && provider.path_depends_on_body() {
             return Err(ConfigError::new(
@@ -248,7 +259,7 @@ impl Provider {
     }
 
     pub fn codec(&self) -> &'static dyn Codec {
-        codec::for_kind(self.kind)
+        codec::for_provider(self.kind, self.messages)
     }
 
     pub fn spec(&self) -> &'static KindSpec {
@@ -363,7 +374,12 @@ impl Provider {
         let model = model.or(self.model_known_from_config()).unwrap_or_default();
         let mut path = self.path.replace("{model}", model);
         if operation != Operation::ChatCompletions {
-            if let Some(base) = path.strip_suffix(Operation::ChatCompletions.path_suffix()) {
+            // The configured path names the provider's chat (or Messages) endpoint; other
+            // operations live beside it (`/v1/messages` → `/v1/messages/count_tokens`).
+            let base = path
+                .strip_suffix(Operation::ChatCompletions.path_suffix())
+                .or_else(|| path.strip_suffix(Operation::Messages.path_suffix()));
+            if let Some(base) = base {
                 path = format!("{base}{}", operation.path_suffix());
             }
         }

@@ -8,11 +8,17 @@ use super::Provider;
 use crate::api::Operation;
 use crate::error::ApiError;
 
-pub struct OpenAiCodec;
+pub struct OpenAiCodec {
+    /// The server also serves Anthropic Messages (`openai_compatible` with `"messages": true`).
+    pub native_messages: bool,
+}
 
 impl Codec for OpenAiCodec {
-    fn supports(&self, _operation: Operation) -> bool {
-        true
+    fn supports(&self, operation: Operation) -> bool {
+        match operation {
+            Operation::Messages | Operation::CountTokens => self.native_messages,
+            _ => true,
+        }
     }
 
     fn translates_responses(&self) -> bool {

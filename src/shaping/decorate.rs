@@ -51,6 +51,76 @@ impl Decorations {
     }
 }
 
+impl Decorations {
+    /// `apply` for Anthropic Messages: system and developer messages become `system` text
+    /// blocks (prepended ones before the client's system text, appended ones after it);
+    /// user and assistant messages go around the client's turns as they are (a chat text
+    /// part is an Anthropic text block).
+    pub fn apply_anthropic(&self, body: &mut Value) {
+        if self.is_empty() {
+            return;
+        }
+        let Some(object) = body.as_object_mut() else {
+            return;
+        };
+        if !object.get("messages").is_some_and(Value::is_array) {
+            return;
+        }
+        let is_system = |message: &Value| {
+            matches!(
+                message.get("role").and_then(Value::as_str),
+                Some("system" | "developer")
+            )
+        };
+        let blocks = |messages: &[Value]| -> Vec<Value> {
+            let mut blocks = Vec::new();
+            for message in messages.iter().filter(|m| is_system(m)) {
+                match message.get("content") {
+                    Some(Value::String(text)) => {
+                        blocks.push(serde_json::json!({"type": "text", "text": text}));
+                    }
+                    Some(Value::Array(parts)) => blocks.extend(
+                        parts
+                            .iter()
+                            .filter(|part| part.get("type").and_then(Value::as_str) == Some("text"))
+                            .cloned(),
+                    ),
+                    _ => {}
+                }
+            }
+            blocks
+        };
+        let (before, after) = (blocks(&self.prepend), blocks(&self.append));
+        if !before.is_empty() || !after.is_empty() {
+            let client = match object.remove("system") {
+                Some(Value::String(text)) if !text.is_empty() => {
+                    vec![serde_json::json!({"type": "text", "text": text})]
+                }
+                Some(Value::Array(blocks)) => blocks,
+                // Anything else is left for validation to refuse.
+                Some(other) if !other.is_null() && !other.is_string() => {
+                    object.insert("system".into(), other);
+                    return;
+                }
+                _ => Vec::new(),
+            };
+            let mut system = before;
+            system.extend(client);
+            system.extend(after);
+            object.insert("system".into(), Value::Array(system));
+        }
+        let turns = |messages: &[Value]| -> Vec<Value> {
+            messages.iter().filter(|m| !is_system(m)).cloned().collect()
+        };
+        if let Some(messages) = object.get_mut("messages").and_then(Value::as_array_mut) {
+            let mut decorated = turns(&self.prepend);
+            decorated.append(messages);
+            decorated.extend(turns(&self.append));
+            *messages = decorated;
+        }
+    }
+}
+
 /// Checks chat messages an operator wrote (also used for `messages` in defaults/overrides).
 pub fn check_messages(messages: &[Value], path: &str) -> Result<(), ConfigError> {
     for (index, message) in messages.iter().enumerate() {

@@ -18,6 +18,16 @@ use decorate::Decorations;
 use fields::FieldRules;
 use templates::{Template, PROPERTIES_FIELD, TEMPLATE_FIELD};
 
+/// Where a client API keeps its conversation, for prepend/append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageForm {
+    /// Chat completions: every message, system ones included, in `messages`.
+    Chat,
+    /// Anthropic Messages: system and developer text in `system` (as text blocks), user
+    /// and assistant turns in `messages`.
+    AnthropicMessages,
+}
+
 #[derive(Debug)]
 pub struct Shaping {
     pub max_body_bytes: u64,
@@ -68,8 +78,16 @@ impl Shaping {
     }
 
     pub fn apply(&self, body: &mut Value) -> Result<(), ApiError> {
+        self.apply_as(body, MessageForm::Chat)
+    }
+
+    /// `apply` for a client API whose messages have the given form.
+    pub fn apply_as(&self, body: &mut Value, form: MessageForm) -> Result<(), ApiError> {
         self.apply_template(body)?;
-        self.decorations.apply(body);
+        match form {
+            MessageForm::Chat => self.decorations.apply(body),
+            MessageForm::AnthropicMessages => self.decorations.apply_anthropic(body),
+        }
         self.fields.apply(body);
         Ok(())
     }
