@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-pub use codec::{Codec, Exchange, StreamDecoder};
 pub use codec::for_provider as codec_for;
+pub use codec::{Codec, Exchange, StreamDecoder};
 
 use crate::api::Operation;
 use crate::config::model::{
