@@ -25,6 +25,8 @@
 //! `input_json_delta` per tool call), and at `[DONE]` the last block's stop, `message_delta`
 //! (stop reason and the whole usage, input tokens included) and `message_stop`.
 
+use std::collections::BTreeSet;
+
 use serde_json::{json, Map, Value};
 
 use super::bridge::ChatBridge;
@@ -755,18 +757,11 @@ pub fn answer_from_chat(answer: &Value, exchange: &Exchange) -> Result<Value, Ap
 
 // ------------------------------------------------------------------------ stream
 
-/// One chat tool call of the stream, by its chat `index`.
-struct ToolCall {
-    index: u64,
-    /// The JSON text of the arguments so far, checked when its block stops.
-    arguments: String,
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Open {
     Text,
-    /// The position in `MessagesStream::tools`.
-    Tool(usize),
+    /// The tool call with this chat `index`.
+    Tool(u64),
 }
 
 /// `chat.completion.chunk` events → Anthropic Messages events (see the module's text).
@@ -786,7 +781,11 @@ pub struct MessagesStream {
     started: bool,
     open: Option<Open>,
     next_block: u64,
-    tools: Vec<ToolCall>,
+    /// The chat indexes of the tool calls seen (a set: a lookup per delta stays cheap
+    /// however many calls a hostile upstream sends).
+    tools: BTreeSet<u64>,
+    /// The JSON text of the open tool call's arguments so far, checked when it stops.
+    arguments: String,
     finish: Option<String>,
     stop_sequence: Option<String>,
     refused: bool,
@@ -823,7 +822,8 @@ impl MessagesStream {
             started: false,
             open: None,
             next_block: 0,
-            tools: Vec::new(),
+            tools: BTreeSet::new(),
+            arguments: String::new(),
             finish: None,
             stop_sequence: None,
             refused: false,
@@ -881,10 +881,8 @@ impl MessagesStream {
         let Some(open) = self.open.take() else {
             return Ok(());
         };
-        if let Open::Tool(position) = open {
-            if let Some(tool) = self.tools.get(position) {
-                parse_arguments(&tool.arguments)?;
-            }
+        if let Open::Tool(_) = open {
+            parse_arguments(&std::mem::take(&mut self.arguments))?;
         }
         out.push(event(
             "content_block_stop",
@@ -920,42 +918,33 @@ impl MessagesStream {
             .get("index")
             .and_then(Value::as_u64)
             .unwrap_or(position as u64);
-        let known = self.tools.iter().position(|tool| tool.index == index);
-        let tool = match known {
-            Some(tool) if self.open == Some(Open::Tool(tool)) => tool,
-            Some(_) => {
+        if self.open != Some(Open::Tool(index)) {
+            if self.tools.contains(&index) {
                 return Err(bad_upstream(
                     "its tool calls' deltas interleave, which Anthropic content blocks cannot \
                      express",
-                ))
+                ));
             }
-            None => {
-                self.close_block(out)?;
-                let id = call
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .filter(|id| !id.is_empty())
-                    .map_or_else(|| format!("call_{index}"), str::to_string);
-                let name = function
-                    .and_then(|f| f.get("name"))
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                if name.is_empty() {
-                    return Err(bad_upstream("a tool call has no function name"));
-                }
-                self.tools.push(ToolCall {
-                    index,
-                    arguments: String::new(),
-                });
-                let tool = self.tools.len() - 1;
-                self.open_block(
-                    json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
-                    Open::Tool(tool),
-                    out,
-                );
-                tool
+            self.close_block(out)?;
+            let id = call
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|id| !id.is_empty())
+                .map_or_else(|| format!("call_{index}"), str::to_string);
+            let name = function
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if name.is_empty() {
+                return Err(bad_upstream("a tool call has no function name"));
             }
-        };
+            self.tools.insert(index);
+            self.open_block(
+                json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                Open::Tool(index),
+                out,
+            );
+        }
         let piece = match function.and_then(|f| f.get("arguments")) {
             None | Some(Value::Null) => "",
             Some(Value::String(piece)) => piece.as_str(),
@@ -964,9 +953,7 @@ impl MessagesStream {
         if piece.is_empty() {
             return Ok(());
         }
-        if let Some(call) = self.tools.get_mut(tool) {
-            call.arguments.push_str(piece);
-        }
+        self.arguments.push_str(piece);
         out.push(event(
             "content_block_delta",
             json!({"type": "content_block_delta", "index": self.block(),
