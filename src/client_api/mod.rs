@@ -19,6 +19,7 @@ pub mod chat;
 pub mod completions;
 pub mod embeddings;
 pub mod messages;
+pub mod messages_bridge;
 pub mod openai;
 
 use std::rc::Rc;

@@ -110,6 +110,12 @@ impl ClientApi for Messages {
         translation(self, codec)
     }
 
+    /// Chat-completions providers are reached through the Messages bridge
+    /// (`client_api::messages_bridge`).
+    fn chat_bridge(&self) -> Option<&'static dyn super::bridge::ChatBridge> {
+        Some(&super::messages_bridge::BRIDGE)
+    }
+
     fn forwards_query(&self) -> bool {
         true
     }

@@ -59,7 +59,7 @@ fn validation_table() {
             "messages.0.role: Field required",
         ),
         (
-            json!({"max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}),
+            json!({"max_tokens": 5, "messages": [{"role": "developer", "content": "x"}]}),
             "messages.0.role:",
         ),
         (

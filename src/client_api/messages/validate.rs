@@ -10,7 +10,9 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
-pub const ROLES: [&str; 2] = ["user", "assistant"];
+/// `system` turns carry instructions among the messages: Claude Code 2.1 sends its
+/// environment description as one (a string or text blocks, walked like any content).
+pub const ROLES: [&str; 3] = ["user", "assistant", "system"];
 
 fn invalid(field: &str, why: &str) -> ApiError {
     ApiError::invalid_request("invalid_value", format!("{field}: {why}"))
@@ -105,7 +107,7 @@ fn message_field(message: &Value, index: usize) -> Result<(), ApiError> {
         Some(_) => {
             return Err(invalid(
                 &format!("{at}.role"),
-                "Input should be 'user' or 'assistant'",
+                "Input should be 'user', 'assistant' or 'system'",
             ))
         }
         None => return Err(missing(&format!("{at}.role"))),
