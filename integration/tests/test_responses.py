@@ -358,6 +358,9 @@ stream_max_retries = 0
         text=True,
         timeout=120,
     )
+    # What Codex asked for (`-s` shows it): its Responses calls, streamed.
+    for r in mock.requests:
+        print("codex ->", r.method, r.path, sorted(r.json) if isinstance(r.json, dict) else None)
     calls = upstream(mock)
     assert calls, f"Codex made no Responses request: {done.stdout}\n{done.stderr}\n{[r.path for r in mock.requests]}"
     seen = calls[-1]
@@ -366,5 +369,6 @@ stream_max_retries = 0
     assert "dev@example.com" not in seen.text, "the prompt reached the provider unmasked"
     assert "<EMAIL>" in seen.text
     assert seen.json["stream"] is True
+    assert seen.headers.get("originator"), "Codex's protocol headers pass"
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     assert "Hello from mock:" in done.stdout + done.stderr
