@@ -54,6 +54,15 @@ ROUTES = [
     ),
     route("answer-reject", guards={"response": [{"regex": {"name": "pii-out", "builtins": ["ssn"], "action": "reject"}}]}),
     route("budget", limits={"tokens": [{"name": "per-user", "key": {"header": "x-user-id"}, "limit": 30, "window_ms": 600_000}]}),
+    route(
+        "shaped",
+        request={
+            "prepend": [{"role": "system", "content": "You are terse."}],
+            "append": [{"role": "user", "content": "Answer in English."}],
+            "defaults": {"max_output_tokens": 300},
+            "overrides": {"store": False},
+        },
+    ),
     {
         "name": "azure",
         "match": {"path_prefix": "/azure/"},
@@ -165,6 +174,18 @@ def test_function_call_round_trip(envoy, mock):
     # The tool result was masked on its way up; the echo of it comes back masked.
     assert second.output_text == "Tool said: sunny, call me at <PHONE_NUMBER>"
     assert upstream(mock)[-1].json["input"][2]["output"] == "sunny, call me at <PHONE_NUMBER>"
+
+
+def test_shaping_uses_instructions_and_input(envoy, mock):
+    reply = sdk(envoy, "shaped").responses.create(model=MODEL, instructions="Client rules.", input="hola", store=True)
+    sent = upstream(mock)[-1].json
+    assert sent["instructions"] == "You are terse.\n\nClient rules."
+    assert sent["input"] == [
+        {"role": "user", "content": "hola"},
+        {"type": "message", "role": "user", "content": "Answer in English."},
+    ]
+    assert (sent["max_output_tokens"], sent["store"]) == (300, False)
+    assert reply.output_text == "Hello from mock: Answer in English."
 
 
 # ---------------------------------------------------------------- guards
