@@ -13,6 +13,8 @@ pub enum Operation {
     Completions,
     /// `POST .../embeddings`
     Embeddings,
+    /// `POST .../responses` (the OpenAI Responses API)
+    Responses,
     /// `GET .../models`: answered by the filter from the route's config.
     ListModels,
     /// `POST .../messages` (Anthropic Messages)
@@ -49,6 +51,7 @@ impl Operation {
             Operation::ChatCompletions => "chat/completions",
             Operation::Completions => "completions",
             Operation::Embeddings => "embeddings",
+            Operation::Responses => "responses",
             Operation::ListModels => "models",
             Operation::Messages => "messages",
             Operation::CountTokens => "messages/count_tokens",
@@ -60,6 +63,7 @@ impl Operation {
             Operation::ChatCompletions => "chat",
             Operation::Completions => "text_completion",
             Operation::Embeddings => "embeddings",
+            Operation::Responses => "responses",
             Operation::ListModels => "models",
             Operation::Messages => "messages",
             Operation::CountTokens => "count_tokens",

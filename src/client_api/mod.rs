@@ -21,6 +21,7 @@ pub mod embeddings;
 pub mod messages;
 pub mod messages_bridge;
 pub mod openai;
+pub mod responses;
 
 use std::rc::Rc;
 
@@ -212,9 +213,10 @@ pub trait ClientApi: Sync {
 
 /// Every client API, in the order paths are matched (`/chat/completions` before
 /// `/completions`). Registering an API is one line here.
-pub static REGISTERED: [&dyn ClientApi; 5] = [
+pub static REGISTERED: [&dyn ClientApi; 6] = [
     &messages::CountTokens,
     &messages::Messages,
+    &responses::Responses,
     &chat::Chat,
     &completions::Completions,
     &embeddings::Embeddings,
@@ -260,6 +262,7 @@ mod tests {
             Operation::Embeddings,
             Operation::Messages,
             Operation::CountTokens,
+            Operation::Responses,
         ] {
             let count = REGISTERED
                 .iter()
@@ -286,6 +289,8 @@ mod tests {
             op("/anthropic/v1/messages/count_tokens/"),
             Some(Operation::CountTokens)
         );
+        assert_eq!(op("/v1/responses"), Some(Operation::Responses));
+        assert_eq!(op("/openai/v1/responses/"), Some(Operation::Responses));
         assert_eq!(op("/v1/models"), None);
         assert_eq!(op("/v1/files"), None);
     }

@@ -93,6 +93,10 @@ pub struct ProviderConfig {
     /// itself, so Messages clients pass through (default false: translated to chat).
     #[serde(default)]
     pub messages: Option<bool>,
+    /// `openai_compatible` only: the server serves `/v1/responses` itself (default true);
+    /// false sends Responses clients through the chat-completions bridge.
+    #[serde(default)]
+    pub responses: Option<bool>,
 }
 
 /// Exactly one of the three fields must be given; `compile` checks that.

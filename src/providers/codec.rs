@@ -95,11 +95,30 @@ pub trait StreamDecoder {
 
 static OPENAI_CODEC: super::openai::OpenAiCodec = super::openai::OpenAiCodec {
     native_messages: false,
+    responses: true,
 };
 /// An `openai_compatible` server that also serves Anthropic Messages (`"messages": true`).
 static OPENAI_MESSAGES_CODEC: super::openai::OpenAiCodec = super::openai::OpenAiCodec {
     native_messages: true,
+    responses: true,
 };
+/// An `openai_compatible` server with `"responses": false`: chat completions (and the
+/// legacy OpenAI APIs) only.
+static OPENAI_CHAT_ONLY_CODEC: super::openai::OpenAiCodec = super::openai::OpenAiCodec {
+    native_messages: false,
+    responses: false,
+};
+/// Both: Anthropic Messages served, the Responses API not.
+static OPENAI_MESSAGES_NO_RESPONSES_CODEC: super::openai::OpenAiCodec =
+    super::openai::OpenAiCodec {
+        native_messages: true,
+        responses: false,
+    };
+
+#[cfg(test)]
+pub fn chat_only_openai() -> &'static dyn Codec {
+    &OPENAI_CHAT_ONLY_CODEC
+}
 static ANTHROPIC_CODEC: super::anthropic::AnthropicCodec = super::anthropic::AnthropicCodec;
 static GEMINI_CODEC: super::gemini::GeminiCodec = super::gemini::GeminiCodec;
 
@@ -115,9 +134,15 @@ pub fn for_kind(kind: ProviderKind) -> &'static dyn Codec {
 
 /// The codec of a provider; `native_messages` is the provider's `messages` setting (an
 /// `openai_compatible` server that serves Anthropic Messages itself).
-pub fn for_provider(kind: ProviderKind, native_messages: bool) -> &'static dyn Codec {
-    match kind {
-        ProviderKind::OpenaiCompatible if native_messages => &OPENAI_MESSAGES_CODEC,
+pub fn for_provider(
+    kind: ProviderKind,
+    native_messages: bool,
+    responses: bool,
+) -> &'static dyn Codec {
+    match (kind, native_messages, responses) {
+        (ProviderKind::OpenaiCompatible, true, true) => &OPENAI_MESSAGES_CODEC,
+        (ProviderKind::OpenaiCompatible, true, false) => &OPENAI_MESSAGES_NO_RESPONSES_CODEC,
+        (ProviderKind::OpenaiCompatible, false, false) => &OPENAI_CHAT_ONLY_CODEC,
         _ => for_kind(kind),
     }
 }

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 pub use codec::for_provider as codec_for;
+#[cfg(test)]
+pub use codec::{chat_only_openai as chat_only_openai_codec, for_kind as codec_for_kind};
 pub use codec::{Codec, Exchange, StreamDecoder};
 
 use crate::api::Operation;
@@ -102,6 +104,9 @@ pub struct Provider {
     /// The provider serves Anthropic Messages natively (`anthropic`, and `openai_compatible`
     /// with `"messages": true`).
     pub messages: bool,
+    /// The server serves the OpenAI Responses API itself (`openai_compatible`'s
+    /// `"responses"`; always true for `openai` and `azure_openai`).
+    pub responses: bool,
 }
 
 impl Provider {
@@ -177,6 +182,12 @@ impl Provider {
                 "only applies to kind \"azure_openai\"",
             ));
         }
+        if config.responses.is_some() && config.kind != ProviderKind::OpenaiCompatible {
+            return Err(ConfigError::new(
+                format!("{path}.responses"),
+                "only applies to kind \"openai_compatible\"",
+            ));
+        }
         if config.anthropic.is_some() && config.kind != ProviderKind::Anthropic {
             return Err(ConfigError::new(
                 format!("{path}.anthropic"),
@@ -246,6 +257,7 @@ impl Provider {
             azure,
             anthropic,
             messages: config.kind == ProviderKind::Anthropic || config.messages == Some(true),
+            responses: config.responses.unwrap_or(true),
         };
         if !headers_wait_for_body && provider.path_depends_on_body() {
             return Err(ConfigError::new(
@@ -259,7 +271,7 @@ impl Provider {
     }
 
     pub fn codec(&self) -> &'static dyn Codec {
-        codec::for_provider(self.kind, self.messages)
+        codec::for_provider(self.kind, self.messages, self.responses)
     }
 
     pub fn spec(&self) -> &'static KindSpec {
@@ -372,6 +384,10 @@ impl Provider {
         stream: Option<bool>,
     ) -> String {
         let model = model.or(self.model_known_from_config()).unwrap_or_default();
+        if operation == Operation::Responses && self.azure.is_some() {
+            // Azure's v1 API: the deployment goes in the body's `model`, no api-version.
+            return "/openai/v1/responses".to_string();
+        }
         let mut path = self.path.replace("{model}", model);
         if operation != Operation::ChatCompletions {
             // The configured path names the provider's chat (or Messages) endpoint; other

@@ -11,12 +11,15 @@ use crate::error::ApiError;
 pub struct OpenAiCodec {
     /// The server also serves Anthropic Messages (`openai_compatible` with `"messages": true`).
     pub native_messages: bool,
+    /// The server serves `/v1/responses` (the Responses API) itself.
+    pub responses: bool,
 }
 
 impl Codec for OpenAiCodec {
     fn supports(&self, operation: Operation) -> bool {
         match operation {
             Operation::Messages | Operation::CountTokens => self.native_messages,
+            Operation::Responses => self.responses,
             _ => true,
         }
     }

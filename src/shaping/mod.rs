@@ -26,6 +26,9 @@ pub enum MessageForm {
     /// Anthropic Messages: system and developer text in `system` (as text blocks), user
     /// and assistant turns in `messages`.
     AnthropicMessages,
+    /// OpenAI Responses: system and developer text in `instructions`, user and assistant
+    /// turns as `input` items.
+    Responses,
 }
 
 #[derive(Debug)]
@@ -81,12 +84,13 @@ impl Shaping {
         self.apply_as(body, MessageForm::Chat)
     }
 
-    /// `apply` for a client API whose messages have the given form.
+    /// `apply` for a client API whose prompt has the given form.
     pub fn apply_as(&self, body: &mut Value, form: MessageForm) -> Result<(), ApiError> {
         self.apply_template(body)?;
         match form {
             MessageForm::Chat => self.decorations.apply(body),
             MessageForm::AnthropicMessages => self.decorations.apply_anthropic(body),
+            MessageForm::Responses => self.decorations.apply_responses(body),
         }
         self.fields.apply(body);
         Ok(())

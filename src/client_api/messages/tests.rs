@@ -192,10 +192,14 @@ fn paths_and_translation() {
     );
     assert_eq!(op("/v1/messages/batches"), None);
     let anthropic =
-        crate::providers::codec_for(crate::config::model::ProviderKind::Anthropic, false);
-    let openai = crate::providers::codec_for(crate::config::model::ProviderKind::Openai, false);
-    let compatible =
-        crate::providers::codec_for(crate::config::model::ProviderKind::OpenaiCompatible, true);
+        crate::providers::codec_for(crate::config::model::ProviderKind::Anthropic, false, true);
+    let openai =
+        crate::providers::codec_for(crate::config::model::ProviderKind::Openai, false, true);
+    let compatible = crate::providers::codec_for(
+        crate::config::model::ProviderKind::OpenaiCompatible,
+        true,
+        true,
+    );
     assert_eq!(Messages.translation(anthropic), Some(Translation::Native));
     assert_eq!(
         CountTokens.translation(anthropic),
