@@ -19,6 +19,7 @@ pub mod chat;
 pub mod completions;
 pub mod embeddings;
 pub mod openai;
+pub mod responses_bridge;
 
 use std::rc::Rc;
 
