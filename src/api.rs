@@ -13,6 +13,8 @@ pub enum Operation {
     Completions,
     /// `POST .../embeddings`
     Embeddings,
+    /// `POST .../responses` (the OpenAI Responses API)
+    Responses,
     /// `GET .../models`: answered by the filter from the route's config.
     ListModels,
 }
@@ -45,6 +47,7 @@ impl Operation {
             Operation::ChatCompletions => "chat/completions",
             Operation::Completions => "completions",
             Operation::Embeddings => "embeddings",
+            Operation::Responses => "responses",
             Operation::ListModels => "models",
         }
     }
@@ -54,6 +57,7 @@ impl Operation {
             Operation::ChatCompletions => "chat",
             Operation::Completions => "text_completion",
             Operation::Embeddings => "embeddings",
+            Operation::Responses => "responses",
             Operation::ListModels => "models",
         }
     }

@@ -57,6 +57,8 @@ pub fn operation_name(operation: crate::api::Operation) -> &'static str {
         Operation::ChatCompletions => "chat",
         Operation::Completions => "text_completion",
         Operation::Embeddings => "embeddings",
+        // OpenTelemetry's GenAI conventions: a Responses call is a chat.
+        Operation::Responses => "chat",
         Operation::ListModels => "list_models",
     }
 }

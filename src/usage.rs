@@ -109,11 +109,12 @@ pub fn estimate(request_bytes: usize, generated_bytes: usize) -> Usage {
 }
 
 /// Bytes of generated text in one OpenAI answer or chunk (its `content`, `reasoning_content`,
-/// `refusal` and tool-call `arguments` strings, as escaped JSON): what an estimate counts.
+/// `refusal` and tool-call `arguments` strings, and a Responses event's `delta` string, as
+/// escaped JSON): what an estimate counts.
 /// One pass over `data`: every match of `":"` is a key followed by a string value (a quote
 /// inside a string is always escaped), whose value is skipped over.
 pub fn generated_text_len(data: &str) -> usize {
-    const TEXT_KEYS: [&[u8]; 3] = [b"content\"", b"arguments\"", b"refusal\""];
+    const TEXT_KEYS: [&[u8]; 4] = [b"content\"", b"arguments\"", b"refusal\"", b"\"delta\""];
     let bytes = data.as_bytes();
     let mut total = 0;
     let mut at = 0;
@@ -179,6 +180,11 @@ mod tests {
         let reasoning = r#"{"choices":[{"delta":{"reasoning_content":"hmm","content":null}}]}"#;
         assert_eq!(generated_text_len(reasoning), 3);
         assert_eq!(generated_text_len(r#"{"content":"unterminated"#), 12);
+        // Responses deltas (text, arguments, refusals); a chat chunk's `delta` is an object.
+        let delta = r#"{"type":"response.output_text.delta","item_id":"m","output_index":0,"content_index":0,"delta":"Hi \"x\"","sequence_number":4}"#;
+        assert_eq!(generated_text_len(delta), r#"Hi \"x\""#.len());
+        let args = r#"{"type":"response.function_call_arguments.delta","delta":"{\"a\":","output_index":1}"#;
+        assert_eq!(generated_text_len(args), r#"{\"a\":"#.len());
         assert_eq!(estimate(10, 9), Usage::new(3, 3));
         assert_eq!(estimate(0, 0), Usage::new(0, 0));
     }

@@ -19,6 +19,7 @@ pub mod chat;
 pub mod completions;
 pub mod embeddings;
 pub mod openai;
+pub mod responses;
 pub mod responses_bridge;
 
 use std::rc::Rc;
@@ -183,10 +184,11 @@ pub trait ClientApi: Sync {
 
 /// Every client API, in the order paths are matched (`/chat/completions` before
 /// `/completions`). Registering an API is one line here.
-pub static REGISTERED: [&dyn ClientApi; 3] = [
+pub static REGISTERED: [&dyn ClientApi; 4] = [
     &chat::Chat,
     &completions::Completions,
     &embeddings::Embeddings,
+    &responses::Responses,
 ];
 
 /// The API a client's `:path` names, if the filter serves one there.
@@ -227,6 +229,7 @@ mod tests {
             Operation::ChatCompletions,
             Operation::Completions,
             Operation::Embeddings,
+            Operation::Responses,
         ] {
             let count = REGISTERED
                 .iter()
@@ -247,6 +250,8 @@ mod tests {
         );
         assert_eq!(op("/openai/v1/completions"), Some(Operation::Completions));
         assert_eq!(op("/v1/embeddings"), Some(Operation::Embeddings));
+        assert_eq!(op("/v1/responses"), Some(Operation::Responses));
+        assert_eq!(op("/openai/v1/responses/"), Some(Operation::Responses));
         assert_eq!(op("/v1/models"), None);
         assert_eq!(op("/v1/files"), None);
     }

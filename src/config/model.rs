@@ -89,6 +89,10 @@ pub struct ProviderConfig {
     pub azure: Option<AzureConfig>,
     #[serde(default)]
     pub anthropic: Option<AnthropicConfig>,
+    /// `openai_compatible` only: the server serves `/v1/responses` itself (default true);
+    /// false sends Responses clients through the chat-completions bridge.
+    #[serde(default)]
+    pub responses: Option<bool>,
 }
 
 /// Exactly one of the three fields must be given; `compile` checks that.

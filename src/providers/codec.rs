@@ -93,7 +93,15 @@ pub trait StreamDecoder {
     fn finish(&mut self, out: &mut Vec<SseEvent>);
 }
 
-static OPENAI_CODEC: super::openai::OpenAiCodec = super::openai::OpenAiCodec;
+static OPENAI_CODEC: super::openai::OpenAiCodec = super::openai::OpenAiCodec { responses: true };
+/// An `openai_compatible` server with `"responses": false`: chat completions (and the
+/// legacy OpenAI APIs) only.
+static OPENAI_CHAT_ONLY_CODEC: super::openai::OpenAiCodec =
+    super::openai::OpenAiCodec { responses: false };
+
+pub fn chat_only_openai() -> &'static dyn Codec {
+    &OPENAI_CHAT_ONLY_CODEC
+}
 static ANTHROPIC_CODEC: super::anthropic::AnthropicCodec = super::anthropic::AnthropicCodec;
 static GEMINI_CODEC: super::gemini::GeminiCodec = super::gemini::GeminiCodec;
 

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+#[cfg(test)]
+pub use codec::{chat_only_openai as chat_only_openai_codec, for_kind as codec_for_kind};
 pub use codec::{Codec, Exchange, StreamDecoder};
 
 use crate::api::Operation;
@@ -98,6 +100,9 @@ pub struct Provider {
     pub models: Option<BTreeMap<String, String>>,
     pub azure: Option<AzureSettings>,
     pub anthropic: AnthropicSettings,
+    /// The server serves the OpenAI Responses API itself (`openai_compatible`'s
+    /// `"responses"`; always true for `openai` and `azure_openai`).
+    pub responses: bool,
 }
 
 impl Provider {
@@ -173,6 +178,12 @@ impl Provider {
                 "only applies to kind \"azure_openai\"",
             ));
         }
+        if config.responses.is_some() && config.kind != ProviderKind::OpenaiCompatible {
+            return Err(ConfigError::new(
+                format!("{path}.responses"),
+                "only applies to kind \"openai_compatible\"",
+            ));
+        }
         if config.anthropic.is_some() && config.kind != ProviderKind::Anthropic {
             return Err(ConfigError::new(
                 format!("{path}.anthropic"),
@@ -235,6 +246,7 @@ impl Provider {
             models: config.models.clone(),
             azure,
             anthropic,
+            responses: config.responses.unwrap_or(true),
         };
         if !headers_wait_for_body && provider.path_depends_on_body() {
             return Err(ConfigError::new(
@@ -248,6 +260,9 @@ impl Provider {
     }
 
     pub fn codec(&self) -> &'static dyn Codec {
+        if !self.responses {
+            return codec::chat_only_openai();
+        }
         codec::for_kind(self.kind)
     }
 
@@ -361,6 +376,10 @@ impl Provider {
         stream: Option<bool>,
     ) -> String {
         let model = model.or(self.model_known_from_config()).unwrap_or_default();
+        if operation == Operation::Responses && self.azure.is_some() {
+            // Azure's v1 API: the deployment goes in the body's `model`, no api-version.
+            return "/openai/v1/responses".to_string();
+        }
         let mut path = self.path.replace("{model}", model);
         if operation != Operation::ChatCompletions {
             if let Some(base) = path.strip_suffix(Operation::ChatCompletions.path_suffix()) {

@@ -8,11 +8,14 @@ use super::Provider;
 use crate::api::Operation;
 use crate::error::ApiError;
 
-pub struct OpenAiCodec;
+pub struct OpenAiCodec {
+    /// The server serves `/v1/responses` (the Responses API) itself.
+    pub responses: bool,
+}
 
 impl Codec for OpenAiCodec {
-    fn supports(&self, _operation: Operation) -> bool {
-        true
+    fn supports(&self, operation: Operation) -> bool {
+        operation != Operation::Responses || self.responses
     }
 
     fn translates_responses(&self) -> bool {
@@ -39,6 +42,14 @@ impl Codec for OpenAiCodec {
         // Azure takes the deployment from the path and ignores the model field.
         object.insert("model".into(), Value::String(exchange.model.clone()));
         if exchange.operation == Operation::Embeddings {
+            return Ok(body);
+        }
+        if exchange.operation == Operation::Responses {
+            // The Responses API has no `stream_options.include_usage`: `response.completed`
+            // always carries usage. A client stream the filter needs whole is asked for JSON.
+            if exchange.client_stream && !exchange.upstream_stream {
+                object.insert("stream".into(), Value::Bool(false));
+            }
             return Ok(body);
         }
         if exchange.upstream_stream {
