@@ -12,8 +12,10 @@
 //! The usage chunk's usage is in that last event's response.
 //!
 //! An error event (`{"error":{...}}`, as the codecs write an upstream failure and a stream
-//! cut short) ends the stream with `response.failed` carrying its code and message; so does
-//! a stream that ends before any `finish_reason` (`incomplete_upstream_stream`). Nothing
+//! cut short) ends the stream with the Responses `error` event (on which the OpenAI SDKs
+//! raise, and which the gateway's error metric counts) and `response.failed` (the end Codex
+//! reads; it retries), both carrying its code and message; so does a stream that ends before
+//! any `finish_reason` (`incomplete_upstream_stream`). Nothing
 //! follows the last event: the Responses stream has no `[DONE]`. Every event carries a
 //! `sequence_number`, from 0 and increasing by one.
 
@@ -319,13 +321,19 @@ impl ResponsesStream {
         self.emit(out, kind, json!({"response": response}));
     }
 
-    /// Ends the stream with `response.failed`.
-    fn fail(&mut self, code: &str, message: &str, out: &mut Vec<SseEvent>) {
+    /// Ends the stream with an `error` event (the Responses API's in-band error, as
+    /// `ClientApi::write_error_event` writes it: the OpenAI SDKs raise on it) and then
+    /// `response.failed` (the response's end, which Codex reads).
+    fn fail(&mut self, error: &ApiError, out: &mut Vec<SseEvent>) {
         self.start(out);
         self.finished = true;
+        self.emit(out, "error", super::super::responses::error_event(error));
         let mut response = self.response("failed", None, "incomplete");
         if let Some(object) = response.as_object_mut() {
-            object.insert("error".into(), json!({"code": code, "message": message}));
+            object.insert(
+                "error".into(),
+                json!({"code": error.code, "message": error.message}),
+            );
         }
         self.emit(out, "response.failed", json!({"response": response}));
     }
@@ -375,18 +383,16 @@ impl StreamDecoder for ResponsesStream {
             )
         })?;
         if let Some(error) = chunk.get("error").filter(|error| !error.is_null()) {
-            let code = error
-                .get("code")
-                .and_then(Value::as_str)
-                .or_else(|| error.get("type").and_then(Value::as_str))
-                .unwrap_or("upstream_stream_error")
-                .to_string();
-            let message = error
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("The upstream stream failed.")
-                .to_string();
-            self.fail(&code, &message, out);
+            let field = |key: &str| error.get(key).and_then(Value::as_str);
+            let error = ApiError::new(
+                502,
+                "api_error",
+                field("code")
+                    .or(field("type"))
+                    .unwrap_or("upstream_stream_error"),
+                field("message").unwrap_or("The upstream stream failed."),
+            );
+            self.fail(&error, out);
             return Ok(());
         }
         if !self.started {
@@ -449,11 +455,13 @@ impl StreamDecoder for ResponsesStream {
             // The answer ended; only the server's `[DONE]` is missing.
             self.complete(out);
         } else {
-            self.fail(
+            let error = ApiError::new(
+                502,
+                "api_error",
                 "incomplete_upstream_stream",
                 "The upstream stream ended before the answer was complete.",
-                out,
             );
+            self.fail(&error, out);
         }
     }
 }

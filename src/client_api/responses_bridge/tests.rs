@@ -616,12 +616,26 @@ fn check_grammar(events: &[Value]) -> Value {
         );
     }
     let failed = last["type"] == "response.failed";
+    // A failed response is announced by the `error` event right before it.
+    let body_end = if failed {
+        let error = &events[events.len() - 2];
+        assert_eq!(error["type"], "error");
+        assert_eq!(error["code"], last["response"]["error"]["code"]);
+        assert_eq!(error["message"], last["response"]["error"]["message"]);
+        assert_eq!(
+            error["error"]["code"], error["code"],
+            "the SDKs raise on error.error"
+        );
+        events.len() - 2
+    } else {
+        events.len() - 1
+    };
     // Item ids by output index, what was added and done, and the text the deltas built.
     let mut added: Vec<Value> = Vec::new();
     let mut done: Vec<Option<Value>> = Vec::new();
     let mut parts: Vec<(u64, u64, String, bool)> = Vec::new(); // output, content, text, done
     let mut arguments: Vec<String> = Vec::new();
-    for event in &events[2..events.len() - 1] {
+    for event in &events[2..body_end] {
         let kind = event["type"].as_str().unwrap();
         let output_index = event["output_index"].as_u64().unwrap() as usize;
         if kind == "response.output_item.added" {
@@ -938,7 +952,7 @@ fn an_upstream_cut_short_or_an_error_event_fails_the_response() {
     // Nothing at all.
     let events = bridge_stream(&[], None).unwrap();
     check_grammar(&events);
-    assert_eq!(events.len(), 3);
+    assert_eq!(events.len(), 4);
 
     // The codecs' in-band error (and [DONE]) after it.
     let error = ApiError::new(529, "api_error", "overloaded_error", "Overloaded");
