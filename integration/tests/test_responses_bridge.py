@@ -335,6 +335,9 @@ def run_codex(envoy, prompt: str, home: Path, timeout: float = 120) -> subproces
         f"""
 model = "{MODEL}"
 model_provider = "aigate"
+# web_search is a tool OpenAI's servers run: a chat-only provider has none (the gateway
+# would answer 400 unsupported_operation), so Codex is told not to offer it.
+web_search = "disabled"
 
 [model_providers.aigate]
 name = "aigate"

@@ -12,7 +12,9 @@
 //!   calls, and the assistant message right before them, make one assistant message),
 //!   `function_call_output` → `tool` messages; `reasoning` items are dropped (chat completions
 //!   has no field for them and the providers behind this bridge cannot read OpenAI's).
-//! - function `tools` (flat → `{"type":"function","function":{...}}`, `strict` kept),
+//! - function `tools` (flat → `{"type":"function","function":{...}}`, `strict` kept; the
+//!   functions of a `namespace` tool are flattened into the list, and the answer's calls of
+//!   them carry no `namespace`),
 //!   `tool_choice`, `max_output_tokens` → `max_tokens`, `temperature`, `top_p`, `text.format`
 //!   → `response_format`, `parallel_tool_calls`, `user` (or `safety_identifier`), `stream`
 //!   (+ `stream_options.include_usage`).
@@ -468,7 +470,9 @@ fn tool_output(output: Option<&Value>, at: &str) -> Result<Value, ApiError> {
     }
 }
 
-/// Function tools in the chat shape; every other tool type needs the provider's servers.
+/// Function tools in the chat shape, those grouped in a `namespace` too (flattened: chat
+/// completions has no namespaces, so the answer's calls of them carry no `namespace`); every
+/// other tool type needs the provider's servers.
 fn tools(request: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
     let tools = match request.get("tools") {
         None | Some(Value::Null) => return Ok(None),
@@ -482,28 +486,60 @@ fn tools(request: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
         let object = tool
             .as_object()
             .ok_or_else(|| invalid(&at, "must be an object"))?;
-        match object.get("type").and_then(Value::as_str) {
-            Some("function") => {}
-            Some(other) => {
-                return Err(unsupported_operation(
-                    &format!("{at}: a tool of type {other:?}"),
-                    "only function tools can be carried over chat completions (the other tools \
-                     run on the provider's servers)",
-                ))
+        if object.get("type").and_then(Value::as_str) == Some("namespace") {
+            string_field(object, "name", &at)?;
+            let inner = match object.get("tools") {
+                Some(Value::Array(inner)) => inner,
+                _ => return Err(invalid(&format!("{at}.tools"), "must be an array")),
+            };
+            for (inner_index, tool) in inner.iter().enumerate() {
+                let at = format!("{at}.tools[{inner_index}]");
+                chat_tools.push(function_tool(tool, &at)?);
             }
-            None => return Err(invalid(&format!("{at}.type"), "is required")),
+        } else {
+            chat_tools.push(function_tool(tool, &at)?);
         }
-        let name = string_field(object, "name", &at)?;
-        let mut function = Map::new();
-        function.insert("name".into(), Value::String(name.to_string()));
-        for key in ["description", "parameters", "strict"] {
-            if let Some(value) = object.get(key).filter(|value| !value.is_null()) {
-                function.insert(key.into(), value.clone());
-            }
-        }
-        chat_tools.push(json!({"type": "function", "function": function}));
+    }
+    let mut names: Vec<&str> = chat_tools
+        .iter()
+        .filter_map(|tool| tool.pointer("/function/name").and_then(Value::as_str))
+        .collect();
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|pair| pair.first() == pair.get(1)) {
+        let name = pair.first().copied().unwrap_or_default();
+        return Err(invalid(
+            "tools",
+            &format!("the function name {name:?} is given twice (namespaces are flattened)"),
+        ));
     }
     Ok(Some(Value::Array(chat_tools)))
+}
+
+/// One flat Responses function tool as a chat tool; any other type is refused.
+fn function_tool(tool: &Value, at: &str) -> Result<Value, ApiError> {
+    let object = tool
+        .as_object()
+        .ok_or_else(|| invalid(at, "must be an object"))?;
+    match object.get("type").and_then(Value::as_str) {
+        Some("function") => {}
+        Some(other) => {
+            return Err(unsupported_operation(
+                &format!("{at}: a tool of type {other:?}"),
+                "only function tools can be carried over chat completions (the other tools \
+                 run on the provider's servers)",
+            ))
+        }
+        None => return Err(invalid(&format!("{at}.type"), "is required")),
+    }
+    let name = string_field(object, "name", at)?;
+    let mut function = Map::new();
+    function.insert("name".into(), Value::String(name.to_string()));
+    for key in ["description", "parameters", "strict"] {
+        if let Some(value) = object.get(key).filter(|value| !value.is_null()) {
+            function.insert(key.into(), value.clone());
+        }
+    }
+    Ok(json!({"type": "function", "function": function}))
 }
 
 fn tool_choice(choice: Option<&Value>) -> Result<Option<Value>, ApiError> {

@@ -99,6 +99,18 @@ fn request_mapping_table() {
                    "stream": true, "stream_options": {"include_usage": true}}),
         ),
         (
+            "a namespace's functions are flattened into the tools (Codex groups tools so)",
+            json!({"model": "m", "input": "x", "tools": [
+                {"type": "function", "name": "exec", "parameters": {"type": "object"}, "strict": false},
+                {"type": "namespace", "name": "agents", "description": "Sub-agents.", "tools": [
+                    {"type": "function", "name": "spawn", "description": "Spawn one.", "defer_loading": false},
+                    {"type": "function", "name": "close"}]}]}),
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [
+                {"type": "function", "function": {"name": "exec", "parameters": {"type": "object"}, "strict": false}},
+                {"type": "function", "function": {"name": "spawn", "description": "Spawn one."}},
+                {"type": "function", "function": {"name": "close"}}]}),
+        ),
+        (
             "json_object, string tool_choice, text format text is the default, safety_identifier as user",
             json!({"model": "m", "input": "x", "tool_choice": "required", "safety_identifier": "s1",
                    "text": {"format": {"type": "json_object"}}}),
@@ -179,6 +191,21 @@ fn refusals_name_the_field() {
             json!({"tools": [{"type": "custom", "name": "x"}]}),
             "unsupported_operation",
             "\"custom\"",
+        ),
+        (
+            json!({"tools": [{"type": "namespace", "name": "n", "tools": [{"type": "web_search"}]}]}),
+            "unsupported_operation",
+            "tools[0].tools[0]: a tool of type \"web_search\"",
+        ),
+        (
+            json!({"tools": [{"type": "function", "name": "f"}, {"type": "namespace", "name": "n", "tools": [{"type": "function", "name": "f"}]}]}),
+            "invalid_value",
+            "\"f\" is given twice",
+        ),
+        (
+            json!({"tools": [{"type": "namespace", "name": "n"}]}),
+            "invalid_value",
+            "tools[0].tools",
         ),
         (
             json!({"tool_choice": {"type": "web_search_preview"}}),
