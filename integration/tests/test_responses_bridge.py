@@ -321,13 +321,29 @@ def test_anthropic_refuses_previous_response_id(envoy, mock):
 CODEX = Path(__file__).resolve().parents[1] / "agents" / "node_modules" / ".bin" / "codex"
 
 
+TOOL_MARK = "aigate-tool-ok"
+
+
 def codex_chat(req: RecordedRequest):
-    """A chat-only server answering Codex in text (streamed, with usage, as asked)."""
+    """A chat-only server for Codex: asked to run something, it calls Codex's `exec_command`
+    tool; given the tool's result (a `tool` message), it answers with what the tool printed;
+    otherwise it answers in text. Streamed with usage, as Codex (through the gateway) asks."""
     body = req.json or {}
+    model = body.get("model", MODEL)
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else {}
+    tool_calls = None
+    if last.get("role") == "tool":
+        content = llm.text_of(last.get("content"))
+        text = f"The command printed: {TOOL_MARK}" if TOOL_MARK in content else f"Tool said: {content[:200]}"
+    elif "run the check" in json.dumps(last):
+        text, tool_calls = None, [{"name": "exec_command", "arguments": {"cmd": f"echo {TOOL_MARK}"}}]
+    else:
+        text = CODEX_ANSWER
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return llm.sse_reply(llm.openai_stream(body.get("model", MODEL), CODEX_ANSWER, include_usage=include_usage))
-    return llm.Reply(200, llm.openai_completion(body.get("model", MODEL), CODEX_ANSWER))
+        return llm.sse_reply(llm.openai_stream(model, text, tool_calls=tool_calls, include_usage=include_usage))
+    return llm.Reply(200, llm.openai_completion(model, text, tool_calls=tool_calls))
 
 
 def run_codex(envoy, prompt: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -384,3 +400,27 @@ def test_codex_over_chat_completions(envoy, mock):
         assert "Say hello to the gateway" in json.dumps(body["messages"][-1])
     assert done.returncode == 0, detail
     assert CODEX_ANSWER in done.stdout, detail
+
+
+def test_codex_function_call_round_trip(envoy, mock):
+    """Codex runs the tool the chat-only model calls and sends its output back as a
+    `function_call_output`, which reaches the model as a `tool` message."""
+    if not CODEX.exists():
+        pytest.skip(f"Codex is not installed at {CODEX} (run `make agents`)")
+    home = Path(tempfile.mkdtemp(prefix="aigate-codex-"))
+    try:
+        done = run_codex(envoy, "Please run the check", home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    requests = [r for r in mock.requests if r.path_only.startswith("/codex-upstream/")]
+    detail = f"mock saw {requests}\nstdout: {done.stdout[-2000:]}\nstderr: {done.stderr[-3000:]}"
+    assert len(requests) >= 2, detail
+    follow_up = requests[1].json["messages"]
+    calls = [m for m in follow_up if m.get("role") == "assistant" and m.get("tool_calls")]
+    assert calls and calls[-1]["tool_calls"][0]["function"]["name"] == "exec_command", follow_up[-3:]
+    call_id = calls[-1]["tool_calls"][0]["id"]
+    results = [m for m in follow_up if m.get("role") == "tool"]
+    assert results and results[-1]["tool_call_id"] == call_id, follow_up[-3:]
+    assert TOOL_MARK in llm.text_of(results[-1]["content"]), results[-1]
+    assert done.returncode == 0, detail
+    assert f"The command printed: {TOOL_MARK}" in done.stdout, detail
