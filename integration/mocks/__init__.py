@@ -4,7 +4,7 @@
     from integration.mocks import llm, sse   # response builders and SSE helpers
 """
 
-from . import behaviours, llm, sse
+from . import behaviours, llm, responses, sse
 from .server import MockServer, RecordedRequest, Reply
 
-__all__ = ["MockServer", "RecordedRequest", "Reply", "behaviours", "llm", "sse"]
+__all__ = ["MockServer", "RecordedRequest", "Reply", "behaviours", "llm", "responses", "sse"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from . import llm
+from . import llm, responses
 from .server import Handler, RecordedRequest, Reply
 
 # ---------------------------------------------------------------------------
@@ -119,6 +119,8 @@ DEFAULT_ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", r"/v1/chat/completions", llm.openai_chat),
     ("POST", r"/chat/completions", llm.openai_chat),  # OpenAI-compatible servers with base path /
     ("POST", r"/openai/deployments/(?P<deployment>[^/]+)/chat/completions", llm.azure_chat),
+    ("POST", r"/v1/responses", responses.openai_responses),
+    ("POST", r"/openai/v1/responses", responses.openai_responses),  # Azure's v1 API
     ("POST", r"/v1/messages", llm.anthropic_messages),
     ("POST", r"/v1beta/models/(?P<model>[^/:]+):generateContent", llm.gemini_generate),
     ("POST", r"/v1beta/models/(?P<model>[^/:]+):streamGenerateContent", llm.gemini_stream_generate),

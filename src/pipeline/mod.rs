@@ -436,7 +436,7 @@ impl Flow {
         if self.translation == Translation::Native {
             self.request_as_sent = Some(body.clone());
         }
-        route.shaping.apply(&mut body)?;
+        route.shaping.apply(&mut body, self.operation)?;
         self.api.validate(&body)?;
         let requested = body.get("model").and_then(Value::as_str);
         let model = route.provider.resolve_model(requested)?.unwrap_or_default();

@@ -44,14 +44,6 @@ impl Codec for OpenAiCodec {
         if exchange.operation == Operation::Embeddings {
             return Ok(body);
         }
-        if exchange.operation == Operation::Responses {
-            // The Responses API has no `stream_options.include_usage`: `response.completed`
-            // always carries usage. A client stream the filter needs whole is asked for JSON.
-            if exchange.client_stream && !exchange.upstream_stream {
-                object.insert("stream".into(), Value::Bool(false));
-            }
-            return Ok(body);
-        }
         if exchange.upstream_stream {
             object.insert("stream".into(), Value::Bool(true));
             let options = object.entry("stream_options").or_insert_with(|| json!({}));

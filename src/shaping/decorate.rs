@@ -49,6 +49,111 @@ impl Decorations {
         decorated.extend(self.append.iter().cloned());
         *messages = decorated;
     }
+
+    /// The same on a Responses request (`input`, `instructions`): `system`/`developer`
+    /// messages become text before (prepend) or after (append) the client's `instructions`,
+    /// blank-line separated; `user`/`assistant` messages become input items around the
+    /// client's (a string `input` turns into one user message first), their text parts in
+    /// the Responses form (`input_text`, or `output_text` for the assistant).
+    pub fn apply_responses(&self, body: &mut Value) {
+        if self.is_empty() {
+            return;
+        }
+        let Some(object) = body.as_object_mut() else {
+            return;
+        };
+        let is_instruction = |m: &&Value| {
+            matches!(
+                m.get("role").and_then(Value::as_str),
+                Some("system" | "developer")
+            )
+        };
+        let before: Vec<String> = self
+            .prepend
+            .iter()
+            .filter(is_instruction)
+            .map(text_of)
+            .collect();
+        let after: Vec<String> = self
+            .append
+            .iter()
+            .filter(is_instruction)
+            .map(text_of)
+            .collect();
+        if !before.is_empty() || !after.is_empty() {
+            let mut parts = before;
+            if let Some(Value::String(client)) = object.get("instructions") {
+                parts.push(client.clone());
+            }
+            parts.extend(after);
+            object.insert("instructions".into(), Value::String(parts.join("\n\n")));
+        }
+        let items = |messages: &[Value]| -> Vec<Value> {
+            messages
+                .iter()
+                .filter(|m| !is_instruction(m))
+                .map(responses_message)
+                .collect()
+        };
+        let (first, last) = (items(&self.prepend), items(&self.append));
+        if first.is_empty() && last.is_empty() {
+            return;
+        }
+        let client = match object.remove("input") {
+            Some(Value::Array(items)) => items,
+            Some(Value::String(text)) => {
+                vec![serde_json::json!({"role": "user", "content": text})]
+            }
+            Some(Value::Null) | None => Vec::new(),
+            // Not the API's shape: left for validation to report.
+            Some(other) => {
+                object.insert("input".into(), other);
+                return;
+            }
+        };
+        let mut decorated = first;
+        decorated.extend(client);
+        decorated.extend(last);
+        object.insert("input".into(), Value::Array(decorated));
+    }
+}
+
+/// The text of an operator's chat message (string content, or its text parts joined).
+fn text_of(message: &Value) -> String {
+    match message.get("content") {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// An operator's chat message as a Responses input message.
+fn responses_message(message: &Value) -> Value {
+    let role = message
+        .get("role")
+        .and_then(Value::as_str)
+        .unwrap_or("user");
+    let kind = if role == "assistant" {
+        "output_text"
+    } else {
+        "input_text"
+    };
+    let content = match message.get("content") {
+        Some(Value::Array(parts)) => Value::Array(
+            parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .map(|text| serde_json::json!({"type": kind, "text": text}))
+                .collect(),
+        ),
+        Some(content) => content.clone(),
+        None => Value::String(String::new()),
+    };
+    serde_json::json!({"type": "message", "role": role, "content": content})
 }
 
 /// Checks chat messages an operator wrote (also used for `messages` in defaults/overrides).
@@ -113,6 +218,34 @@ mod tests {
             .map(|m| m["content"].as_str().unwrap())
             .collect();
         assert_eq!(roles, ["terse", "hi", "English"]);
+    }
+
+    #[test]
+    fn decorates_responses_instructions_and_input() {
+        let d = Decorations::compile(
+            &messages(json!([{"role":"system","content":"terse"},{"role":"user","content":[{"type":"text","text":"ctx"}]}])),
+            &messages(json!([{"role":"developer","content":"last"},{"role":"user","content":"English"}])),
+            "r",
+        )
+        .unwrap();
+        let mut body = json!({"instructions":"client","input":"hi"});
+        d.apply_responses(&mut body);
+        assert_eq!(body["instructions"], "terse\n\nclient\n\nlast");
+        assert_eq!(
+            body["input"],
+            json!([
+                {"type":"message","role":"user","content":[{"type":"input_text","text":"ctx"}]},
+                {"role":"user","content":"hi"},
+                {"type":"message","role":"user","content":"English"}
+            ])
+        );
+        // No client instructions; items kept as they are.
+        let mut body =
+            json!({"input":[{"type":"function_call_output","call_id":"c","output":"o"}]});
+        d.apply_responses(&mut body);
+        assert_eq!(body["instructions"], "terse\n\nlast");
+        assert_eq!(body["input"][1]["type"], "function_call_output");
+        assert_eq!(body["input"].as_array().unwrap().len(), 3);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod templates;
 
 use serde_json::{Map, Value};
 
+use crate::api::Operation;
 use crate::config::model::RequestConfig;
 use crate::config::ConfigError;
 use crate::error::ApiError;
@@ -67,9 +68,15 @@ impl Shaping {
         self.templates.is_empty() && self.decorations.is_empty() && self.fields.is_empty()
     }
 
-    pub fn apply(&self, body: &mut Value) -> Result<(), ApiError> {
+    /// `operation` says where the API keeps its prompt: chat `messages`, or the Responses
+    /// API's `instructions` and `input`.
+    pub fn apply(&self, body: &mut Value, operation: Operation) -> Result<(), ApiError> {
         self.apply_template(body)?;
-        self.decorations.apply(body);
+        if operation == Operation::Responses {
+            self.decorations.apply_responses(body);
+        } else {
+            self.decorations.apply(body);
+        }
         self.fields.apply(body);
         Ok(())
     }
