@@ -26,7 +26,7 @@ from integration.mocks.server import RecordedRequest
 COMPAT_KEY = "sk-compat-server-444"
 ANTHROPIC_KEY = "sk-ant-server-555"
 CLIENT_KEY = "client-key-666"
-ENV = {"COMPAT_KEY": COMPAT_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
+ENV = {"COMPAT_KEY": COMPAT_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY, "GEMINI_API_KEY": "g-server-777"}
 MODEL = "chat-only-model"
 CLAUDE = "claude-sonnet-4-5"
 
@@ -65,6 +65,14 @@ ANTHROPIC_ROUTE = {
     },
 }
 
+GEMINI = "gemini-2.5-flash"
+GEMINI_ROUTE = {
+    "name": "gemini",
+    "match": {"path_prefix": "/gemini/"},
+    "provider": {"kind": "gemini", "auth": {"key": {"env": "GEMINI_API_KEY"}}, "model": GEMINI},
+}
+GEMINI_KEY = "g-server-777"
+
 WEATHER_TOOL = {
     "type": "function",
     "name": "get_weather",
@@ -83,7 +91,7 @@ WEATHER_TOOL = {
 def envoy(envoy_factory, mock):
     mock.add_route("POST", r"/codex-upstream/v1/chat/completions", codex_chat)
     return envoy_factory(
-        plugin_config={"routes": [COMPAT_ROUTE, MASKED_ROUTE, CODEX_ROUTE, ANTHROPIC_ROUTE]},
+        plugin_config={"routes": [COMPAT_ROUTE, MASKED_ROUTE, CODEX_ROUTE, ANTHROPIC_ROUTE, GEMINI_ROUTE]},
         env=ENV,
         clusters={"mock_llm": mock},
     )
@@ -314,6 +322,29 @@ def test_anthropic_refuses_previous_response_id(envoy, mock):
         sdk(envoy, "anthropic").responses.create(model=CLAUDE, input="x", previous_response_id="resp_1")
     assert caught.value.body["code"] == "unsupported_operation"
     assert all(r.body == b"" for r in mock.requests), mock.requests
+
+
+# --- Gemini -------------------------------------------------------------------------------
+
+
+def test_gemini_json_and_stream(envoy, mock):
+    """Mode B: the Gemini route always streams upstream; the JSON client's answer is the
+    stream folded by the codec, then bridged."""
+    client = sdk(envoy, "gemini")
+    reply = client.responses.create(model=GEMINI, instructions="Be brief.", input="hi gemini")
+    assert reply.status == "completed"
+    assert reply.output_text == "Hello from mock: hi gemini"
+    assert (reply.usage.input_tokens, reply.usage.output_tokens) == (11, 7)
+    seen = mock.last
+    assert seen.path_only == f"/v1beta/models/{GEMINI}:streamGenerateContent"
+    assert seen.headers["x-goog-api-key"] == GEMINI_KEY
+    assert CLIENT_KEY not in json.dumps(seen.headers)
+    assert seen.json["systemInstruction"]["parts"] == [{"text": "Be brief."}]
+    assert seen.json["contents"] == [{"role": "user", "parts": [{"text": "hi gemini"}]}]
+
+    events = list(client.responses.create(model=GEMINI, input="stream gemini", stream=True))
+    response = check_events(events)
+    assert response.output_text == "Hello from mock: stream gemini"
 
 
 # --- Codex --------------------------------------------------------------------------------

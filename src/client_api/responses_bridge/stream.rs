@@ -19,6 +19,8 @@
 //! follows the last event: the Responses stream has no `[DONE]`. Every event carries a
 //! `sequence_number`, from 0 and increasing by one.
 
+use std::collections::BTreeMap;
+
 use serde_json::{json, Map, Value};
 
 use super::{
@@ -52,8 +54,6 @@ enum Item {
         call_id: String,
         name: String,
         arguments: String,
-        /// The tool call's `index` in the chat chunks.
-        chat_index: u64,
     },
 }
 
@@ -67,7 +67,9 @@ pub struct ResponsesStream {
     items: Vec<Item>,
     /// Output index of the message item, once text or a refusal arrived.
     message: Option<usize>,
-    calls: usize,
+    /// Chat tool-call index → output index of its `function_call` item (a lookup per
+    /// argument piece stays logarithmic however many calls a hostile upstream opens).
+    calls: BTreeMap<u64, usize>,
     finish_reason: Option<String>,
     usage: Option<Value>,
 }
@@ -83,7 +85,7 @@ impl ResponsesStream {
             finished: false,
             items: Vec::new(),
             message: None,
-            calls: 0,
+            calls: BTreeMap::new(),
             finish_reason: None,
             usage: None,
         }
@@ -213,26 +215,23 @@ impl ResponsesStream {
             .and_then(|f| f.get("arguments"))
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let found = self.items.iter().position(
-            |item| matches!(item, Item::Call { chat_index: index, .. } if *index == chat_index),
-        );
-        let output_index = match found {
-            Some(index) => index,
+        let output_index = match self.calls.get(&chat_index) {
+            Some(index) => *index,
             None => {
                 let index = self.items.len();
-                let id = self.ids.function_call(self.calls);
+                let number = self.calls.len();
+                let id = self.ids.function_call(number);
                 let call_id = match call.get("id").and_then(Value::as_str) {
                     Some(call_id) if !call_id.is_empty() => call_id.to_string(),
-                    _ => format!("call_{}_{}", self.ids.suffix, self.calls),
+                    _ => format!("call_{}_{number}", self.ids.suffix),
                 };
-                self.calls += 1;
+                self.calls.insert(chat_index, index);
                 let item = function_call_item(&id, "in_progress", &call_id, name, "");
                 self.items.push(Item::Call {
                     id,
                     call_id,
                     name: name.to_string(),
                     arguments: String::new(),
-                    chat_index,
                 });
                 self.emit(
                     out,
