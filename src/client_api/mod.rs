@@ -22,6 +22,7 @@ pub mod messages;
 pub mod messages_bridge;
 pub mod openai;
 pub mod responses;
+pub mod responses_bridge;
 
 use std::rc::Rc;
 

@@ -100,6 +100,12 @@ impl ClientApi for Responses {
         }
     }
 
+    /// Providers without the Responses API (`anthropic`, `gemini`, `openai_compatible` with
+    /// `"responses": false`) are reached through chat completions (`responses_bridge`).
+    fn chat_bridge(&self) -> Option<&'static dyn super::bridge::ChatBridge> {
+        Some(&super::responses_bridge::RESPONSES_BRIDGE)
+    }
+
     fn synthesize_stream(&self, answer: &Value, _include_usage: bool) -> Vec<u8> {
         stream::synthesize(answer)
     }
