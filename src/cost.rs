@@ -36,37 +36,50 @@ pub struct Price {
 /// low enough that no sum of `u64` token counts times prices overflows a `u128`.
 pub const MAX_USD_PER_MILLION: f64 = 1_000_000.0;
 
-/// Why a configured price was refused.
+/// The largest budget accepted, in dollars (its micro-dollars stay exact in an f64).
+pub const MAX_BUDGET_USD: f64 = 1_000_000_000.0;
+
+/// Why a configured amount of dollars was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PriceError {
     NotFinite,
     Negative,
-    TooLarge,
+    /// Larger than the maximum given.
+    TooLarge(u64),
 }
 
 impl std::fmt::Display for PriceError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            PriceError::NotFinite => "must be a finite number",
-            PriceError::Negative => "must not be negative",
-            PriceError::TooLarge => "must be at most 1000000 (dollars per million tokens)",
-        })
+        match self {
+            PriceError::NotFinite => f.write_str("must be a finite number"),
+            PriceError::Negative => f.write_str("must not be negative"),
+            PriceError::TooLarge(max) => write!(f, "must be at most {max}"),
+        }
     }
 }
 
-/// Dollars (per million tokens, or of a budget) to whole micro-dollars, to the nearest
-/// (halves away from zero: `f64::round`).
+/// A price in dollars per million tokens to whole micro-dollars per million, to the nearest
+/// (halves away from zero: `f64::round`); at most `MAX_USD_PER_MILLION`.
 pub fn micros(usd: f64) -> Result<u64, PriceError> {
+    micros_up_to(usd, MAX_USD_PER_MILLION)
+}
+
+/// A budget in dollars to whole micro-dollars, to the nearest; at most `MAX_BUDGET_USD`.
+pub fn budget_micros(usd: f64) -> Result<u64, PriceError> {
+    micros_up_to(usd, MAX_BUDGET_USD)
+}
+
+fn micros_up_to(usd: f64, max: f64) -> Result<u64, PriceError> {
     if !usd.is_finite() {
         return Err(PriceError::NotFinite);
     }
     if usd < 0.0 {
         return Err(PriceError::Negative);
     }
-    if usd > MAX_USD_PER_MILLION {
-        return Err(PriceError::TooLarge);
+    if usd > max {
+        return Err(PriceError::TooLarge(max as u64));
     }
-    // At most 1e12: exact in f64 and in u64.
+    // At most 1e15: exact in f64 and in u64.
     Ok((usd * 1_000_000.0).round() as u64)
 }
 
@@ -167,7 +180,13 @@ mod tests {
         assert_eq!(micros(f64::NAN), Err(PriceError::NotFinite));
         assert_eq!(micros(f64::INFINITY), Err(PriceError::NotFinite));
         assert_eq!(micros(-0.01), Err(PriceError::Negative));
-        assert_eq!(micros(1_000_000.5), Err(PriceError::TooLarge));
+        assert_eq!(micros(1_000_000.5), Err(PriceError::TooLarge(1_000_000)));
+        assert_eq!(budget_micros(25.0), Ok(25_000_000));
+        assert_eq!(budget_micros(1e9), Ok(1_000_000_000_000_000));
+        assert_eq!(
+            budget_micros(1e9 + 1.0).map_err(|e| e.to_string()),
+            Err("must be at most 1000000000".to_string())
+        );
     }
 
     #[test]

@@ -263,3 +263,16 @@ def test_token_budgets_can_count_input_or_output_only(envoy: Envoy) -> None:
     assert remaining == [900, 400]
     r = chat(envoy, "tokens-output", who)
     assert r.status_code == 429, r.text
+
+
+def test_bad_prices_and_cost_budgets_are_refused_with_their_json_path(expect_rejected, mock) -> None:
+    openai_route = {"name": "r", "provider": {"kind": "openai", "auth": {"none": True}}}
+    negative = {"pricing": {"gpt-4o": {"input": -1.0, "output": 10.0}}, "routes": [openai_route]}
+    result = expect_rejected(plugin_config=negative, clusters={"mock_llm": mock})
+    assert result.rejected and "pricing.gpt-4o.input: must not be negative" in result.log
+    unknown = {"pricing": {"gpt-4o": {"input": 1.0, "output": 10.0, "cached": 0.5}}, "routes": [openai_route]}
+    result = expect_rejected(plugin_config=unknown, clusters={"mock_llm": mock})
+    assert result.rejected and "unknown field `cached`" in result.log
+    unpriced_budget = {"routes": [dict(openai_route, limits={"cost": [team_budget(5.0)]})]}
+    result = expect_rejected(plugin_config=unpriced_budget, clusters={"mock_llm": mock})
+    assert result.rejected and "routes[0].limits.cost[0]: a cost budget needs prices" in result.log

@@ -182,7 +182,7 @@ impl LimitPlan {
                     "a cost budget needs prices: add a top-level \"pricing\" table",
                 ));
             }
-            let limit = crate::cost::micros(cost.limit_usd)
+            let limit = crate::cost::budget_micros(cost.limit_usd)
                 .map_err(|error| ConfigError::new(format!("{at}.limit_usd"), error.to_string()))?;
             if limit == 0 {
                 return Err(ConfigError::new(
