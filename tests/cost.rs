@@ -517,3 +517,36 @@ fn pricing_and_cost_budget_faults_name_their_path() {
     )
     .unwrap();
 }
+
+#[test]
+fn gemini_cached_and_thinking_tokens_are_priced_under_its_model_version() {
+    let config = json!({
+        "pricing": {"gemini-2.5-flash": {"input": 0.30, "output": 2.50, "cached_input": 0.075}},
+        "routes": [{"name": "chat", "provider": {"kind": "gemini", "authority": "upstream.local", "model": "gemini-flash-latest", "auth": {"none": true}}}]
+    });
+    let plan = support::compile(&config, &support::no_env);
+    let mut shared = RecordingHost::new();
+    let answer = json!({
+        "candidates": [{"content": {"parts": [{"text": "hi"}], "role": "model"}, "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": 1000, "candidatesTokenCount": 200, "thoughtsTokenCount": 300,
+                          "cachedContentTokenCount": 600, "totalTokenCount": 1500},
+        "modelVersion": "gemini-2.5-flash"
+    });
+    let bytes = answer.to_string().into_bytes();
+    let host = exchange(
+        &plan,
+        &mut shared,
+        "alice",
+        &chat("gemini-flash-latest", false),
+        ("application/json", &bytes),
+    );
+    // Thinking tokens are output: 400 × 0.30 + 600 × 0.075 + (200 + 300) × 2.50.
+    assert_eq!(
+        host.counter(
+            "aigate.cost.usd_micros_total;route=chat;gen_ai.provider.name=gcp.gemini;gen_ai.response.model=gemini-2.5-flash"
+        ),
+        120 + 45 + 1250
+    );
+    assert_eq!(state(&host, "aigate.completion_tokens"), Some("500"));
+    assert_eq!(state(&host, "aigate.cost_usd"), Some("0.001415"));
+}
