@@ -7,6 +7,7 @@
 pub mod api;
 pub mod client_api;
 pub mod config;
+pub mod cost;
 pub mod counting_host;
 pub mod encoding;
 pub mod error;

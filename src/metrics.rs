@@ -27,11 +27,17 @@ pub const ERRORS: &str = "aigate.errors_total";
 pub const GUARD_OUTCOMES: &str = "aigate.guard.outcomes_total";
 pub const TRANSFORMER_OUTCOMES: &str = "aigate.transformer.outcomes_total";
 pub const LIMIT_OUTCOMES: &str = "aigate.limit.outcomes_total";
+/// Counter, micro-dollars: what answers cost (`pricing`), by route, provider and the
+/// `gen_ai.response.model` they were priced under.
+pub const COST: &str = "aigate.cost.usd_micros_total";
+/// Counter: answers whose model has no price (they cost 0), same labels.
+pub const UNPRICED: &str = "aigate.cost.unpriced_total";
 
 /// Attribute names of the GenAI conventions.
 pub const OPERATION_NAME: &str = "gen_ai.operation.name";
 pub const PROVIDER_NAME: &str = "gen_ai.provider.name";
 pub const REQUEST_MODEL: &str = "gen_ai.request.model";
+pub const RESPONSE_MODEL: &str = "gen_ai.response.model";
 pub const TOKEN_TYPE: &str = "gen_ai.token.type";
 pub const ERROR_TYPE: &str = "error.type";
 pub const SERVER_ADDRESS: &str = "server.address";

@@ -7,25 +7,87 @@ use serde::Deserialize;
 /// including those read from or written to a prompt cache (`cache_read_tokens` and
 /// `cache_write_tokens` are parts of it, not additions: Anthropic's `input_tokens` excludes
 /// them, so its parsers add them in); `reasoning_tokens` are part of `completion_tokens`.
+///
+/// Read from OpenAI's `usage` object: `prompt_tokens_details.cached_tokens` and
+/// `completion_tokens_details.reasoning_tokens` fill the details, and
+/// `prompt_tokens_details.cache_write_tokens` (the name OpenRouter uses, and what the
+/// Anthropic codec writes into the chat answers it translates) `cache_write_tokens`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "RawUsage")]
 pub struct Usage {
-    #[serde(default)]
     pub prompt_tokens: u64,
-    #[serde(default)]
     pub completion_tokens: u64,
-    #[serde(default)]
     pub total_tokens: u64,
     /// Input tokens served from a prompt cache (OpenAI `prompt_tokens_details.cached_tokens`,
     /// Anthropic `cache_read_input_tokens`, Responses `input_tokens_details.cached_tokens`).
-    #[serde(skip)]
     pub cache_read_tokens: u64,
     /// Input tokens written to a prompt cache (Anthropic `cache_creation_input_tokens`).
-    #[serde(skip)]
     pub cache_write_tokens: u64,
     /// Output tokens spent on reasoning (`completion_tokens_details.reasoning_tokens`,
     /// Responses `output_tokens_details.reasoning_tokens`).
-    #[serde(skip)]
     pub reasoning_tokens: u64,
+}
+
+/// OpenAI's `usage` as sent. A detail that is absent, null or not a count reads as 0 (some
+/// servers send `"prompt_tokens_details": null`); the top-level counts keep their strictness.
+#[derive(Deserialize)]
+struct RawUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    total_tokens: u64,
+    #[serde(default, deserialize_with = "lenient_details")]
+    prompt_tokens_details: Details,
+    #[serde(default, deserialize_with = "lenient_details")]
+    completion_tokens_details: Details,
+}
+
+#[derive(Deserialize, Default)]
+struct Details {
+    #[serde(default, deserialize_with = "lenient_count")]
+    cached_tokens: u64,
+    #[serde(default, deserialize_with = "lenient_count")]
+    cache_write_tokens: u64,
+    #[serde(default, deserialize_with = "lenient_count")]
+    reasoning_tokens: u64,
+}
+
+/// The details object, or none for anything else (null, a string, an array).
+fn lenient_details<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Details, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    if !value.is_object() {
+        return Ok(Details::default()); // serde would read an array as the fields in order
+    }
+    Ok(serde_json::from_value(value).unwrap_or_default())
+}
+
+/// A count, or 0 for anything else (null, a string, a negative or fractional number).
+fn lenient_count<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(value.as_u64().unwrap_or_default())
+}
+
+impl From<RawUsage> for Usage {
+    fn from(raw: RawUsage) -> Self {
+        let prompt = raw.prompt_tokens_details;
+        let completion = raw.completion_tokens_details;
+        // Parts never exceed their whole: a hostile or confused upstream cannot make the
+        // cached share larger than the prompt (pricing relies on it).
+        let cache_read_tokens = prompt.cached_tokens.min(raw.prompt_tokens);
+        let cache_write_tokens = prompt
+            .cache_write_tokens
+            .min(raw.prompt_tokens - cache_read_tokens);
+        Usage {
+            prompt_tokens: raw.prompt_tokens,
+            completion_tokens: raw.completion_tokens,
+            total_tokens: raw.total_tokens,
+            cache_read_tokens,
+            cache_write_tokens,
+            reasoning_tokens: completion.reasoning_tokens.min(raw.completion_tokens),
+        }
+    }
 }
 
 impl Usage {
@@ -95,6 +157,46 @@ pub fn from_json_tail(tail: &[u8]) -> Option<Usage> {
         .ok()
         .flatten()
         .map(Usage::normalised)
+}
+
+/// The model an answer names: `model` at the top (OpenAI chat, completions, Anthropic
+/// Messages), `modelVersion` (Gemini), or `model` of the `message` (Anthropic's
+/// `message_start` event) or `response` object (Responses' `response.completed`). None when
+/// the answer names none, or the text is not a JSON object. Only these members are
+/// materialised; serde skips the rest of the document.
+pub fn answer_model(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named {
+        #[serde(default)]
+        model: Option<serde_json::Value>,
+    }
+    #[derive(Deserialize)]
+    struct Carrier {
+        #[serde(default)]
+        model: Option<serde_json::Value>,
+        #[serde(default, rename = "modelVersion")]
+        model_version: Option<serde_json::Value>,
+        #[serde(default)]
+        message: Option<serde_json::Value>,
+        #[serde(default)]
+        response: Option<serde_json::Value>,
+    }
+    let carrier: Carrier = serde_json::from_slice(body).ok()?;
+    let named = |value: Option<serde_json::Value>| -> Option<String> {
+        match value? {
+            serde_json::Value::String(name) if !name.is_empty() => Some(name),
+            _ => None,
+        }
+    };
+    let nested = |value: Option<serde_json::Value>| -> Option<String> {
+        let value = value?;
+        value.is_object().then_some(())?;
+        named(serde_json::from_value::<Named>(value).ok()?.model)
+    };
+    named(carrier.model)
+        .or_else(|| named(carrier.model_version))
+        .or_else(|| nested(carrier.message))
+        .or_else(|| nested(carrier.response))
 }
 
 /// Bytes of text per token assumed by estimates (OpenAI's rule of thumb for English).
@@ -251,5 +353,107 @@ mod tests {
     fn reads_stream_usage_chunk() {
         let data = r#"{"object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#;
         assert_eq!(from_stream_event(data), Some(Usage::new(5, 2)));
+    }
+
+    #[test]
+    fn details_fill_cache_and_reasoning_tokens() {
+        let body = br#"{"usage":{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306,
+            "prompt_tokens_details":{"cached_tokens":1920,"audio_tokens":0},
+            "completion_tokens_details":{"reasoning_tokens":192,"audio_tokens":0}}}"#;
+        let usage = from_json(body).unwrap();
+        assert_eq!(
+            (
+                usage.prompt_tokens,
+                usage.cache_read_tokens,
+                usage.cache_write_tokens
+            ),
+            (2006, 1920, 0)
+        );
+        assert_eq!(
+            (usage.completion_tokens, usage.reasoning_tokens),
+            (300, 192)
+        );
+        // The stream's usage chunk carries the same object.
+        let chunk = r#"{"object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":6,"cache_write_tokens":3},"completion_tokens_details":{"reasoning_tokens":1}}}"#;
+        let usage = from_stream_event(chunk).unwrap();
+        assert_eq!(
+            (
+                usage.cache_read_tokens,
+                usage.cache_write_tokens,
+                usage.reasoning_tokens
+            ),
+            (6, 3, 1)
+        );
+        assert_eq!(usage.total_tokens, 14);
+        // And the tail of a large answer.
+        let tail = br#"x"}}],"usage":{"prompt_tokens":5,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":5}}}"#;
+        assert_eq!(from_json_tail(tail).unwrap().cache_read_tokens, 5);
+    }
+
+    #[test]
+    fn odd_details_never_lose_the_usage_nor_exceed_their_whole() {
+        for details in [
+            r#"null"#,
+            r#""many""#,
+            r#"[1]"#,
+            r#"{"cached_tokens":null}"#,
+            r#"{"cached_tokens":-3}"#,
+            r#"{"cached_tokens":"7"}"#,
+            r#"{"cached_tokens":1.5}"#,
+        ] {
+            let body = format!(
+                r#"{{"usage":{{"prompt_tokens":9,"completion_tokens":2,"prompt_tokens_details":{details},"completion_tokens_details":{details}}}}}"#
+            );
+            let usage = from_json(body.as_bytes()).unwrap();
+            assert_eq!(usage, Usage::new(9, 2), "{details}");
+        }
+        // Parts larger than their whole are cut to it: read first, then write.
+        let body = br#"{"usage":{"prompt_tokens":9,"completion_tokens":2,
+            "prompt_tokens_details":{"cached_tokens":7,"cache_write_tokens":50},
+            "completion_tokens_details":{"reasoning_tokens":40}}}"#;
+        let usage = from_json(body).unwrap();
+        assert_eq!(
+            (
+                usage.cache_read_tokens,
+                usage.cache_write_tokens,
+                usage.reasoning_tokens
+            ),
+            (7, 2, 2)
+        );
+    }
+
+    #[test]
+    fn answer_model_is_read_where_each_api_puts_it() {
+        let cases: [(&[u8], Option<&str>); 9] = [
+            (
+                br#"{"id":"x","model":"gpt-4o-mini-2024-07-18","choices":[]}"#,
+                Some("gpt-4o-mini-2024-07-18"),
+            ),
+            (
+                br#"{"candidates":[],"modelVersion":"gemini-2.0-flash-001"}"#,
+                Some("gemini-2.0-flash-001"),
+            ),
+            (
+                br#"{"type":"message_start","message":{"model":"claude-sonnet-4-5","usage":{}}}"#,
+                Some("claude-sonnet-4-5"),
+            ),
+            (
+                br#"{"type":"response.completed","response":{"model":"gpt-4.1","usage":{}}}"#,
+                Some("gpt-4.1"),
+            ),
+            (br#"{"model":"","message":"text"}"#, None),
+            (br#"{"model":7,"response":null}"#, None),
+            (br#"{"choices":[{"message":{"model":"inner"}}]}"#, None),
+            (b"[1,2]", None),
+            (b"not json", None),
+        ];
+        for (body, want) in cases {
+            assert_eq!(
+                answer_model(body).as_deref(),
+                want,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 }

@@ -31,9 +31,9 @@ LAYERS: list[tuple[str, list[str]]] = [
     # Wire formats and the client-facing shapes built from them: JSON views and edits (json,
     # json_view, and pipeline::in_place, the request's texts found and edited in place), SSE
     # framing, content encodings, byte search, errors, usage, the client API surface,
-    # secret redaction and metric names.
+    # secret redaction, metric names, and the cost of an answer from its usage and prices.
     ("wire", ["json", "json_view", "pipeline::in_place", "sse", "encoding", "find", "error", "usage", "api",
-              "secrets", "metrics"]),
+              "secrets", "metrics", "cost"]),
     # The one trait between the pipeline and Envoy, and hosts for tests and benches.
     ("host", ["host", "counting_host"]),
     # The config model (serde types of the public contract) and its validation; `config`

@@ -430,6 +430,13 @@ impl DryRun<'_> {
                     | metrics::OPERATION_DURATION
                     | metrics::TIME_TO_FIRST_CHUNK => None,
                     metrics::TOKEN_USAGE => Some(format!("  usage: {labels} {delta}")),
+                    metrics::COST => Some(format!(
+                        "  cost: {labels} {delta} micro-dollars (USD {})",
+                        aigate_core::cost::usd_string(*delta)
+                    )),
+                    metrics::UNPRICED => Some(format!(
+                        "  cost: {labels} has no price in \"pricing\": counted as 0"
+                    )),
                     metrics::ERRORS => Some(format!("  error: {labels}")),
                     other => Some(format!("  outcome ({other}): {labels}")),
                 }

@@ -119,7 +119,7 @@ impl Host for TracingHost {
 }
 
 /// Metric base names the dry run knows how to read; others are shown as they are.
-const KNOWN_BASES: [&str; 9] = [
+const KNOWN_BASES: [&str; 11] = [
     metrics::TOKENS,
     metrics::GUARD_OUTCOMES,
     metrics::TRANSFORMER_OUTCOMES,
@@ -129,6 +129,8 @@ const KNOWN_BASES: [&str; 9] = [
     metrics::TOKEN_USAGE,
     metrics::OPERATION_DURATION,
     metrics::TIME_TO_FIRST_CHUNK,
+    metrics::COST,
+    metrics::UNPRICED,
 ];
 
 /// Splits a metric name built by `metrics::name` back into its labels and base name:

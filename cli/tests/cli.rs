@@ -287,6 +287,38 @@ fn explain_runs_the_response_path() {
 }
 
 #[test]
+fn explain_shows_the_cost_of_the_answer() {
+    let config = temp_file(
+        "priced.json",
+        r#"{"pricing":{"gpt-4o-mini":{"input":0.15,"output":0.60,"cached_input":0.075}},
+            "routes":[{"name":"chat","provider":{"kind":"openai","auth":{"none":true}}}]}"#,
+    );
+    let request = temp_file(
+        "priced-request.json",
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}]}"#,
+    );
+    let answer = temp_file(
+        "priced-answer.json",
+        r#"{"id":"c","model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":1000,"completion_tokens":500,"prompt_tokens_details":{"cached_tokens":400}}}"#,
+    );
+    let (code, out, _) = run(&[
+        "explain",
+        config.to_str().unwrap(),
+        request.to_str().unwrap(),
+        "--upstream-response",
+        answer.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    // 600 × 0.15 + 400 × 0.075 + 500 × 0.60 = 420 micro-dollars.
+    assert!(
+        out.contains("cost: gen_ai.provider.name=openai gen_ai.response.model=gpt-4o-mini 420 micro-dollars (USD 0.000420)"),
+        "{out}"
+    );
+    assert!(out.contains("aigate.cost_usd = 0.000420"), "{out}");
+}
+
+#[test]
 fn explain_refuses_an_invalid_config() {
     let config = temp_file("explain-invalid.json", r#"{"routes":[{"name":"x"}]}"#);
     let request = temp_file("explain-invalid-request.json", REQUEST);

@@ -36,7 +36,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WASM = "target/wasm32-wasip1/release/aigate.wasm"
 
 # Names of the filter-state values the filter sets (CONFIG/DESIGN: readable by access logs).
-FILTER_STATE_KEYS = ("route", "provider", "model", "prompt_tokens", "completion_tokens", "total_tokens", "outcome")
+FILTER_STATE_KEYS = (
+    "route", "provider", "model", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "outcome",
+)
 
 # Every Envoy started by this module and not yet stopped (for failure reports).
 LIVE_ENVOYS: "weakref.WeakSet[Envoy]" = weakref.WeakSet()
@@ -214,6 +216,7 @@ METRIC_LABELS = (
     "gen_ai.operation.name",
     "gen_ai.provider.name",
     "gen_ai.request.model",
+    "gen_ai.response.model",
     "gen_ai.token.type",
     "server.address",
     "server.port",

@@ -245,7 +245,7 @@ def test_the_raw_stat_names_encode_the_labels(envoy: Envoy, obs_mock: MockServer
 LINE = re.compile(
     r'"POST /v1/chat/completions HTTP/1.1" (?P<status>\d+) \S+ \d+ms route=(?P<route>\S+) provider=(?P<provider>\S+) '
     r"model=(?P<model>\S+) prompt_tokens=(?P<prompt>\S+) completion_tokens=(?P<completion>\S+) "
-    r"total_tokens=(?P<total>\S+) outcome=(?P<outcome>\S+) upstream=\S+"
+    r"total_tokens=(?P<total>\S+) cost_usd=(?P<cost>\S+) outcome=(?P<outcome>\S+) upstream=\S+"
 )
 
 
@@ -271,6 +271,8 @@ def test_access_log_line_of_envoy_yaml_shows_route_model_tokens_and_outcome(envo
         # refused from the headers: the body (and so the model) was never read
         ("429", "obs", "openai", "-", "-", "-", "-", "token_budget_exceeded"),
     ]
+    # No `pricing` in this config: nothing is priced, the field stays unset.
+    assert {p["cost"] for p in parsed} == {"-"}
 
 
 # Runs last: it sends more requests than the sequence above.

@@ -6,6 +6,7 @@ use std::fmt;
 use super::model::{
     AuthConfig, EndpointConfig, MatchConfig, PluginConfig, RouteConfig, SecretConfig,
 };
+use crate::cost::{Price, PriceTable};
 use crate::guards::GuardPlan;
 use crate::limits::LimitPlan;
 use crate::pipeline::stage::{RequestStage, ResponseStage};
@@ -166,6 +167,8 @@ pub struct Plan {
     /// Every configured credential, redacted from whatever reaches the client
     /// (`parse_and_compile` fills it; `compile` alone leaves it empty).
     pub secrets: Secrets,
+    /// The top-level `pricing`, in micro-dollars per million tokens.
+    pub pricing: PriceTable,
 }
 
 impl Plan {
@@ -293,7 +296,40 @@ pub fn compile(config: &PluginConfig, env: &dyn EnvLookup) -> Result<Plan, Confi
         routes,
         allow_on_headers_stop_iteration: config.allow_on_headers_stop_iteration,
         secrets: Secrets::default(),
+        pricing: compile_pricing(&config.pricing)?,
     })
+}
+
+/// The price table: every price finite, at least 0 and at most `cost::MAX_USD_PER_MILLION`,
+/// taken to the nearest micro-dollar per million tokens; model names non-empty.
+fn compile_pricing(
+    config: &std::collections::BTreeMap<String, super::model::PriceConfig>,
+) -> Result<PriceTable, ConfigError> {
+    let mut prices = std::collections::BTreeMap::new();
+    for (model, price) in config {
+        let at = format!("pricing.{model}");
+        if model.trim().is_empty() {
+            return Err(ConfigError::new(
+                "pricing",
+                "a model name must not be empty",
+            ));
+        }
+        let micros = |name: &str, usd: f64| {
+            crate::cost::micros(usd)
+                .map_err(|error| ConfigError::new(format!("{at}.{name}"), error.to_string()))
+        };
+        let optional = |name: &str, usd: Option<f64>| usd.map(|usd| micros(name, usd)).transpose();
+        prices.insert(
+            model.clone(),
+            Price {
+                input: micros("input", price.input)?,
+                output: micros("output", price.output)?,
+                cached_input: optional("cached_input", price.cached_input)?,
+                cache_write: optional("cache_write", price.cache_write)?,
+            },
+        );
+    }
+    Ok(PriceTable::new(prices))
 }
 
 fn compile_route(
@@ -333,6 +369,7 @@ fn compile_route(
             limits,
             &route.name,
             &format!("{path}.limits"),
+            !config.pricing.is_empty(),
         )?),
         None => None,
     };

@@ -18,6 +18,22 @@ pub struct PluginConfig {
     /// headers until the body is read, so headers (path, authority) may depend on the body.
     #[serde(default)]
     pub allow_on_headers_stop_iteration: bool,
+    /// US dollars per million tokens, keyed by the provider's model name.
+    #[serde(default)]
+    pub pricing: BTreeMap<String, PriceConfig>,
+}
+
+/// One model's prices, US dollars per million tokens. `cached_input` and `cache_write`
+/// default to `input`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    pub input: f64,
+    pub output: f64,
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+    #[serde(default)]
+    pub cache_write: Option<f64>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -383,6 +399,9 @@ pub struct TransformerConfig {
 pub struct LimitsConfig {
     #[serde(default)]
     pub tokens: Vec<TokenLimitConfig>,
+    /// Budgets in US dollars, priced from the top-level `pricing`.
+    #[serde(default)]
+    pub cost: Vec<CostLimitConfig>,
     #[serde(default)]
     pub backend: BackendConfig,
 }
@@ -393,6 +412,31 @@ pub struct TokenLimitConfig {
     pub name: String,
     pub key: LimitKeyConfig,
     pub limit: u64,
+    pub window_ms: u64,
+    /// Which tokens of an answer count against `limit`.
+    #[serde(default)]
+    pub count: TokenCount,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenCount {
+    /// Prompt and completion tokens (`total_tokens`).
+    #[default]
+    Total,
+    /// Prompt tokens (cached ones included).
+    Input,
+    /// Completion tokens (reasoning included).
+    Output,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CostLimitConfig {
+    pub name: String,
+    pub key: LimitKeyConfig,
+    /// US dollars per window.
+    pub limit_usd: f64,
     pub window_ms: u64,
 }
 

@@ -1,9 +1,13 @@
-//! Token budgets per key, local or through a rate limit service (CONFIG.md Limits).
+//! Token and cost budgets per key, local or through a rate limit service (CONFIG.md Limits).
 //!
 //! The check runs as the first request stage: it finds each limit's key, asks the backend,
 //! records a `Ticket` per budget in `Notes` and the `x-ratelimit-*` headers for the answer,
 //! or rejects. Once the answer's usage is known the pipeline calls `charge` (and on stream
 //! end, `charge` again with nothing: that only releases what an unanswered request held).
+//!
+//! Every budget is counted in one `Measure` of an answer: its total, input or output tokens
+//! (`tokens[].count`), or its cost in micro-dollars (`cost[]`). The ledger and the rate limit
+//! service only see amounts, so cost budgets use exactly the machinery of token budgets.
 
 pub mod headers;
 pub mod keys;
@@ -16,13 +20,13 @@ pub mod window;
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
-use crate::config::model::{BackendConfig, FailureMode, LimitsConfig};
+use crate::config::model::{BackendConfig, FailureMode, LimitKeyConfig, LimitsConfig, TokenCount};
 use crate::config::ConfigError;
 use crate::host::{Callout, CalloutReply, Host};
 use crate::metrics;
 use crate::pipeline::stage::{Notes, RequestCtx, RequestStage, Step};
 use crate::usage::Usage;
-use headers::Standing;
+use headers::{Standing, Unit};
 use keys::KeySource;
 use ledger::{Admission, Budget};
 use rls::{RlsBackend, Verdict};
@@ -49,11 +53,39 @@ pub struct Ticket {
     pub hold: Option<u32>,
 }
 
+/// What of an answer a budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    Tokens(TokenCount),
+    /// The answer's cost in micro-dollars.
+    CostMicros,
+}
+
+impl Measure {
+    /// The amount of an answer with this usage and cost that the budget is charged.
+    pub fn of(self, usage: &Usage, cost_micros: u64) -> u64 {
+        match self {
+            Measure::Tokens(TokenCount::Total) => usage.total_tokens,
+            Measure::Tokens(TokenCount::Input) => usage.prompt_tokens,
+            Measure::Tokens(TokenCount::Output) => usage.completion_tokens,
+            Measure::CostMicros => cost_micros,
+        }
+    }
+
+    fn unit(self) -> Unit {
+        match self {
+            Measure::Tokens(_) => Unit::Tokens,
+            Measure::CostMicros => Unit::Micros,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct TokenLimit {
     name: String,
     key: KeySource,
     budget: Budget,
+    measure: Measure,
 }
 
 #[derive(Debug)]
@@ -83,44 +115,86 @@ impl LimitPlan {
         matches!(self.limits.backend, Backend::Local)
     }
 
+    /// `priced`: the config has a `pricing` table (cost budgets need one).
     pub fn compile(
         config: &LimitsConfig,
         route: &str,
         path: &str,
+        priced: bool,
     ) -> Result<LimitPlan, ConfigError> {
         let mut names = BTreeSet::new();
-        let mut limits = Vec::with_capacity(config.tokens.len());
-        for (index, token) in config.tokens.iter().enumerate() {
-            let at = format!("{path}.tokens[{index}]");
-            if token.name.trim().is_empty() {
+        let mut limits = Vec::with_capacity(config.tokens.len() + config.cost.len());
+        // One budget of either kind: names are shared (they name shared data and descriptors).
+        let mut add = |at: &str,
+                       name: &str,
+                       key: &LimitKeyConfig,
+                       budget: Budget,
+                       measure: Measure|
+         -> Result<(), ConfigError> {
+            if name.trim().is_empty() {
                 return Err(ConfigError::new(format!("{at}.name"), "must not be empty"));
             }
-            if !names.insert(token.name.as_str()) {
+            if !names.insert(name.to_string()) {
                 return Err(ConfigError::new(
                     format!("{at}.name"),
-                    format!("duplicate limit name '{}'", token.name),
+                    format!("duplicate limit name '{name}'"),
                 ));
             }
-            if token.limit == 0 {
-                return Err(ConfigError::new(
-                    format!("{at}.limit"),
-                    "must be at least 1",
-                ));
-            }
-            if token.window_ms == 0 {
+            if budget.window_ms == 0 {
                 return Err(ConfigError::new(
                     format!("{at}.window_ms"),
                     "must be at least 1",
                 ));
             }
             limits.push(TokenLimit {
-                name: token.name.clone(),
-                key: KeySource::compile(&token.key, &format!("{at}.key"))?,
-                budget: Budget {
-                    limit: token.limit,
-                    window_ms: token.window_ms,
-                },
+                name: name.to_string(),
+                key: KeySource::compile(key, &format!("{at}.key"))?,
+                budget,
+                measure,
             });
+            Ok(())
+        };
+        for (index, token) in config.tokens.iter().enumerate() {
+            let at = format!("{path}.tokens[{index}]");
+            if token.limit == 0 {
+                return Err(ConfigError::new(
+                    format!("{at}.limit"),
+                    "must be at least 1",
+                ));
+            }
+            let budget = Budget {
+                limit: token.limit,
+                window_ms: token.window_ms,
+            };
+            add(
+                &at,
+                &token.name,
+                &token.key,
+                budget,
+                Measure::Tokens(token.count),
+            )?;
+        }
+        for (index, cost) in config.cost.iter().enumerate() {
+            let at = format!("{path}.cost[{index}]");
+            if !priced {
+                return Err(ConfigError::new(
+                    at,
+                    "a cost budget needs prices: add a top-level \"pricing\" table",
+                ));
+            }
+            let limit = crate::cost::budget_micros(cost.limit_usd)
+                .map_err(|error| ConfigError::new(format!("{at}.limit_usd"), error.to_string()))?;
+            if limit == 0 {
+                return Err(ConfigError::new(
+                    format!("{at}.limit_usd"),
+                    "must be at least 0.000001 (one micro-dollar)",
+                ));
+            }
+            let budget = Budget {
+                limit,
+                window_ms: cost.window_ms,
+            };
+            add(&at, &cost.name, &cost.key, budget, Measure::CostMicros)?;
         }
         let backend = match &config.backend {
             BackendConfig::Local => Backend::Local,
@@ -172,26 +246,49 @@ impl LimitPlan {
         }
     }
 
-    /// Charges the answer's tokens to the budgets the check admitted the request against,
-    /// releasing what it held. Takes the tickets out of `notes`, so a second call is a no-op.
-    /// A callout returned here is sent without waiting for its reply (rate limit service reports).
-    pub fn charge(&self, notes: &mut Notes, usage: Usage, host: &mut dyn Host) -> Vec<Callout> {
+    /// True when some budget counts dollars (the flow then prices every answer).
+    pub fn counts_cost(&self) -> bool {
+        self.limits
+            .limits
+            .iter()
+            .any(|limit| limit.measure == Measure::CostMicros)
+    }
+
+    /// Charges the answer to the budgets the check admitted the request against (each its
+    /// `Measure` of `usage` and `cost_micros`), releasing what it held. Takes the tickets out
+    /// of `notes`, so a second call is a no-op. A callout returned here is sent without
+    /// waiting for its reply (rate limit service reports: one per distinct amount, since a
+    /// request's `hits_addend` applies to all its descriptors).
+    pub fn charge(
+        &self,
+        notes: &mut Notes,
+        usage: Usage,
+        cost_micros: u64,
+        host: &mut dyn Host,
+    ) -> Vec<Callout> {
         let tickets = std::mem::take(&mut notes.limit_tickets);
         if tickets.is_empty() {
             return Vec::new();
         }
-        let tokens = usage.total_tokens;
         let limits = &self.limits;
+        let amount = |ticket: &Ticket| {
+            limits
+                .limits
+                .get(ticket.limit)
+                .map(|limit| limit.measure.of(&usage, cost_micros))
+        };
         match &limits.backend {
             Backend::Local => {
                 let now_ms = host.now_ms();
                 for ticket in &tickets {
-                    let Some(limit) = limits.limits.get(ticket.limit) else {
+                    let (Some(limit), Some(amount)) =
+                        (limits.limits.get(ticket.limit), amount(ticket))
+                    else {
                         continue;
                     };
                     let shard = local::shard_name(&limits.route, &limit.name, &ticket.key);
                     let result = local::update(host, &shard, |table| {
-                        table.settle(&ticket.key, limit.budget, now_ms, ticket.hold, tokens)
+                        table.settle(&ticket.key, limit.budget, now_ms, ticket.hold, amount)
                     });
                     if result.is_err() {
                         limits.count(host, &limit.name, outcome::CHARGE_FAILED);
@@ -199,11 +296,25 @@ impl LimitPlan {
                 }
                 Vec::new()
             }
-            Backend::Rls(backend) if tokens > 0 => {
-                let hits = u32::try_from(tokens).unwrap_or(u32::MAX);
-                vec![backend.callout(&limits.descriptors(&tickets), hits)]
+            Backend::Rls(backend) => {
+                let mut groups: Vec<(u64, Vec<Ticket>)> = Vec::new();
+                for ticket in tickets {
+                    let Some(amount) = amount(&ticket).filter(|amount| *amount > 0) else {
+                        continue;
+                    };
+                    match groups.iter_mut().find(|(of, _)| *of == amount) {
+                        Some((_, group)) => group.push(ticket),
+                        None => groups.push((amount, vec![ticket])),
+                    }
+                }
+                groups
+                    .into_iter()
+                    .map(|(amount, group)| {
+                        let hits = u32::try_from(amount).unwrap_or(u32::MAX);
+                        backend.callout(&limits.descriptors(&group), hits)
+                    })
+                    .collect()
             }
-            Backend::Rls(_) => Vec::new(),
         }
     }
 }
@@ -229,6 +340,20 @@ impl Limits {
                 Some(rls::descriptor(&self.route, &limit.name, &ticket.key))
             })
             .collect()
+    }
+
+    /// The service's standings (by limit index) with the unit of each limit.
+    fn with_units(
+        &self,
+        standings: Vec<Option<Standing>>,
+    ) -> impl Iterator<Item = (Unit, Standing)> + '_ {
+        standings
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, standing)| {
+                let unit = self.limits.get(index)?.measure.unit();
+                Some((unit, standing?))
+            })
     }
 
     fn name_of(&self, index: usize) -> &str {
@@ -257,10 +382,11 @@ impl Limits {
                 remaining: limit.budget.limit.saturating_sub(used),
                 reset_ms,
             };
+            let unit = limit.measure.unit();
             let refusal = match admission {
                 Ok(Admission::Allowed { used, hold }) => {
                     self.count(ctx.host, &limit.name, outcome::ALLOWED);
-                    standings.push(standing(used));
+                    standings.push((unit, standing(used)));
                     tickets.push(Ticket {
                         limit: index,
                         key,
@@ -269,15 +395,15 @@ impl Limits {
                     continue;
                 }
                 Ok(Admission::OverLimit { used }) => {
-                    standings.push(standing(used));
+                    standings.push((unit, standing(used)));
                     (
                         outcome::OVER_LIMIT,
-                        headers::exceeded(&limit.name, standing(used)),
+                        headers::exceeded_in(unit, &limit.name, standing(used)),
                     )
                 }
                 Ok(Admission::InFlight { used }) => {
-                    standings.push(standing(used));
-                    (outcome::IN_FLIGHT, headers::in_flight(&limit.name))
+                    standings.push((unit, standing(used)));
+                    (outcome::IN_FLIGHT, headers::in_flight_in(unit, &limit.name))
                 }
                 Ok(Admission::Full) => (outcome::CAPACITY_EXCEEDED, headers::unavailable()),
                 Err(error) => {
@@ -326,7 +452,7 @@ impl Limits {
                 }
                 ctx.notes
                     .response_headers
-                    .extend(headers_for(standings.into_iter().flatten()));
+                    .extend(headers_for(self.with_units(standings)));
                 Step::Next
             }
             Verdict::Over { index, standings } => {
@@ -346,10 +472,14 @@ impl Limits {
                         remaining: 0,
                         reset_ms: 1_000,
                     });
-                ctx.notes
-                    .response_headers
-                    .extend(headers_for(standings.into_iter().flatten().chain([over])));
-                Step::Reject(headers::exceeded(&name, over))
+                let unit = self
+                    .limits
+                    .get(index)
+                    .map_or(Unit::Tokens, |limit| limit.measure.unit());
+                ctx.notes.response_headers.extend(headers_for(
+                    self.with_units(standings).chain([(unit, over)]),
+                ));
+                Step::Reject(headers::exceeded_in(unit, &name, over))
             }
             Verdict::Failed => {
                 log::warn!(
@@ -379,10 +509,8 @@ impl Limits {
     }
 }
 
-fn headers_for(standings: impl IntoIterator<Item = Standing>) -> Vec<(String, String)> {
-    headers::tightest(standings)
-        .map(headers::headers)
-        .unwrap_or_default()
+fn headers_for(standings: impl IntoIterator<Item = (Unit, Standing)>) -> Vec<(String, String)> {
+    headers::for_standings(standings)
 }
 
 /// Tells this request's holds apart from other requests' on the same key. Random where the

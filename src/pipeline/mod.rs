@@ -40,6 +40,8 @@ pub mod filter_state {
     pub const PROMPT_TOKENS: &str = "aigate.prompt_tokens";
     pub const COMPLETION_TOKENS: &str = "aigate.completion_tokens";
     pub const TOTAL_TOKENS: &str = "aigate.total_tokens";
+    /// The answer's cost in US dollars, six places (`0.000123`), when `pricing` is set.
+    pub const COST_USD: &str = "aigate.cost_usd";
     pub const OUTCOME: &str = "aigate.outcome";
 }
 
@@ -115,6 +117,9 @@ pub struct Flow {
     /// rest of it is dropped.
     stream_broken: bool,
     exchange_usage: Option<Usage>,
+    /// The model the answer names (`usage::answer_model`), read only when `pricing` is set:
+    /// it is priced under that name when the table has it.
+    answer_model: Option<String>,
     /// What an answer whose usage never arrived is charged instead (`usage::estimate`).
     usage_estimate: Option<Usage>,
     headers_held: bool,
@@ -161,6 +166,7 @@ impl Flow {
             stream_inflater: None,
             stream_broken: false,
             exchange_usage: None,
+            answer_model: None,
             usage_estimate: None,
             headers_held: false,
             first_byte_recorded: false,

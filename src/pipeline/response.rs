@@ -183,7 +183,8 @@ impl Flow {
                 self.translation == Translation::Codec && !self.exchange.client_wants_usage;
             let processor =
                 StreamProcessor::new(self.stream_decoder(route), filters, strip_usage_chunk)
-                    .for_api(self.api);
+                    .for_api(self.api)
+                    .record_answer_model(!self.plan.pricing.is_empty());
             if !processor.is_passthrough() {
                 host.set_response_header("content-length", None);
             }
@@ -265,6 +266,9 @@ impl Flow {
                 }
                 if end_of_stream {
                     self.exchange_usage = copy.usage(self.api, self.response_encoding.as_deref());
+                    if !self.plan.pricing.is_empty() {
+                        self.answer_model = copy.answer_model(self.response_encoding.as_deref());
+                    }
                     if self.exchange_usage.is_none() {
                         self.usage_estimate =
                             Some(usage::estimate(self.request_body_size, copy.total));
@@ -323,6 +327,9 @@ impl Flow {
                 self.relay_chunk(host, body_size, &chunk, out, end_of_stream);
                 if let Some(found) = processor.usage() {
                     self.exchange_usage = Some(found);
+                    if let Some(model) = processor.answer_model() {
+                        self.answer_model = Some(model.to_string());
+                    }
                 }
                 // Charged if the usage event never comes (the client hangs up first).
                 self.usage_estimate = Some(usage::estimate(
@@ -384,6 +391,10 @@ impl Flow {
                         return Action::Continue;
                     }
                 };
+                if !self.plan.pricing.is_empty() {
+                    // The provider's own answer (before any translation) names its model.
+                    self.answer_model = usage::answer_model(&body);
+                }
                 if let Some(progress) = self.answer_in_place(host, &body) {
                     return match progress {
                         Progress::Waiting => Action::Pause,
@@ -779,7 +790,12 @@ impl Flow {
             .exchange_usage
             .or(self.usage_estimate)
             .unwrap_or_default();
-        for callout in limits.charge(&mut self.notes, usage, host) {
+        let cost_micros = if limits.counts_cost() {
+            self.priced(&usage).micros
+        } else {
+            0
+        };
+        for callout in limits.charge(&mut self.notes, usage, cost_micros, host) {
             if let Err(reason) = host.dispatch_detached(&callout) {
                 log::warn!(
                     "aigate: route {}: usage report to {} failed: {reason}",
@@ -788,6 +804,50 @@ impl Flow {
                 );
             }
         }
+    }
+
+    /// The cost of `usage` on this exchange: priced under the model the answer named, else
+    /// the model sent upstream (`cost::PriceTable::price`).
+    fn priced(&self, usage: &Usage) -> crate::cost::Priced {
+        self.plan
+            .pricing
+            .price(usage, self.answer_model.as_deref(), &self.exchange.model)
+    }
+
+    /// The cost counters and `aigate.cost_usd` of an answer with this usage (with `pricing`
+    /// set). The `gen_ai.response.model` label is the price table's key that priced it (a
+    /// configured name, so the label stays bounded whatever the upstream names), or for an
+    /// unpriced answer the request's model label.
+    fn account_cost(&self, route: &Route, usage: &Usage, host: &mut dyn Host) {
+        if self.plan.pricing.is_empty() {
+            return;
+        }
+        let priced = self.priced(usage);
+        let (base, model) = match &priced.model {
+            Some(model) => (metrics::COST, model.clone()),
+            None => (
+                metrics::UNPRICED,
+                metrics::model_label(route, &self.exchange.model),
+            ),
+        };
+        let labels = [
+            ("route", route.name.as_str()),
+            (
+                metrics::PROVIDER_NAME,
+                metrics::provider_name(route.provider.kind),
+            ),
+            (metrics::RESPONSE_MODEL, model.as_str()),
+        ];
+        let amount = if priced.model.is_some() {
+            priced.micros
+        } else {
+            1
+        };
+        host.counter_add(&metrics::name(base, &labels), amount);
+        host.set_filter_state(
+            filter_state::COST_USD,
+            &crate::cost::usd_string(priced.micros),
+        );
     }
 
     /// Once per answer: metrics, filter state, and budget charges.
@@ -837,6 +897,7 @@ impl Flow {
             &found.completion_tokens.to_string(),
         );
         host.set_filter_state(filter_state::TOTAL_TOKENS, &found.total_tokens.to_string());
+        self.account_cost(route, &found, host);
     }
 }
 
@@ -900,6 +961,16 @@ impl Observed {
             self.kept.drain(..cut);
             self.kept.shrink_to(2 * OBSERVE_TAIL);
         }
+    }
+
+    /// The model the answer names (`usage::answer_model`); None for an answer too large to
+    /// keep whole.
+    fn answer_model(&self, content_encoding: Option<&str>) -> Option<String> {
+        if self.tail_only {
+            return None;
+        }
+        let decoded = encoding::decode(content_encoding, &self.kept).ok()?;
+        usage::answer_model(&decoded)
     }
 
     /// The answer's usage: parsed from the whole answer, or found in the tail of one too

@@ -21,6 +21,10 @@ pub struct StreamProcessor {
     /// The filter asked upstream for the usage chunk; the client did not, so it is dropped.
     strip_usage_chunk: bool,
     usage: Option<Usage>,
+    /// Read the model the answer names from its usage events (`record_answer_model`).
+    record_model: bool,
+    /// The model named by the last usage event that named one (`usage::answer_model`).
+    answer_model: Option<String>,
     /// After an in-band error the rest of the upstream stream is dropped.
     ended_with_error: bool,
     saw_content: bool,
@@ -49,6 +53,8 @@ impl StreamProcessor {
             filters,
             strip_usage_chunk,
             usage: None,
+            record_model: false,
+            answer_model: None,
             ended_with_error: false,
             saw_content: false,
             saw_done: false,
@@ -64,6 +70,18 @@ impl StreamProcessor {
     pub fn for_api(mut self, api: &'static dyn ClientApi) -> Self {
         self.api = api;
         self
+    }
+
+    /// Also read the model each usage event names (pricing needs it; one parse per usage
+    /// event, which streams send once or twice).
+    pub fn record_answer_model(mut self, record: bool) -> Self {
+        self.record_model = record;
+        self
+    }
+
+    /// The model the stream's usage events named, if any.
+    pub fn answer_model(&self) -> Option<&str> {
+        self.answer_model.as_deref()
     }
 
     /// True when the stream's bytes pass unchanged and are only observed.
@@ -241,7 +259,13 @@ impl StreamProcessor {
         if let Some(code) = in_band_error(&event.data) {
             self.note_error(&code);
         }
+        let before = self.usage;
         self.api.update_stream_usage(&event.data, &mut self.usage);
+        if self.record_model && self.usage != before {
+            if let Some(model) = crate::usage::answer_model(event.data.as_bytes()) {
+                self.answer_model = Some(model);
+            }
+        }
         if crate::find::contains(&event.data, "\"delta\"") {
             self.saw_content = true;
             self.generated += self.api.generated_text_len(&event.data);

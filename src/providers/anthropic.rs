@@ -401,6 +401,7 @@ impl Usage {
             .saturating_add(self.cache_creation)
             .saturating_add(self.cache_read);
         counts.cached = self.cache_read;
+        counts.cache_write = self.cache_creation;
         counts.completion = self.output;
     }
 }

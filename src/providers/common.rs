@@ -475,6 +475,9 @@ pub struct TokenCounts {
     /// Some providers report the total themselves (it may include thinking); else the sum.
     pub total: Option<u64>,
     pub cached: u64,
+    /// Input tokens written to a prompt cache (Anthropic `cache_creation_input_tokens`),
+    /// sent as `prompt_tokens_details.cache_write_tokens` (OpenRouter's name; OpenAI has none).
+    pub cache_write: u64,
     pub reasoning: u64,
 }
 
@@ -489,11 +492,12 @@ impl TokenCounts {
             "total_tokens": total,
         });
         if let Some(object) = usage.as_object_mut() {
-            if self.cached > 0 {
-                object.insert(
-                    "prompt_tokens_details".into(),
-                    json!({"cached_tokens": self.cached}),
-                );
+            if self.cached > 0 || self.cache_write > 0 {
+                let mut details = json!({"cached_tokens": self.cached});
+                if let (Some(details), true) = (details.as_object_mut(), self.cache_write > 0) {
+                    details.insert("cache_write_tokens".into(), json!(self.cache_write));
+                }
+                object.insert("prompt_tokens_details".into(), details);
             }
             if self.reasoning > 0 {
                 object.insert(

@@ -249,7 +249,7 @@ fn tool_use_answer_with_cache_usage() {
     assert_eq!(
         answer["usage"],
         json!({"prompt_tokens": 504, "completion_tokens": 58, "total_tokens": 562,
-               "prompt_tokens_details": {"cached_tokens": 100}})
+               "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 20}})
     );
 }
 
@@ -475,7 +475,22 @@ fn stream_usage_fields_left_out_keep_their_start_value() {
     assert_eq!(
         *usage,
         json!({"prompt_tokens": 13, "completion_tokens": 5, "total_tokens": 18,
-               "prompt_tokens_details": {"cached_tokens": 8}})
+               "prompt_tokens_details": {"cached_tokens": 8, "cache_write_tokens": 2}})
+    );
+    // What the flow reads back from the translated chunk: both cache parts of the prompt.
+    let read = crate::usage::from_json(
+        serde_json::to_vec(&json!({ "usage": usage }))
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            read.prompt_tokens,
+            read.cache_read_tokens,
+            read.cache_write_tokens
+        ),
+        (13, 8, 2)
     );
 }
 
