@@ -2,6 +2,8 @@
 //! stages once, the request left in the client's form) and the attempt instance (one
 //! provider's translation and credential, the attempt counted), through a `RecordingHost`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::rc::Rc;
