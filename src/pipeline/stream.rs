@@ -2,7 +2,7 @@
 //! chunks, read usage, let event filters (response guards) work, and re-serialise only when
 //! something may change. A plain OpenAI stream passes byte for byte.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::stage::EventFilter;
 use crate::client_api::{self, ClientApi};
@@ -305,62 +305,126 @@ fn is_usage_only_chunk(event: &SseEvent) -> bool {
         })
 }
 
-/// Turns a whole `chat.completion` into the SSE stream a streaming client expects: one
-/// content chunk, a usage chunk when asked for, and `[DONE]`.
-pub fn synthesize_stream(completion: &Value, include_usage: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    let id = completion.get("id").cloned().unwrap_or(Value::Null);
-    let created = completion.get("created").cloned().unwrap_or(Value::Null);
-    let model = completion.get("model").cloned().unwrap_or(Value::Null);
-    let choices: Vec<Value> = completion
-        .get("choices")
-        .and_then(Value::as_array)
-        .map(|choices| {
-            choices
-                .iter()
-                .enumerate()
-                .map(|(index, choice)| {
-                    let message = choice.get("message").cloned().unwrap_or_else(|| json!({}));
-                    let mut delta = serde_json::Map::new();
-                    delta.insert("role".into(), message.get("role").cloned().unwrap_or_else(|| json!("assistant")));
-                    delta.insert("content".into(), message.get("content").cloned().unwrap_or(Value::Null));
-                    if let Some(tool_calls) = message.get("tool_calls").and_then(Value::as_array) {
-                        let indexed: Vec<Value> = tool_calls
-                            .iter()
-                            .enumerate()
-                            .map(|(i, call)| {
-                                let mut call = call.clone();
-                                if let Some(object) = call.as_object_mut() {
-                                    object.insert("index".into(), json!(i));
-                                }
-                                call
-                            })
-                            .collect();
-                        delta.insert("tool_calls".into(), Value::Array(indexed));
-                    }
-                    json!({
-                        "index": choice.get("index").cloned().unwrap_or_else(|| json!(index)),
-                        "delta": delta,
-                        "finish_reason": choice.get("finish_reason").cloned().unwrap_or(Value::Null),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let chunk = json!({
-        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-        "choices": choices,
-    });
-    SseEvent::data(chunk.to_string()).write_to(&mut out);
-    if include_usage {
-        if let Some(usage) = completion.get("usage") {
-            let chunk = json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [], "usage": usage,
-            });
-            SseEvent::data(chunk.to_string()).write_to(&mut out);
+/// Two translators in a row: a provider's decoder into chat chunks (none for an OpenAI
+/// stream), then a client API's bridge from chat chunks into its own events.
+pub struct Chained {
+    first: Option<Box<dyn StreamDecoder>>,
+    second: Box<dyn StreamDecoder>,
+    between: Vec<SseEvent>,
+}
+
+impl Chained {
+    pub fn new(first: Option<Box<dyn StreamDecoder>>, second: Box<dyn StreamDecoder>) -> Self {
+        Chained {
+            first,
+            second,
+            between: Vec::new(),
         }
     }
-    SseEvent::data("[DONE]").write_to(&mut out);
-    out
+
+    fn pass_on(&mut self, out: &mut Vec<SseEvent>) -> Result<(), ApiError> {
+        let mut result = Ok(());
+        for event in self.between.drain(..) {
+            if result.is_ok() {
+                result = self.second.on_event(&event, out);
+            }
+        }
+        result
+    }
+}
+
+impl StreamDecoder for Chained {
+    fn on_event(&mut self, event: &SseEvent, out: &mut Vec<SseEvent>) -> Result<(), ApiError> {
+        let first = match &mut self.first {
+            Some(first) => first.on_event(event, &mut self.between),
+            None => {
+                self.between.push(event.clone());
+                Ok(())
+            }
+        };
+        // What the first decoded before an error still goes through the second.
+        self.pass_on(out)?;
+        first
+    }
+
+    fn finish(&mut self, out: &mut Vec<SseEvent>) {
+        if let Some(first) = &mut self.first {
+            first.finish(&mut self.between);
+        }
+        // The second still owes the client a well-formed end, whatever the first owed.
+        if let Err(error) = self.pass_on(out) {
+            log::warn!(
+                "aigate: the end of a translated stream was unreadable: {}",
+                error.code
+            );
+        }
+        self.second.finish(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Doubles each event's data, and at its end says how many it saw.
+    struct Echo {
+        tag: &'static str,
+        seen: usize,
+        fail_on: Option<&'static str>,
+    }
+
+    impl StreamDecoder for Echo {
+        fn on_event(&mut self, event: &SseEvent, out: &mut Vec<SseEvent>) -> Result<(), ApiError> {
+            self.seen += 1;
+            if self.fail_on == Some(event.data.as_str()) {
+                return Err(ApiError::new(502, "api_error", "bad_event", "bad"));
+            }
+            out.push(SseEvent::data(format!("{}({})", self.tag, event.data)));
+            Ok(())
+        }
+
+        fn finish(&mut self, out: &mut Vec<SseEvent>) {
+            out.push(SseEvent::data(format!("{}-end:{}", self.tag, self.seen)));
+        }
+    }
+
+    fn echo(tag: &'static str, fail_on: Option<&'static str>) -> Box<dyn StreamDecoder> {
+        Box::new(Echo {
+            tag,
+            seen: 0,
+            fail_on,
+        })
+    }
+
+    fn datas(events: &[SseEvent]) -> Vec<&str> {
+        events.iter().map(|e| e.data.as_str()).collect()
+    }
+
+    #[test]
+    fn chained_decoders_run_in_order_and_both_finish() {
+        let mut chain = Chained::new(Some(echo("a", None)), echo("b", None));
+        let mut out = Vec::new();
+        chain.on_event(&SseEvent::data("1"), &mut out).unwrap();
+        chain.on_event(&SseEvent::data("2"), &mut out).unwrap();
+        chain.finish(&mut out);
+        assert_eq!(datas(&out), ["b(a(1))", "b(a(2))", "b(a-end:2)", "b-end:3"]);
+    }
+
+    #[test]
+    fn without_a_first_decoder_events_go_straight_to_the_second() {
+        let mut chain = Chained::new(None, echo("b", None));
+        let mut out = Vec::new();
+        chain.on_event(&SseEvent::data("1"), &mut out).unwrap();
+        chain.finish(&mut out);
+        assert_eq!(datas(&out), ["b(1)", "b-end:1"]);
+    }
+
+    #[test]
+    fn an_error_of_either_decoder_reaches_the_caller() {
+        let mut chain = Chained::new(Some(echo("a", Some("x"))), echo("b", None));
+        let mut out = Vec::new();
+        assert!(chain.on_event(&SseEvent::data("x"), &mut out).is_err());
+        let mut chain = Chained::new(Some(echo("a", None)), echo("b", Some("a(y)")));
+        assert!(chain.on_event(&SseEvent::data("y"), &mut out).is_err());
+    }
 }
