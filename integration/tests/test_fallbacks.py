@@ -284,18 +284,22 @@ def test_the_webhook_guard_runs_once_and_the_budget_is_charged_once(envoy: Envoy
 
 def test_a_stream_that_failed_after_its_first_byte_is_not_failed_over(envoy: Envoy, primary: MockServer, fallback: MockServer) -> None:
     stream = llm.openai_stream("gpt-4o-mini", "one two three four five six")
-    primary.enqueue(200, headers={"content-type": "text/event-stream"}, chunks=sse.split_awkwardly(stream), abort_after_chunks=2, path="/v1/chat/completions")
-    with httpx.stream(
-        "POST",
-        envoy.base_url + "/v1/chat/completions",
-        json=chat_body(stream=True),
-        headers={"authorization": "Bearer client-key", "x-user-id": "u-stream"},
-        timeout=20,
-    ) as r:
-        assert r.status_code == 200
-        try:
-            body = b"".join(r.iter_bytes())
-        except httpx.HTTPError:
-            body = b""
+    events = [e + b"\n\n" for e in stream.split(b"\n\n") if e.strip()]
+    # Three whole events reach the client, then the provider dies.
+    chunks = [b"".join(events[:3]), b"".join(events[3:])]
+    primary.enqueue(200, headers={"content-type": "text/event-stream"}, chunks=chunks, chunk_delay_s=0.3, abort_after_chunks=1, path="/v1/chat/completions")
+    received = b""
+    with pytest.raises(httpx.RemoteProtocolError):  # as without fallbacks: the stream breaks
+        with httpx.stream(
+            "POST",
+            envoy.base_url + "/v1/chat/completions",
+            json=chat_body(stream=True),
+            headers={"authorization": "Bearer client-key", "x-user-id": "u-stream"},
+            timeout=20,
+        ) as r:
+            assert r.status_code == 200
+            for chunk in r.iter_bytes():
+                received += chunk
+    assert b"data: " in received and b"one" in received  # the primary's first events reached the client
+    assert len(primary.requests) == 1
     assert fallback.requests == []
-    assert b"Hello from mock" not in body

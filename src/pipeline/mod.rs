@@ -304,7 +304,12 @@ impl Flow {
                 ),
             );
         };
-        self.translation = translation;
+        // On a route with fallbacks each attempt translates for its provider (`attempt`):
+        // here the request stays in the client's API.
+        self.translation = match translation {
+            Translation::ViaChat if route.attempts.is_some() => Translation::Native,
+            translation => translation,
+        };
         let max = route.shaping.max_body_bytes;
         if let Some(length) = self
             .header("content-length")
