@@ -446,6 +446,8 @@ fn the_downstream_instance_names_the_provider_that_answered() {
             "aigate.tokens_total",
             &[
                 ("gen_ai.provider.name", "anthropic"),
+                ("gen_ai.request.model", "claude-sonnet-4-5"),
+                ("server.address", "api.anthropic.com"),
                 ("gen_ai.token.type", "input")
             ]
         ),

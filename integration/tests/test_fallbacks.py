@@ -48,7 +48,7 @@ def shipped_plugin_config() -> dict[str, Any]:
     return json.loads(hcm["http_filters"][0]["typed_config"]["config"]["configuration"]["value"])
 
 
-def fallback_bootstrap(workdir: Path, openai_port: int, anthropic_port: int, route: dict[str, Any], extra_clusters: dict[str, int]) -> dict[str, Any]:
+def fallback_bootstrap(workdir: Path, openai_port: int, anthropic_port: int, route: dict[str, Any], extra_clusters: dict[str, int], buffer_limit: int | None = None) -> dict[str, Any]:
     doc = yaml.safe_load(SHIPPED.read_text())
     doc["admin"]["address"]["socket_address"]["port_value"] = 0
     listener = doc["static_resources"]["listeners"][0]
@@ -71,6 +71,8 @@ def fallback_bootstrap(workdir: Path, openai_port: int, anthropic_port: int, rou
     plugin["configuration"]["value"] = json.dumps({"routes": [route]})
     http_route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
     http_route["route"]["retry_policy"]["per_try_timeout"] = f"{PER_TRY_MS / 1000}s"
+    if buffer_limit is not None:
+        http_route["request_body_buffer_limit"] = buffer_limit
     ports = {"openai": openai_port, "anthropic": anthropic_port}
     clusters = doc["static_resources"]["clusters"]
     for cluster in clusters:
@@ -117,9 +119,9 @@ def _fresh(primary: MockServer, fallback: MockServer):
     yield
 
 
-def start(tmp_path_factory, name: str, openai_port: int, anthropic_port: int, route: dict[str, Any], extra_clusters: dict[str, int] | None = None) -> Envoy:
+def start(tmp_path_factory, name: str, openai_port: int, anthropic_port: int, route: dict[str, Any], extra_clusters: dict[str, int] | None = None, buffer_limit: int | None = None) -> Envoy:
     workdir = tmp_path_factory.mktemp(f"envoy-fallbacks-{name}")
-    envoy = Envoy(fallback_bootstrap(workdir, openai_port, anthropic_port, route, extra_clusters or {}), workdir=workdir, name=f"fallbacks-{name}")
+    envoy = Envoy(fallback_bootstrap(workdir, openai_port, anthropic_port, route, extra_clusters or {}, buffer_limit), workdir=workdir, name=f"fallbacks-{name}")
     return envoy.start()
 
 
@@ -196,6 +198,9 @@ def test_503_fails_over_to_the_fallback_of_another_kind(envoy: Envoy, primary: M
     assert entry["aigate_provider"] == "anthropic"
     assert entry["aigate_model"] == "claude-sonnet-4-5"
     assert entry["attempts"] == 2
+    assert entry["aigate_outcome"] == "ok"
+    assert int(entry["aigate_total_tokens"]) == llm.USAGE.total
+    assert envoy.metric_total("aigate.tokens_total", {"gen_ai.provider.name": "anthropic", "gen_ai.request.model": "claude-sonnet-4-5"}) >= llm.USAGE.total
     assert attempts(envoy, route="chat", outcome="failed_over", **{"error.type": "5xx", "gen_ai.provider.name": "openai"}) == before_failed + 1
     assert attempts(envoy, route="chat", outcome="ok", **{"gen_ai.provider.name": "anthropic"}) == before_ok + 1
 
@@ -303,3 +308,22 @@ def test_a_stream_that_failed_after_its_first_byte_is_not_failed_over(envoy: Env
     assert b"data: " in received and b"one" in received  # the primary's first events reached the client
     assert len(primary.requests) == 1
     assert fallback.requests == []
+
+
+def test_a_body_above_the_routes_buffer_limit_is_not_failed_over(tmp_path_factory, primary: MockServer, fallback: MockServer) -> None:
+    """The router keeps at most the route's request_body_buffer_limit (here 4 KiB) of the body to
+    re-send it: a larger request goes to the primary only, and its failure is the client's
+    (Envoy counts retry_or_shadow_abandoned)."""
+    e = start(tmp_path_factory, "buffer", primary.port, fallback.port, chat_route(), buffer_limit=4096)
+    try:
+        primary.enqueue(503, {"error": {"message": "primary down", "type": "server_error"}}, path="/v1/chat/completions", times=2)
+        r = post(e, chat_body("x" * 8192))
+        assert r.status_code == 503
+        assert r.json()["error"]["message"] == "primary down"
+        assert len(primary.requests) == 1 and fallback.requests == []
+        assert e.counter("cluster.llm_fallbacks.retry_or_shadow_abandoned") == 1
+        small = post(e, chat_body("hello there"))
+        assert small.status_code == 200
+        assert len(fallback.requests) == 1
+    finally:
+        e.stop()

@@ -301,6 +301,8 @@ impl Flow {
             }
             if let Some(model) = model.filter(|m| !m.is_empty()) {
                 host.set_filter_state(filter_state::MODEL, &model);
+                // The model sent upstream, as on any route (metrics' `gen_ai.request.model`).
+                self.exchange.model = model;
             }
         }
     }
