@@ -24,6 +24,10 @@ pub const REQUESTS: &str = "aigate.requests_total";
 /// histogram's sum only approximately (log-linear buckets), budgets and bills need exact sums.
 pub const TOKENS: &str = "aigate.tokens_total";
 pub const ERRORS: &str = "aigate.errors_total";
+/// Counter: each attempt of a route with fallbacks, by provider, `outcome` (`ok`,
+/// `failed_over`, `failed`), `code` (the answer's status, 0 for none) and `error.type` (the
+/// failure condition: `connect-failure`, `reset`, `timeout`, `429`, `5xx`).
+pub const ATTEMPTS: &str = "aigate.attempts_total";
 pub const GUARD_OUTCOMES: &str = "aigate.guard.outcomes_total";
 pub const TRANSFORMER_OUTCOMES: &str = "aigate.transformer.outcomes_total";
 pub const LIMIT_OUTCOMES: &str = "aigate.limit.outcomes_total";

@@ -10,13 +10,13 @@ import yaml
 from integration.harness.envoy import REPO_ROOT, aigate_stats_config
 
 
-@pytest.mark.parametrize("name", ["envoy.yaml", "envoy-docker.yaml", "envoy-ecds.yaml"])
+@pytest.mark.parametrize("name", ["envoy.yaml", "envoy-docker.yaml", "envoy-ecds.yaml", "envoy-fallbacks.yaml"])
 def test_stats_tags_match_the_filter_labels(name):
     config = yaml.safe_load(Path(REPO_ROOT, "envoy", name).read_text())
     assert config["stats_config"] == aigate_stats_config()
 
 
-@pytest.mark.parametrize("name", ["envoy.yaml", "envoy-docker.yaml", "envoy-ecds.yaml"])
+@pytest.mark.parametrize("name", ["envoy.yaml", "envoy-docker.yaml", "envoy-ecds.yaml", "envoy-fallbacks.yaml"])
 def test_client_address_is_the_tcp_peer(name):
     """Issue 12 item 13: `client_address` budgets must not follow a client-sent X-Forwarded-For."""
     config = yaml.safe_load(Path(REPO_ROOT, "envoy", name).read_text())

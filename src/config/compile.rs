@@ -2,9 +2,11 @@
 //! defaults applied, every fault reported once with the JSON path where it sits.
 
 use std::fmt;
+use std::rc::Rc;
 
 use super::model::{
-    AuthConfig, EndpointConfig, MatchConfig, PluginConfig, RouteConfig, SecretConfig,
+    AuthConfig, EndpointConfig, MatchConfig, PluginConfig, ProviderConfig, ProviderKind,
+    RequestConfig, RouteConfig, SecretConfig,
 };
 use crate::cost::{Price, PriceTable};
 use crate::guards::GuardPlan;
@@ -113,6 +115,83 @@ pub struct Route {
     pub guards: GuardPlan,
     pub transform: TransformPlan,
     pub limits: Option<LimitPlan>,
+    /// Set when the route has `fallbacks`: then `provider` is the client's own form
+    /// (chat completions, no credential, no translation) and each attempt is translated and
+    /// credentialed by the aigate instance on the upstream side (`pipeline::attempt`).
+    pub attempts: Option<Attempts>,
+}
+
+/// A condition under which an attempt failed and the next provider is tried (`retry.on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryCondition {
+    ConnectFailure,
+    Reset,
+    Timeout,
+    Status429,
+    Status5xx,
+}
+
+impl RetryCondition {
+    pub const ALL: [RetryCondition; 5] = [
+        RetryCondition::ConnectFailure,
+        RetryCondition::Reset,
+        RetryCondition::Timeout,
+        RetryCondition::Status429,
+        RetryCondition::Status5xx,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryCondition::ConnectFailure => "connect-failure",
+            RetryCondition::Reset => "reset",
+            RetryCondition::Timeout => "timeout",
+            RetryCondition::Status429 => "429",
+            RetryCondition::Status5xx => "5xx",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<RetryCondition> {
+        RetryCondition::ALL
+            .into_iter()
+            .find(|condition| condition.as_str() == name)
+    }
+
+    /// The condition an answer's status is, if it is one.
+    pub fn of_status(status: u16) -> Option<RetryCondition> {
+        match status {
+            429 => Some(RetryCondition::Status429),
+            500..=599 => Some(RetryCondition::Status5xx),
+            _ => None,
+        }
+    }
+}
+
+/// The default `retry.per_try_timeout_ms`.
+pub const DEFAULT_PER_TRY_TIMEOUT_MS: u64 = 60_000;
+
+/// The providers of a route with fallbacks, in the order they are tried (the route's own
+/// provider first). Each is a plan of one stage-free route: what an attempt runs.
+#[derive(Debug)]
+pub struct Attempts {
+    pub plans: Vec<Rc<Plan>>,
+    /// `Provider.cluster` of each, in the same order.
+    pub clusters: Vec<Option<String>>,
+    pub retry_on: Vec<RetryCondition>,
+    pub per_try_timeout_ms: u64,
+}
+
+impl Attempts {
+    /// The attempt plan serving a host whose endpoint metadata names `cluster` (None: no
+    /// metadata, which only the primary without a `cluster` may be served by).
+    pub fn index_for(&self, cluster: Option<&str>) -> Option<usize> {
+        self.clusters
+            .iter()
+            .position(|candidate| candidate.as_deref() == cluster)
+    }
+
+    pub fn retries_on(&self, condition: RetryCondition) -> bool {
+        self.retry_on.contains(&condition)
+    }
 }
 
 impl Route {
@@ -172,6 +251,11 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// True when some route has fallbacks (a request may be an attempt's).
+    pub fn has_fallbacks(&self) -> bool {
+        self.routes.iter().any(|route| route.attempts.is_some())
+    }
+
     /// True when some route matches on Envoy's route name (worth a host call to read it).
     pub fn matches_route_names(&self) -> bool {
         self.routes
@@ -355,12 +439,22 @@ fn compile_route(
         ));
     }
     let matcher = compile_matcher(&route.matcher, &format!("{path}.match"))?;
-    let provider = Provider::compile(
-        &route.provider,
-        &format!("{path}.provider"),
-        config.allow_on_headers_stop_iteration,
-        env,
-    )?;
+    let attempts = compile_attempts(route, path, config, env)?;
+    let provider = match &attempts {
+        // The downstream instance keeps the client's form: the attempts translate.
+        Some(_) => Provider::compile(
+            &client_form_provider(),
+            &format!("{path}.provider"),
+            true,
+            env,
+        )?,
+        None => Provider::compile(
+            &route.provider,
+            &format!("{path}.provider"),
+            config.allow_on_headers_stop_iteration,
+            env,
+        )?,
+    };
     let shaping = Shaping::compile(&route.request, &format!("{path}.request"))?;
     let guards = GuardPlan::compile(&route.guards, &format!("{path}.guards"), &route.name, env)?;
     let transform = TransformPlan::compile(&route.transform, &format!("{path}.transform"), env)?;
@@ -394,7 +488,165 @@ fn compile_route(
         guards,
         transform,
         limits,
+        attempts,
     })
+}
+
+/// The provider a route with fallbacks has downstream: chat completions as the client sent
+/// them, no credential change, the model left as asked (each attempt resolves it).
+fn client_form_provider() -> ProviderConfig {
+    ProviderConfig {
+        kind: ProviderKind::OpenaiCompatible,
+        authority: Some("aigate-attempts".into()),
+        path: None,
+        auth: AuthConfig {
+            passthrough: Some(true),
+            ..AuthConfig::default()
+        },
+        model: None,
+        models: None,
+        azure: None,
+        anthropic: None,
+        // Every client API passes through in the client's form: the attempts translate.
+        messages: Some(true),
+        responses: Some(true),
+        cluster: None,
+    }
+}
+
+fn compile_attempts(
+    route: &RouteConfig,
+    path: &str,
+    config: &PluginConfig,
+    env: &dyn EnvLookup,
+) -> Result<Option<Attempts>, ConfigError> {
+    if route.fallbacks.is_empty() {
+        if route.retry.is_some() {
+            return Err(ConfigError::new(
+                format!("{path}.retry"),
+                "applies to fallbacks; this route has none",
+            ));
+        }
+        return Ok(None);
+    }
+    let retry = route.retry.clone().unwrap_or_default();
+    let retry_on = match &retry.on {
+        None => RetryCondition::ALL.to_vec(),
+        Some(names) => {
+            if names.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{path}.retry.on"),
+                    "must name at least one condition",
+                ));
+            }
+            let mut out = Vec::with_capacity(names.len());
+            for (index, name) in names.iter().enumerate() {
+                let Some(condition) = RetryCondition::parse(name) else {
+                    return Err(ConfigError::new(
+                        format!("{path}.retry.on[{index}]"),
+                        format!(
+                            "unknown condition {name:?}; use connect-failure, reset, timeout, 429 or 5xx"
+                        ),
+                    ));
+                };
+                if !out.contains(&condition) {
+                    out.push(condition);
+                }
+            }
+            out
+        }
+    };
+    let per_try_timeout_ms = retry
+        .per_try_timeout_ms
+        .unwrap_or(DEFAULT_PER_TRY_TIMEOUT_MS);
+    if per_try_timeout_ms == 0 {
+        return Err(ConfigError::new(
+            format!("{path}.retry.per_try_timeout_ms"),
+            "must be greater than 0",
+        ));
+    }
+    // Every attempt sees the header map earlier attempts wrote (Envoy gives them one): a
+    // provider that forwards the client's credential could forward another's key instead.
+    let passthrough = std::iter::once(&route.provider)
+        .chain(&route.fallbacks)
+        .filter(|provider| provider.auth.passthrough.is_some())
+        .count();
+    if passthrough != 0 && passthrough != route.fallbacks.len() + 1 {
+        return Err(ConfigError::new(
+            format!("{path}.fallbacks"),
+            "auth passthrough on some providers of a route and a key or none on others is refused: \
+             a later attempt could forward the key an earlier one set; use passthrough on all or none",
+        ));
+    }
+    let providers = std::iter::once((format!("{path}.provider"), &route.provider)).chain(
+        route
+            .fallbacks
+            .iter()
+            .enumerate()
+            .map(|(index, provider)| (format!("{path}.fallbacks[{index}]"), provider)),
+    );
+    let mut plans = Vec::with_capacity(route.fallbacks.len() + 1);
+    let mut clusters: Vec<Option<String>> = Vec::with_capacity(route.fallbacks.len() + 1);
+    for (index, (provider_path, provider)) in providers.enumerate() {
+        let cluster = match &provider.cluster {
+            Some(cluster) if cluster.trim().is_empty() => {
+                return Err(ConfigError::new(
+                    format!("{provider_path}.cluster"),
+                    "must not be empty",
+                ))
+            }
+            Some(cluster) => Some(cluster.trim().to_string()),
+            None if index > 0 => {
+                return Err(ConfigError::new(
+                    format!("{provider_path}.cluster"),
+                    "is required on a fallback (the Envoy cluster that serves it)",
+                ))
+            }
+            None => None,
+        };
+        if clusters.contains(&cluster) {
+            return Err(ConfigError::new(
+                format!("{provider_path}.cluster"),
+                "names the cluster of an earlier provider of this route; each needs its own",
+            ));
+        }
+        clusters.push(cluster);
+        let compiled = Provider::compile(
+            provider,
+            &provider_path,
+            config.allow_on_headers_stop_iteration,
+            env,
+        )?;
+        let shaping = Shaping::compile(
+            &RequestConfig {
+                max_body_bytes: route.request.max_body_bytes,
+                ..RequestConfig::default()
+            },
+            &format!("{path}.request"),
+        )?;
+        plans.push(Rc::new(Plan {
+            routes: vec![Route {
+                name: route.name.clone(),
+                matcher: RouteMatcher::default(),
+                provider: compiled,
+                shaping,
+                guards: GuardPlan::default(),
+                transform: TransformPlan::default(),
+                limits: None,
+                attempts: None,
+            }],
+            allow_on_headers_stop_iteration: config.allow_on_headers_stop_iteration,
+            secrets: Secrets::default(),
+            // Answers are priced downstream, where the answer that reached the client is seen.
+            pricing: PriceTable::default(),
+        }));
+    }
+    Ok(Some(Attempts {
+        plans,
+        clusters,
+        retry_on,
+        per_try_timeout_ms,
+    }))
 }
 
 fn compile_matcher(config: &MatchConfig, path: &str) -> Result<RouteMatcher, ConfigError> {

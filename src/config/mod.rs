@@ -5,6 +5,7 @@ pub(crate) mod compile;
 pub mod model;
 
 pub use compile::{
-    compile, compile_auth, compile_endpoint, parse_and_compile, resolve_secret, Auth, ConfigError,
-    Endpoint, EnvLookup, Plan, Route, RouteMatcher, Secret,
+    compile, compile_auth, compile_endpoint, parse_and_compile, resolve_secret, Attempts, Auth,
+    ConfigError, Endpoint, EnvLookup, Plan, RetryCondition, Route, RouteMatcher, Secret,
+    DEFAULT_PER_TRY_TIMEOUT_MS,
 };

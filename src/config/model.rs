@@ -51,6 +51,24 @@ pub struct RouteConfig {
     pub transform: TransformConfig,
     #[serde(default)]
     pub limits: Option<LimitsConfig>,
+    /// Providers tried in order when the attempt before failed with a condition in
+    /// `retry.on`, before any byte of the answer reached the client (each needs `cluster`).
+    #[serde(default)]
+    pub fallbacks: Vec<ProviderConfig>,
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+}
+
+/// When an attempt counts as failed (and the next provider is tried), and how long one
+/// attempt may take. The Envoy route's retry policy must say the same (docs/DEPLOY.md).
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// `connect-failure`, `reset`, `timeout`, `429`, `5xx`; default all five.
+    #[serde(default)]
+    pub on: Option<Vec<String>>,
+    #[serde(default)]
+    pub per_try_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
@@ -113,6 +131,10 @@ pub struct ProviderConfig {
     /// false sends Responses clients through the chat-completions bridge.
     #[serde(default)]
     pub responses: Option<bool>,
+    /// The Envoy cluster that serves this provider (its endpoints carry the metadata
+    /// `aigate.cluster` with this name): required on fallbacks.
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 /// Exactly one of the three fields must be given; `compile` checks that.

@@ -6,6 +6,7 @@
 //! Every host interaction goes through `Host`, so all of it runs natively in tests.
 
 pub mod aggregate;
+pub mod attempt;
 pub mod in_place;
 pub mod matching;
 pub mod stage;
@@ -134,6 +135,10 @@ pub struct Flow {
     redactor: crate::secrets::Redactor,
     /// `error.type` of the exchange's metrics once it failed (the error code).
     error_type: Option<String>,
+    /// Set when this flow is one attempt of a route with fallbacks (`attempt`).
+    attempt: Option<attempt::Attempt>,
+    /// On a route with fallbacks: the index of the provider whose attempt answered.
+    answered_by: Option<usize>,
 }
 
 impl Flow {
@@ -176,6 +181,8 @@ impl Flow {
             in_place: true,
             redactor: crate::secrets::Redactor::default(),
             error_type: None,
+            attempt: None,
+            answered_by: None,
         }
     }
 
@@ -203,6 +210,16 @@ impl Flow {
             name.make_ascii_lowercase();
         }
         self.request_headers = headers;
+        if self.plan.has_fallbacks() {
+            match self.enter_attempt(host) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.state = State::Passthrough;
+                    return Action::Continue;
+                }
+                Err(error) => return self.reject(host, error),
+            }
+        }
         let route_name = if self.plan.matches_route_names() {
             host.property(&["xds", "route_name"])
                 .and_then(|bytes| String::from_utf8(bytes).ok())
@@ -228,8 +245,12 @@ impl Flow {
         let Some(route) = plan.routes.get(route_index) else {
             return Action::Continue;
         };
+        self.mark_fallback_route(host, route);
         host.set_filter_state(filter_state::ROUTE, &route.name);
-        host.set_filter_state(filter_state::PROVIDER, route.provider.kind.as_str());
+        host.set_filter_state(
+            filter_state::PROVIDER,
+            self.answering_provider(route).kind.as_str(),
+        );
 
         let path = self.header(":path").unwrap_or_default().to_string();
         let method = self.header(":method").unwrap_or_default().to_string();
@@ -274,7 +295,10 @@ impl Flow {
         let Some(api) = client_api::of(operation) else {
             // The model list: answered by the filter from the route's config, in Anthropic's
             // shape for an Anthropic client (it sends `anthropic-version`).
-            let body = list_models(route, self.header("anthropic-version").is_some());
+            let body = list_models(
+                self.answering_provider(route),
+                self.header("anthropic-version").is_some(),
+            );
             host.send_response(
                 200,
                 &[("content-type".into(), "application/json".into())],
@@ -298,7 +322,12 @@ impl Flow {
                 ),
             );
         };
-        self.translation = translation;
+        // On a route with fallbacks each attempt translates for its provider (`attempt`):
+        // here the request stays in the client's API.
+        self.translation = match translation {
+            Translation::ViaChat if route.attempts.is_some() => Translation::Native,
+            translation => translation,
+        };
         let max = route.shaping.max_body_bytes;
         if let Some(length) = self
             .header("content-length")
@@ -343,6 +372,13 @@ impl Flow {
         stream: Option<bool>,
     ) {
         let Some(route) = self.route() else { return };
+        if route.attempts.is_some() {
+            // Each attempt writes its provider's headers (`attempt`); the body may change.
+            if self.header("content-length").is_some() {
+                host.set_request_header("content-length", None);
+            }
+            return;
+        }
         let provider = &route.provider;
         // Each header call is a round trip out of the VM: change only what differs from the
         // headers read in the headers phase (the filter is the only one changing them since).
@@ -872,9 +908,9 @@ fn dispatch_failure_reply() -> CalloutReply {
     }
 }
 
-fn list_models(route: &Route, anthropic: bool) -> Vec<u8> {
-    let owner = route.provider.kind.as_str();
-    let names: Vec<&str> = match (&route.provider.models, &route.provider.model) {
+fn list_models(provider: &crate::providers::Provider, anthropic: bool) -> Vec<u8> {
+    let owner = provider.kind.as_str();
+    let names: Vec<&str> = match (&provider.models, &provider.model) {
         (Some(models), _) => models.keys().map(String::as_str).collect(),
         (None, Some(model)) => vec![model.as_str()],
         (None, None) => Vec::new(),

@@ -98,6 +98,9 @@ impl Flow {
 
     fn count_error(&mut self, host: &mut dyn Host, code: &str) {
         self.error_type = Some(code.to_string());
+        if self.is_attempt() {
+            return; // the downstream instance counts the request
+        }
         if let Some(route) = self.route() {
             host.counter_add(
                 &metrics::name(metrics::ERRORS, &[("route", &route.name), ("code", code)]),
@@ -124,6 +127,7 @@ impl Flow {
             .response_header(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
+        self.attempt_answer_headers(host, status);
         self.response_encoding = host
             .response_header("content-encoding")
             .filter(|value| !encoding::is_identity(Some(value)));
@@ -724,7 +728,7 @@ impl Flow {
     }
 
     fn record_first_token(&mut self, host: &mut dyn Host) {
-        if self.first_token_recorded {
+        if self.first_token_recorded || self.is_attempt() {
             return;
         }
         self.first_token_recorded = true;
@@ -739,13 +743,14 @@ impl Flow {
 
     /// The GenAI attributes of this exchange (`error.type` once it failed).
     fn model_labels(&self, route: &Route, host: &dyn Host) -> Labels {
-        let server = route.provider.authority.rsplit_once(':').map_or(
-            route.provider.authority.as_str(),
+        let provider = self.answering_provider(route);
+        let server = provider.authority.rsplit_once(':').map_or(
+            provider.authority.as_str(),
             |(host, port)| {
                 if port.bytes().all(|b| b.is_ascii_digit()) && !host.contains(':') {
                     host
                 } else {
-                    route.provider.authority.as_str()
+                    provider.authority.as_str()
                 }
             },
         );
@@ -757,7 +762,7 @@ impl Flow {
             ),
             (
                 metrics::PROVIDER_NAME,
-                metrics::provider_name(route.provider.kind).to_string(),
+                metrics::provider_name(provider.kind).to_string(),
             ),
             (
                 metrics::REQUEST_MODEL,
@@ -856,6 +861,9 @@ impl Flow {
             return;
         }
         self.accounted = true;
+        if self.is_attempt() {
+            return; // metrics and budgets belong to the downstream instance
+        }
         let plan = Rc::clone(&self.plan);
         let Some(route) = plan.routes.get(self.route) else {
             return;

@@ -132,6 +132,15 @@ fn to_wasm(action: Action) -> WasmAction {
 }
 
 impl Context for Stream {
+    /// The stream ends: an attempt of a route with fallbacks that got no answer is counted
+    /// (upstream filters get no `on_log`).
+    fn on_done(&mut self) -> bool {
+        if let Some(flow) = &mut self.flow {
+            flow.on_done(&mut self.host);
+        }
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,
