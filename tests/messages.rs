@@ -484,3 +484,16 @@ fn openai_compatible_serves_messages_only_when_configured() {
     .unwrap_err();
     assert!(error.to_string().contains("messages"), "{error}");
 }
+
+#[test]
+fn a_repeated_key_goes_upstream_as_the_guards_saw_it() {
+    let plan = plan(json!({"guards": mask_guard("request")}));
+    // The first `messages` would reach a first-wins parser unguarded if the bytes went as sent.
+    let body = br#"{"model":"claude-sonnet-4-5","max_tokens":10,"messages":[{"role":"user","content":"a@example.com"}],"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut host = host_with("/v1/messages", &[], body);
+    send_whole(&mut Flow::new(plan), &mut host);
+    let sent = String::from_utf8(host.request_body.clone()).unwrap();
+    assert_eq!(sent.matches("\"messages\"").count(), 1, "{sent}");
+    assert!(!sent.contains("a@example.com"), "{sent}");
+    assert_eq!(json_of(&host.request_body)["messages"][0]["content"], "hi");
+}
