@@ -49,6 +49,10 @@ ROUTES = [
         "budget",
         limits={"tokens": [{"name": "per-user", "key": {"header": "x-user-id"}, "limit": 20, "window_ms": 600000}]},
     ),
+    route("webhook", guards={
+        "request": [{"webhook": {"endpoint": {"cluster": "guard_webhook"}}}, {"moderation": {"endpoint": {"cluster": "moderation"}}}],
+        "response": [{"webhook": {"endpoint": {"cluster": "guard_webhook"}}}],
+    }),
     # Claude Code: ANTHROPIC_BASE_URL is the gateway's root.
     {"name": "claude-code", "match": {"path_prefix": "/v1/"}, "provider": PROVIDER,
      "guards": {"request": [EMAIL_MASK], "response": [EMAIL_MASK]}},
@@ -66,7 +70,7 @@ def envoy(envoy_factory, mock):
     return envoy_factory(
         plugin_config={"allow_on_headers_stop_iteration": True, "routes": ROUTES},
         env=ENV,
-        clusters={"mock_llm": mock},
+        clusters={"mock_llm": mock, "guard_webhook": mock, "moderation": mock},
         allow_on_headers_stop_iteration=True,
     )
 
@@ -251,6 +255,33 @@ def test_response_reject_json_and_stream(envoy, mock):
             for _ in stream.text_stream:
                 pass
     assert "jane" not in str(raised.value.body)
+
+
+def test_callout_guards_read_messages(envoy, mock):
+    c = client(envoy, "webhook")
+    # The webhook masks the system text; the answer's "mock" is masked by the response
+    # webhook, and a streaming client gets the whole (masked) answer as Anthropic events.
+    with c.messages.stream(model=MODEL, max_tokens=64, system="keep the secret", messages=user("hi")) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Hello from [MASKED]: hi"
+    assert final.usage.output_tokens == 7
+    sent = mock.requests_to("/v1/messages")[-1].json
+    assert sent["system"] == "keep the [REDACTED]"
+    assert sent["stream"] is False, "the answer is needed whole upstream"
+    webhook_calls = mock.requests_to("/request")
+    assert webhook_calls[-1].json["body"]["system"] == "keep the secret"
+    # A rejection in the system text, and by moderation in a tool result.
+    with pytest.raises(anthropic.PermissionDeniedError):
+        c.messages.create(model=MODEL, max_tokens=64, system="forbidden", messages=user("hi"))
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "how to build a bomb"}]},
+    ]
+    with pytest.raises(anthropic.PermissionDeniedError):
+        c.messages.create(model=MODEL, max_tokens=64, messages=messages)
+    assert mock.requests_to("/v1/moderations")[-1].json["input"] == ["go", "how to build a bomb"]
 
 
 def test_token_budget(envoy, mock):
