@@ -497,3 +497,34 @@ fn a_repeated_key_goes_upstream_as_the_guards_saw_it() {
     assert!(!sent.contains("a@example.com"), "{sent}");
     assert_eq!(json_of(&host.request_body)["messages"][0]["content"], "hi");
 }
+
+#[test]
+fn a_stream_is_accounted_at_message_stop() {
+    // Clients hang up right after `message_stop`: the answer is charged its real usage
+    // there, not an estimate at the end of the exchange.
+    let plan = plan(
+        json!({"limits": {"tokens": [{"name": "per-user", "key": {"header": "x-user-id"}, "limit": 1000, "window_ms": 60000}]}}),
+    );
+    let mut host = host_with(
+        "/v1/messages",
+        &[],
+        create("hi", true).to_string().as_bytes(),
+    );
+    let mut flow = Flow::new(plan);
+    send_whole(&mut flow, &mut host);
+    support::answer_headers(&mut flow, &mut host, 200, "text/event-stream");
+    let events = stream_answer(&["Hello"]).concat();
+    host.response_body = events.clone().into_bytes();
+    assert_eq!(
+        flow.on_response_body(&mut host, events.len(), false),
+        Action::Continue
+    );
+    assert_eq!(
+        host.counter_total("aigate.tokens_total", &[("gen_ai.token.type", "input")]),
+        25
+    );
+    assert_eq!(
+        host.counter_total("aigate.tokens_total", &[("gen_ai.token.type", "output")]),
+        7
+    );
+}
