@@ -136,8 +136,23 @@ def test_stream(envoy, mock):
     assert final.stop_reason == "end_turn"
     assert mock.last.json["stream"] is True
     assert_gateway_credential(mock.last)
-    tokens = envoy.metric_total("aigate.tokens_total", {"route": "plain", "gen_ai.token.type": "input"})
+    tokens = envoy.metric_total("aigate.tokens_total", {"route": "plain", "gen_ai.token.type": "input", "gen_ai.operation.name": "chat"})
     assert tokens >= 11
+
+
+def test_count_tokens_is_its_own_operation_and_charges_nothing(envoy, mock):
+    before = envoy.metric_total("aigate.tokens_total", {"route": "plain", "gen_ai.operation.name": "count_tokens"})
+    client(envoy, "plain").messages.count_tokens(model=MODEL, messages=user("count"))
+    assert envoy.metric_total("aigate.tokens_total", {"route": "plain", "gen_ai.operation.name": "count_tokens"}) == before
+    assert envoy.metric_total("aigate.requests_total", {"route": "plain", "gen_ai.operation.name": "count_tokens"}) >= 1
+
+
+def test_model_list_in_anthropics_shape(envoy, mock):
+    answer = httpx.get(f"{envoy.base_url}/plain/v1/models", headers={"anthropic-version": "2023-06-01", "x-api-key": CLIENT_KEY}, timeout=30)
+    assert answer.status_code == 200
+    assert answer.json() == {"data": [], "has_more": False, "first_id": None, "last_id": None}
+    page = client(envoy, "plain").models.list()
+    assert list(page) == []
 
 
 def test_tools_round_trip(envoy, mock):
