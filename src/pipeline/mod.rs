@@ -503,6 +503,7 @@ impl Flow {
             created: self.started_ms / 1000, // read in the headers phase: one clock read fewer
             id: format!("chatcmpl-{}", random_hex(12)),
             operation: self.upstream_operation(),
+            client_operation: self.operation,
         };
     }
 
