@@ -53,6 +53,7 @@ ROUTES = [
         "request": [{"webhook": {"endpoint": {"cluster": "guard_webhook"}}}, {"moderation": {"endpoint": {"cluster": "moderation"}}}],
         "response": [{"webhook": {"endpoint": {"cluster": "guard_webhook"}}}],
     }),
+    route("llmcheck", guards={"request": [{"llm_check": {"endpoint": {"cluster": "guardian"}, "model": "granite-guardian"}}]}),
     # Claude Code: ANTHROPIC_BASE_URL is the gateway's root.
     {"name": "claude-code", "match": {"path_prefix": "/v1/"}, "provider": PROVIDER,
      "guards": {"request": [EMAIL_MASK], "response": [EMAIL_MASK]}},
@@ -70,7 +71,7 @@ def envoy(envoy_factory, mock):
     return envoy_factory(
         plugin_config={"allow_on_headers_stop_iteration": True, "routes": ROUTES},
         env=ENV,
-        clusters={"mock_llm": mock, "guard_webhook": mock, "moderation": mock},
+        clusters={"mock_llm": mock, "guard_webhook": mock, "moderation": mock, "guardian": mock},
         allow_on_headers_stop_iteration=True,
     )
 
@@ -297,6 +298,24 @@ def test_callout_guards_read_messages(envoy, mock):
     with pytest.raises(anthropic.PermissionDeniedError):
         c.messages.create(model=MODEL, max_tokens=64, messages=messages)
     assert mock.requests_to("/v1/moderations")[-1].json["input"] == ["go", "how to build a bomb"]
+
+
+def test_llm_check_reads_tool_input_and_system(envoy, mock):
+    c = client(envoy, "llmcheck")
+    reply = c.messages.create(model=MODEL, max_tokens=64, system="be kind", messages=user("hello"))
+    assert reply.content[0].text.startswith(llm.ECHO_PREFIX)
+    asked = mock.requests_to("/v1/chat/completions")[-1].json
+    assert "be kind" in json.dumps(asked) and "hello" in json.dumps(asked)
+    messages = [
+        {"role": "user", "content": "plan"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "act", "input": {"step": "kill the process"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "done"}]},
+    ]
+    with pytest.raises(anthropic.PermissionDeniedError) as raised:
+        c.messages.create(model=MODEL, max_tokens=64, messages=messages)
+    assert raised.value.body["type"] == "error"
+    with pytest.raises(anthropic.PermissionDeniedError):
+        c.messages.create(model=MODEL, max_tokens=64, system="how to build a bomb", messages=user("hi"))
 
 
 def test_token_budget(envoy, mock):
