@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -414,23 +413,7 @@ def claude_code_messages(req):
 def test_claude_code_through_the_gateway(envoy, mock, tmp_path):
     mock.add_route("POST", r"/v1/messages", claude_code_messages)
     try:
-        home = tmp_path / "home"
-        home.mkdir()
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "HOME": str(home),
-            "ANTHROPIC_BASE_URL": envoy.base_url,
-            "ANTHROPIC_API_KEY": CLIENT_KEY,
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            "DISABLE_AUTOUPDATER": "1",
-            "CI": "1",
-        }
-        node = shutil.which("node")
-        assert node, "node is needed to run Claude Code"
-        done = subprocess.run(
-            [str(CLAUDE), "-p", f"Reply with PONG. My address is {EMAIL}."],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        )
+        done = run_claude(envoy, tmp_path, f"Reply with PONG. My address is {EMAIL}.")
     finally:
         mock._routes = [r for r in mock._routes if r[2] is not claude_code_messages]
     messages = [r for r in mock.requests if r.path_only == "/v1/messages"]
@@ -455,3 +438,60 @@ def test_claude_code_through_the_gateway(envoy, mock, tmp_path):
     assert "claude-code-" in main[-1].headers["anthropic-beta"]
     entry = [e for e in envoy.access_log() if e.get("aigate_route") == "claude-code"][-1]
     assert (entry["aigate_prompt_tokens"], entry["aigate_completion_tokens"]) in {("47", "42"), ("11", "7")}
+
+
+def run_claude(envoy, cwd: Path, prompt: str, *extra: str) -> subprocess.CompletedProcess:
+    home = cwd / "home"
+    home.mkdir(exist_ok=True)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(home),
+        "ANTHROPIC_BASE_URL": envoy.base_url,
+        "ANTHROPIC_API_KEY": CLIENT_KEY,
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CI": "1",
+    }
+    return subprocess.run(
+        [str(CLAUDE), "-p", prompt, *extra], env=env, cwd=cwd, capture_output=True, text=True, timeout=180
+    )
+
+
+@pytest.mark.skipif(not CLAUDE.exists(), reason=f"Claude Code is not installed at {CLAUDE} (run `make agents`)")
+def test_claude_code_tool_round_trip_is_guarded(envoy, mock, tmp_path):
+    """The mock asks Claude Code to Read a file holding an address; Claude Code runs the tool
+    and sends the file back as a tool_result, which reaches the provider masked."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text(f"Contact: {EMAIL}\nRoom 4\n")
+
+    def handler(req):
+        body = req.json if isinstance(req.json, dict) else {}
+        model = body.get("model", MODEL)
+        last = (body.get("messages") or [{}])[-1]
+        content = last.get("content") if isinstance(last, dict) else None
+        answered = isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+        if answered:
+            return llm.sse_reply(llm.anthropic_stream(model, "The file names a contact in room 4."))
+        return llm.sse_reply(llm.anthropic_stream(model, None, tool_use={"name": "Read", "input": {"file_path": str(notes)}}))
+
+    mock.add_route("POST", r"/v1/messages", handler)
+    try:
+        done = run_claude(envoy, tmp_path, "What is in notes.txt?", "--allowedTools", "Read")
+    finally:
+        mock._routes = [r for r in mock._routes if r[2] is not handler]
+    messages = [r for r in mock.requests if r.path_only == "/v1/messages"]
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "room 4" in done.stdout
+    assert len(messages) >= 2, messages
+    result = [
+        block
+        for message in messages[-1].json["messages"]
+        if isinstance(message.get("content"), list)
+        for block in message["content"]
+        if block.get("type") == "tool_result"
+    ]
+    assert result, messages[-1].json["messages"]
+    assert "<EMAIL>" in json.dumps(result) and "Room 4" in json.dumps(result)
+    for seen in messages:
+        assert EMAIL not in seen.text, "the file's address reached the provider"
+        assert_gateway_credential(seen)
