@@ -484,3 +484,83 @@ fn openai_compatible_serves_messages_only_when_configured() {
     .unwrap_err();
     assert!(error.to_string().contains("messages"), "{error}");
 }
+
+#[test]
+fn a_repeated_key_goes_upstream_as_the_guards_saw_it() {
+    let plan = plan(json!({"guards": mask_guard("request")}));
+    // The first `messages` would reach a first-wins parser unguarded if the bytes went as sent.
+    let body = br#"{"model":"claude-sonnet-4-5","max_tokens":10,"messages":[{"role":"user","content":"a@example.com"}],"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut host = host_with("/v1/messages", &[], body);
+    send_whole(&mut Flow::new(plan), &mut host);
+    let sent = String::from_utf8(host.request_body.clone()).unwrap();
+    assert_eq!(sent.matches("\"messages\"").count(), 1, "{sent}");
+    assert!(!sent.contains("a@example.com"), "{sent}");
+    assert_eq!(json_of(&host.request_body)["messages"][0]["content"], "hi");
+}
+
+#[test]
+fn a_stream_is_accounted_at_message_stop() {
+    // Clients hang up right after `message_stop`: the answer is charged its real usage
+    // there, not an estimate at the end of the exchange.
+    let plan = plan(
+        json!({"limits": {"tokens": [{"name": "per-user", "key": {"header": "x-user-id"}, "limit": 1000, "window_ms": 60000}]}}),
+    );
+    let mut host = host_with(
+        "/v1/messages",
+        &[],
+        create("hi", true).to_string().as_bytes(),
+    );
+    let mut flow = Flow::new(plan);
+    send_whole(&mut flow, &mut host);
+    support::answer_headers(&mut flow, &mut host, 200, "text/event-stream");
+    let events = stream_answer(&["Hello"]).concat();
+    host.response_body = events.clone().into_bytes();
+    assert_eq!(
+        flow.on_response_body(&mut host, events.len(), false),
+        Action::Continue
+    );
+    assert_eq!(
+        host.counter_total("aigate.tokens_total", &[("gen_ai.token.type", "input")]),
+        25
+    );
+    assert_eq!(
+        host.counter_total("aigate.tokens_total", &[("gen_ai.token.type", "output")]),
+        7
+    );
+}
+
+#[test]
+fn every_byte_split_of_a_masked_stream_gives_the_same_text() {
+    let plan = plan(json!({"guards": mask_guard("response")}));
+    let events = stream_answer(&["write to jane.d", "oe@exam", "ple.com — ok"]).concat();
+    let bytes = events.as_bytes();
+    let whole = {
+        let mut host = host_with(
+            "/v1/messages",
+            &[],
+            create("hi", true).to_string().as_bytes(),
+        );
+        let mut flow = Flow::new(plan.clone());
+        send_whole(&mut flow, &mut host);
+        text_of_stream(&respond(
+            &mut flow,
+            &mut host,
+            200,
+            "text/event-stream",
+            &[bytes],
+        ))
+    };
+    assert_eq!(whole, "write to <EMAIL> — ok");
+    for at in 1..bytes.len() {
+        let mut host = host_with(
+            "/v1/messages",
+            &[],
+            create("hi", true).to_string().as_bytes(),
+        );
+        let mut flow = Flow::new(plan.clone());
+        send_whole(&mut flow, &mut host);
+        let (a, b) = bytes.split_at(at);
+        let client = respond(&mut flow, &mut host, 200, "text/event-stream", &[a, b]);
+        assert_eq!(text_of_stream(&client), whole, "split at byte {at}");
+    }
+}

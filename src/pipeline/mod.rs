@@ -499,7 +499,9 @@ impl Flow {
         let plan = Rc::clone(&self.plan);
         let route = plan.routes.get(self.route).ok_or_else(internal_error)?;
         let mut body = api::parse_body(bytes)?;
-        if self.translation == Translation::Native {
+        // A repeated key goes upstream as the guards saw it (the last), never as the
+        // client's bytes: the upstream's parser could pick the other.
+        if self.translation == Translation::Native && !api::has_duplicate_keys(bytes) {
             self.request_as_sent = Some(body.clone());
         }
         route.shaping.apply_as(&mut body, self.api.shaping_form())?;
@@ -542,10 +544,8 @@ impl Flow {
             client_wants_usage,
             created: self.started_ms / 1000, // read in the headers phase: one clock read fewer
             id: format!("chatcmpl-{}", random_hex(12)),
-            // The client's operation: the stages find the client API's texts by it (a
-            // bridged request's stages see the client's form, not chat completions). The
-            // upstream path follows `upstream_operation`.
-            operation: self.operation,
+            operation: self.upstream_operation(),
+            client_operation: self.operation,
         };
     }
 
