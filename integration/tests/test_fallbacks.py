@@ -48,7 +48,15 @@ def shipped_plugin_config() -> dict[str, Any]:
     return json.loads(hcm["http_filters"][0]["typed_config"]["config"]["configuration"]["value"])
 
 
-def fallback_bootstrap(workdir: Path, openai_port: int, anthropic_port: int, route: dict[str, Any], extra_clusters: dict[str, int], buffer_limit: int | None = None) -> dict[str, Any]:
+def fallback_bootstrap(
+    workdir: Path,
+    openai_port: int,
+    anthropic_port: int,
+    route: dict[str, Any],
+    extra_clusters: dict[str, int],
+    buffer_limit: int | None = None,
+    order: list[str] | None = None,
+) -> dict[str, Any]:
     doc = yaml.safe_load(SHIPPED.read_text())
     doc["admin"]["address"]["socket_address"]["port_value"] = 0
     listener = doc["static_resources"]["listeners"][0]
@@ -76,6 +84,8 @@ def fallback_bootstrap(workdir: Path, openai_port: int, anthropic_port: int, rou
     ports = {"openai": openai_port, "anthropic": anthropic_port}
     clusters = doc["static_resources"]["clusters"]
     for cluster in clusters:
+        if order is not None and cluster["name"] == "llm_fallbacks":
+            cluster["cluster_type"]["typed_config"]["clusters"] = order
         if cluster["name"] in ports:
             endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
             endpoint["address"]["socket_address"]["port_value"] = ports[cluster["name"]]
@@ -119,9 +129,19 @@ def _fresh(primary: MockServer, fallback: MockServer):
     yield
 
 
-def start(tmp_path_factory, name: str, openai_port: int, anthropic_port: int, route: dict[str, Any], extra_clusters: dict[str, int] | None = None, buffer_limit: int | None = None) -> Envoy:
+def start(
+    tmp_path_factory,
+    name: str,
+    openai_port: int,
+    anthropic_port: int,
+    route: dict[str, Any],
+    extra_clusters: dict[str, int] | None = None,
+    buffer_limit: int | None = None,
+    order: list[str] | None = None,
+) -> Envoy:
     workdir = tmp_path_factory.mktemp(f"envoy-fallbacks-{name}")
-    envoy = Envoy(fallback_bootstrap(workdir, openai_port, anthropic_port, route, extra_clusters or {}, buffer_limit), workdir=workdir, name=f"fallbacks-{name}")
+    bootstrap = fallback_bootstrap(workdir, openai_port, anthropic_port, route, extra_clusters or {}, buffer_limit, order)
+    envoy = Envoy(bootstrap, workdir=workdir, name=f"fallbacks-{name}")
     return envoy.start()
 
 
@@ -325,5 +345,33 @@ def test_a_body_above_the_routes_buffer_limit_is_not_failed_over(tmp_path_factor
         small = post(e, chat_body("hello there"))
         assert small.status_code == 200
         assert len(fallback.requests) == 1
+    finally:
+        e.stop()
+
+
+def test_anthropic_first_then_openai_each_attempt_rewrites_the_shared_headers(tmp_path_factory, primary: MockServer, fallback: MockServer) -> None:
+    """Envoy hands every attempt the same request headers: the OpenAI attempt starts from what
+    the Anthropic attempt wrote (`:path` /v1/messages, `x-api-key`, `anthropic-version`) and must
+    send none of it. Here `fallback` plays Anthropic (first) and `primary` OpenAI (second)."""
+    (route,) = shipped_plugin_config()["routes"]
+    route["provider"], route["fallbacks"] = route["fallbacks"][0], [route["provider"]]
+    route["retry"]["per_try_timeout_ms"] = PER_TRY_MS
+    e = start(tmp_path_factory, "reversed", primary.port, fallback.port, route, order=["anthropic", "openai"])
+    try:
+        fallback.enqueue(529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, path="/v1/messages")
+        r = post(e, chat_body(), rid="rid-reversed")
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == llm.ECHO_PREFIX + "hello there"
+        (first,) = fallback.requests
+        assert first.path == "/v1/messages" and first.headers["x-api-key"] == ANTHROPIC_KEY
+        (second,) = primary.requests
+        assert second.path == "/v1/chat/completions"
+        assert second.headers["authorization"] == f"Bearer {OPENAI_KEY}"
+        assert "x-api-key" not in second.headers
+        assert "anthropic-version" not in second.headers
+        assert second.json["model"] == "gpt-4o-mini"
+        assert second.json["messages"][-1]["content"] == "hello there"
+        entry = log_entry(e, "rid-reversed")
+        assert entry["aigate_provider"] == "openai" and entry["attempts"] == 2
     finally:
         e.stop()
