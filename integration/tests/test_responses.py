@@ -224,6 +224,21 @@ def test_request_guard_masks_every_text_field(envoy, mock):
     assert guard_counter(envoy, "mask", "regex", "request", "masked") == before + 1
 
 
+def test_a_repeated_key_is_no_way_past_the_guards(envoy, mock):
+    # Parsers differ on which of two `input` keys wins: the provider gets exactly what the
+    # guards read (re-serialised), never the client's two-faced bytes.
+    sent = b'{"model":"gpt-5-mini","input":"mail bob@example.com","input":"harmless"}'
+    r = post(envoy, "mask", sent)
+    assert r.status_code == 200, r.text
+    seen = upstream(mock)[-1]
+    assert b"bob@" not in seen.body
+    assert seen.body.count(b'"input"') == 1
+    nested = b'{"model":"gpt-5-mini","input":[{"role":"user","content":"call (555) 123-4567","content":"x"}]}'
+    r = post(envoy, "plain", nested)
+    assert r.status_code == 200, r.text
+    assert b"555" not in upstream(mock)[-1].body
+
+
 def secret_response() -> dict:
     return rmock.response_object(
         MODEL,
