@@ -145,6 +145,13 @@ pub trait ClientApi: Sync {
     /// Usage carried by one SSE event's data, if any.
     fn usage_from_event(&self, data: &str) -> Option<Usage>;
 
+    /// True when a stream event is an upstream's in-band error in this API's own shape
+    /// (counted and logged as the stream's failure, `upstream_stream_error`). OpenAI's
+    /// `{"error":{...}}` events are recognised for every API without it.
+    fn is_upstream_stream_error(&self, _data: &str) -> bool {
+        false
+    }
+
     /// The body of an error answer in the API's error shape.
     fn error_body(&self, error: &ApiError) -> Vec<u8> {
         error.body()

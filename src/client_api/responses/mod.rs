@@ -86,6 +86,16 @@ impl ClientApi for Responses {
         .write_to(out);
     }
 
+    /// An `error` event, or `response.failed`.
+    fn is_upstream_stream_error(&self, data: &str) -> bool {
+        let cheap = crate::find::contains(data, "\"error\"")
+            || crate::find::contains(data, "\"response.failed\"");
+        cheap
+            && serde_json::from_str::<TypeOnly>(data).is_ok_and(|event| {
+                matches!(event.kind.as_deref(), Some("error" | "response.failed"))
+            })
+    }
+
     fn translation(&self, codec: &dyn Codec) -> Option<Translation> {
         if codec.supports(Operation::Responses) {
             Some(Translation::Native)
@@ -103,6 +113,12 @@ impl ClientApi for Responses {
     fn stream_masker(&self, guard: Rc<RegexGuard>) -> Box<dyn EventFilter> {
         Box::new(stream::ResponsesMasker::new(guard))
     }
+}
+
+#[derive(Deserialize)]
+struct TypeOnly {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
 }
 
 /// The data of a Responses `error` event for `error`.
