@@ -380,6 +380,7 @@ wire_api = "responses"
 env_key = "AIGATE_DUMMY_KEY"
 request_max_retries = 0
 stream_max_retries = 0
+http_headers = {{ "x-user-id" = "codex-dev" }}
 """
     )
     work = tmp_path / "work"
@@ -406,5 +407,6 @@ stream_max_retries = 0
     assert "<EMAIL>" in seen.text
     assert seen.json["stream"] is True
     assert seen.headers.get("originator"), "Codex's protocol headers pass"
+    assert seen.headers.get("x-user-id") == "codex-dev", "the README's http_headers setting works"
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     assert "Hello from mock:" in done.stdout + done.stderr
