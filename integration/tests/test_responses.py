@@ -363,7 +363,7 @@ def test_chat_only_server_never_gets_a_responses_request(envoy, mock):
 # ---------------------------------------------------------------- Codex
 
 
-def test_codex_exec_through_the_gateway(envoy, mock, tmp_path):
+def run_codex(envoy, mock, tmp_path, prompt: str) -> subprocess.CompletedProcess:
     if not CODEX.exists():
         pytest.skip(f"Codex is not installed at {CODEX} (run `make agents`)")
     home = tmp_path / "codex-home"
@@ -388,16 +388,22 @@ http_headers = {{ "x-user-id" = "codex-dev" }}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "CODEX"))}
     env.update({"CODEX_HOME": str(home), "AIGATE_DUMMY_KEY": CLIENT_KEY, "HOME": str(tmp_path), "NO_COLOR": "1"})
     done = subprocess.run(
-        [str(CODEX), "exec", "--skip-git-repo-check", "Say hi. My email is dev@example.com"],
+        [str(CODEX), "exec", "--skip-git-repo-check", prompt],
         cwd=work,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
+        stdin=subprocess.DEVNULL,
     )
-    # What Codex asked for (`-s` shows it): its Responses calls, streamed.
+    # What Codex asked for (`-s` shows it): one streamed Responses call per model turn.
     for r in mock.requests:
         print("codex ->", r.method, r.path, sorted(r.json) if isinstance(r.json, dict) else None)
+    return done
+
+
+def test_codex_exec_through_the_gateway(envoy, mock, tmp_path):
+    done = run_codex(envoy, mock, tmp_path, "Say hi. My email is dev@example.com")
     calls = upstream(mock)
     assert calls, f"Codex made no Responses request: {done.stdout}\n{done.stderr}\n{[r.path for r in mock.requests]}"
     seen = calls[-1]
@@ -409,4 +415,22 @@ http_headers = {{ "x-user-id" = "codex-dev" }}
     assert seen.headers.get("originator"), "Codex's protocol headers pass"
     assert seen.headers.get("x-user-id") == "codex-dev", "the README's http_headers setting works"
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
-    assert "Hello from mock:" in done.stdout + done.stderr
+    assert "Hello from mock: Say hi. My email is <EMAIL>" in done.stdout
+
+
+def test_codex_runs_a_tool_and_its_output_is_guarded(envoy, mock, tmp_path):
+    # The first turn answers with a call of Codex's `exec_command` tool; Codex runs it and
+    # sends its output back in a second request, where the guard masks it.
+    call = rmock.function_call_item("exec_command", json.dumps({"cmd": "printf '%s@%s' bob example.com"}))
+    scripted(mock, rmock.response_object(MODEL, [call]), stream=True)
+    done = run_codex(envoy, mock, tmp_path, "run the tool")
+    calls = upstream(mock)
+    assert len(calls) == 2, f"{done.stdout}\n{done.stderr}"
+    items = calls[1].json["input"]
+    sent_call = next(i for i in items if i.get("type") == "function_call")
+    output = next(i for i in items if i.get("type") == "function_call_output")
+    assert sent_call["call_id"] == output["call_id"] == call["call_id"]
+    assert "bob@example.com" not in calls[1].text, "the tool's output reached the provider unmasked"
+    assert "<EMAIL>" in json.dumps(output["output"])
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert "Tool said:" in done.stdout and "<EMAIL>" in done.stdout
