@@ -305,6 +305,22 @@ def test_response_guard_rejects_a_stream_in_band(envoy, mock):
     assert "6789" not in str(raised.value.body)
 
 
+def test_compaction_passes_with_guards(envoy, mock):
+    body = {"model": MODEL, "instructions": "x", "input": [{"role": "user", "content": "mail bob@example.com"}, {"type": "function_call_output", "call_id": "c", "output": "ok"}]}
+    r = httpx.post(f"{envoy.base_url}/mask/v1/responses/compact", json=body, headers={"authorization": f"Bearer {CLIENT_KEY}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    seen = mock.last
+    assert seen.path == "/v1/responses/compact"
+    assert seen.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert seen.json["input"][0]["content"] == "mail <EMAIL>"
+    answer = r.json()
+    assert answer["output"][-1] == {"id": answer["output"][-1]["id"], "type": "compaction", "encrypted_content": "gAAAAmock"}
+    assert answer["usage"]["total_tokens"] == 18
+    # Other Responses endpoints (retrieval, input items) are not served: 404, never a bypass.
+    r = httpx.get(f"{envoy.base_url}/mask/v1/responses/resp_123", timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_endpoint"
+
+
 # ---------------------------------------------------------------- errors and budgets
 
 

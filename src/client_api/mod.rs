@@ -190,11 +190,12 @@ pub trait ClientApi: Sync {
 
 /// Every client API, in the order paths are matched (`/chat/completions` before
 /// `/completions`). Registering an API is one line here.
-pub static REGISTERED: [&dyn ClientApi; 4] = [
+pub static REGISTERED: [&dyn ClientApi; 5] = [
     &chat::Chat,
     &completions::Completions,
     &embeddings::Embeddings,
     &responses::Responses,
+    &responses::ResponsesCompact,
 ];
 
 /// The API a client's `:path` names, if the filter serves one there.
@@ -236,6 +237,7 @@ mod tests {
             Operation::Completions,
             Operation::Embeddings,
             Operation::Responses,
+            Operation::ResponsesCompact,
         ] {
             let count = REGISTERED
                 .iter()
@@ -258,6 +260,13 @@ mod tests {
         assert_eq!(op("/v1/embeddings"), Some(Operation::Embeddings));
         assert_eq!(op("/v1/responses"), Some(Operation::Responses));
         assert_eq!(op("/openai/v1/responses/"), Some(Operation::Responses));
+        assert_eq!(
+            op("/v1/responses/compact"),
+            Some(Operation::ResponsesCompact)
+        );
+        // Retrieval, cancellation, input items: not served (404), never a way around.
+        assert_eq!(op("/v1/responses/resp_123"), None);
+        assert_eq!(op("/v1/responses/resp_123/input_items"), None);
         assert_eq!(op("/v1/models"), None);
         assert_eq!(op("/v1/files"), None);
     }

@@ -115,6 +115,60 @@ impl ClientApi for Responses {
     }
 }
 
+/// `POST .../responses/compact`: a Responses request whose answer is the compacted
+/// conversation (`output` items, the last an opaque `compaction` item) with `usage`. Never
+/// streamed; only providers that serve the Responses API take it (no bridge: the
+/// compaction is the provider's own).
+pub struct ResponsesCompact;
+
+impl ClientApi for ResponsesCompact {
+    fn operation(&self) -> Operation {
+        Operation::ResponsesCompact
+    }
+
+    fn matches_path(&self, path: &str) -> bool {
+        path.ends_with("/responses/compact")
+    }
+
+    fn validate_body(&self, body: &Value) -> Result<(), ApiError> {
+        items::validate_request(body)
+    }
+
+    fn streams(&self) -> bool {
+        false
+    }
+
+    fn wants_stream_usage(&self, _body: &Value) -> bool {
+        true
+    }
+
+    fn visit_request_texts(&self, body: &mut Value, visit: &mut Visitor<'_>) -> bool {
+        items::visit_request(body, visit)
+    }
+
+    fn visit_answer_texts(&self, body: &mut Value, visit: &mut Visitor<'_>) -> bool {
+        items::visit_answer(body, visit)
+    }
+
+    fn usage_from_json(&self, body: &[u8]) -> Option<Usage> {
+        usage_from_json(body)
+    }
+
+    fn usage_from_json_tail(&self, tail: &[u8]) -> Option<Usage> {
+        usage_from_json_tail(tail)
+    }
+
+    fn usage_from_event(&self, data: &str) -> Option<Usage> {
+        usage_from_event(data)
+    }
+
+    fn translation(&self, codec: &dyn Codec) -> Option<Translation> {
+        codec
+            .supports(Operation::ResponsesCompact)
+            .then_some(Translation::Native)
+    }
+}
+
 #[derive(Deserialize)]
 struct TypeOnly {
     #[serde(rename = "type", default)]
