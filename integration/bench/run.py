@@ -271,8 +271,9 @@ def run_wrk(
     headers: str,
     connections: int,
     duration_s: int,
+    path: str = "/v1/chat/completions",
 ) -> WrkResult:
-    env = dict(os.environ, BENCH_BODY=str(body_path), BENCH_HEADERS=headers)
+    env = dict(os.environ, BENCH_BODY=str(body_path), BENCH_HEADERS=headers, BENCH_PATH=path)
     cmd = [
         "wrk",
         "-t1",
@@ -312,9 +313,9 @@ def _headers(scenario: Scenario, gap_ms: int = 0) -> str:
     return "\n".join(lines)
 
 
-def _post(port: int, body: bytes, headers: str, timeout_s: float = 30) -> tuple[int, bytes]:
+def _post(port: int, body: bytes, headers: str, timeout_s: float = 30, path: str = "/v1/chat/completions") -> tuple[int, bytes]:
     req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/chat/completions",
+        f"http://127.0.0.1:{port}{path}",
         data=body,
         method="POST",
         headers={"content-type": "application/json", "authorization": "Bearer sk-client-key"},
@@ -343,14 +344,19 @@ def check_sides(envoy: Envoy, ports: dict[str, int], scenarios: tuple[Scenario, 
     for scenario in scenarios:
         body = bodies[scenario.name].read_bytes()
         for side, port in ports.items():
-            status, answer = _post(port, body, _headers(scenario))
+            status, answer = _post(port, body, _headers(scenario), path=scenario.path)
             where = f"{side} / {scenario.name}"
             if status != 200:
                 check.problems.append(f"{where}: status {status}: {answer[:300]!r}")
                 continue
             if scenario.stream:
-                content_events = answer.count(b'"delta":{')
-                if content_events < scenario.stream_events or not answer.rstrip().endswith(b"data: [DONE]"):
+                if scenario.api == "responses":
+                    content_events = answer.count(b'"type":"response.output_text.delta"') + 1  # + response.created
+                    ended = b'"type":"response.completed"' in answer.rstrip().rsplit(b"\n", 1)[-1]
+                else:
+                    content_events = answer.count(b'"delta":{')
+                    ended = answer.rstrip().endswith(b"data: [DONE]")
+                if content_events < scenario.stream_events or not ended:
                     check.problems.append(f"{where}: incomplete stream ({content_events} content events)")
             else:
                 try:
@@ -461,7 +467,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="aigate-bench-"))
     bodies = {}
     for scenario in settings.scenarios:
-        path = workdir / f"body-{scenario.body_bytes}-{scenario.stream_events}.json"
+        path = workdir / f"body-{scenario.api}-{scenario.body_bytes}-{scenario.stream_events}.json"
         path.write_bytes(workload.body(scenario))
         bodies[scenario.name] = path
 
@@ -506,7 +512,10 @@ def main() -> int:
         _log("bench: warm-up")
         for scenario in settings.scenarios:
             for side in config.SIDES:
-                run_wrk(placement, ports[side], bodies[scenario.name], _headers(scenario), settings.connections, settings.warmup_s)
+                run_wrk(
+                    placement, ports[side], bodies[scenario.name], _headers(scenario), settings.connections, settings.warmup_s,
+                    path=scenario.path,
+                )
 
         runs: list[dict[str, Any]] = []
         for round_index in range(settings.rounds):
@@ -520,7 +529,8 @@ def main() -> int:
                     for side in order:
                         cpu_before = cpu_seconds(pid)
                         result = run_wrk(
-                            placement, ports[side], bodies[scenario.name], _headers(scenario), connections, duration
+                            placement, ports[side], bodies[scenario.name], _headers(scenario), connections, duration,
+                            path=scenario.path,
                         )
                         cpu = cpu_seconds(pid) - cpu_before
                         runs.append(
@@ -596,7 +606,7 @@ def main() -> int:
 
 def measure_ttfb(settings: Settings, ports: dict[str, int]) -> dict[str, Any]:
     """Streams with a pause after the first event: time to that event per side."""
-    scenario = next((s for s in settings.scenarios if s.stream), None)
+    scenario = next((s for s in settings.scenarios if s.stream and s.api == "chat"), None)
     if scenario is None:
         return {}
     body = workload.body(scenario)
@@ -689,7 +699,10 @@ def measure_profile(
     try:
         for scenario in settings.scenarios:
             seen = len(envoy.log_text().splitlines())
-            run_wrk(placement, ports["filter"], bodies[scenario.name], _headers(scenario), settings.connections, settings.profile_s)
+            run_wrk(
+                placement, ports["filter"], bodies[scenario.name], _headers(scenario), settings.connections, settings.profile_s,
+                path=scenario.path,
+            )
             time.sleep(0.2)
             lines = [line for line in envoy.log_text().splitlines()[seen:] if "aigate profile:" in line]
             parsed = [p for p in map(parse_profile_line, lines) if p]

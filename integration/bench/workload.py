@@ -1,4 +1,5 @@
-"""Request bodies for `make bench`: chat completions of an exact size, deterministic.
+"""Request bodies for `make bench`: chat completions (or OpenAI Responses requests) of an
+exact size, deterministic.
 
 The prompt is plain prose with a little personal data sprinkled in (an e-mail address and
 a phone number every ~4 KB), so a regex guard has real matches to mask but mostly scans
@@ -28,10 +29,15 @@ class Scenario:
     name: str  # table label
     body_bytes: int  # exact size of the JSON request body
     stream_events: int = 0  # >0: the upstream answers with this many SSE content events
+    api: str = "chat"  # "chat" (chat completions) or "responses" (the OpenAI Responses API)
 
     @property
     def stream(self) -> bool:
         return self.stream_events > 0
+
+    @property
+    def path(self) -> str:
+        return "/v1/responses" if self.api == "responses" else "/v1/chat/completions"
 
 
 SCENARIOS = (
@@ -39,6 +45,8 @@ SCENARIOS = (
     Scenario("32 KB", 32 * 1024),
     Scenario("1 MB", 1_000_000),
     Scenario("stream 200", 1024, stream_events=200),
+    Scenario("resp 32 KB", 32 * 1024, api="responses"),
+    Scenario("resp stream 200", 1024, stream_events=200, api="responses"),
 )
 
 
@@ -69,22 +77,24 @@ def _messages(text: str) -> list[dict[str, str]]:
 
 
 def body(scenario: Scenario) -> bytes:
-    """A chat-completions body of exactly `scenario.body_bytes` bytes."""
+    """A chat-completions body (a Responses body: `input` items) of exactly
+    `scenario.body_bytes` bytes."""
     rng = random.Random(scenario.body_bytes)
-    base: dict[str, object] = {"model": "gpt-4o-mini", "messages": []}
+    key = "input" if scenario.api == "responses" else "messages"
+    base: dict[str, object] = {"model": "gpt-4o-mini", key: []}
     if scenario.stream:
         base["stream"] = True
     overhead = len(json.dumps(base, separators=(",", ":")))
     text = _prose(rng, scenario.body_bytes)
     # Shrink the prose until the encoded body fits, then pad the last message with spaces.
     while True:
-        base["messages"] = _messages(text)
+        base[key] = _messages(text)
         encoded = json.dumps(base, separators=(",", ":")).encode()
         if len(encoded) <= scenario.body_bytes:
             break
         text = text[: len(text) - (len(encoded) - scenario.body_bytes) - 1]
     missing = scenario.body_bytes - len(encoded)
-    messages = base["messages"]
+    messages = base[key]
     assert isinstance(messages, list)
     messages[-1]["content"] += " " * missing
     encoded = json.dumps(base, separators=(",", ":")).encode()
