@@ -354,9 +354,14 @@ def check_sides(envoy: Envoy, ports: dict[str, int], scenarios: tuple[Scenario, 
                 check.problems.append(f"{where}: status {status}: {answer[:300]!r}")
                 continue
             if scenario.stream:
-                content_events = answer.count(b'"delta":{')
-                end = b'data: {"type":"message_stop"}' if scenario.api == "messages" else b"data: [DONE]"
-                if content_events < scenario.stream_events or not answer.rstrip().endswith(end):
+                if scenario.api == "responses":
+                    content_events = answer.count(b'"type":"response.output_text.delta"') + 1  # + response.created
+                    ended = b'"type":"response.completed"' in answer.rstrip().rsplit(b"\n", 1)[-1]
+                else:
+                    content_events = answer.count(b'"delta":{')
+                    end = b'data: {"type":"message_stop"}' if scenario.api == "messages" else b"data: [DONE]"
+                    ended = answer.rstrip().endswith(end)
+                if content_events < scenario.stream_events or not ended:
                     check.problems.append(f"{where}: incomplete stream ({content_events} content events)")
             else:
                 try:
@@ -467,7 +472,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="aigate-bench-"))
     bodies = {}
     for scenario in settings.scenarios:
-        path = workdir / f"body-{scenario.body_bytes}-{scenario.stream_events}.json"
+        path = workdir / f"body-{scenario.api}-{scenario.body_bytes}-{scenario.stream_events}.json"
         path.write_bytes(workload.body(scenario))
         bodies[scenario.name] = path
 
@@ -602,7 +607,7 @@ def main() -> int:
 
 def measure_ttfb(settings: Settings, ports: dict[str, int]) -> dict[str, Any]:
     """Streams with a pause after the first event: time to that event per side."""
-    scenario = next((s for s in settings.scenarios if s.stream), None)
+    scenario = next((s for s in settings.scenarios if s.stream and s.api == "chat"), None)
     if scenario is None:
         return {}
     body = workload.body(scenario)

@@ -1,5 +1,5 @@
-"""Request bodies for `make bench`: chat completions (or Anthropic Messages, for the
-opt-in `msg ...` scenarios) of an exact size, deterministic.
+"""Request bodies for `make bench`: chat completions (or Anthropic Messages, or OpenAI
+Responses requests) of an exact size, deterministic.
 
 The prompt is plain prose with a little personal data sprinkled in (an e-mail address and
 a phone number every ~4 KB), so a regex guard has real matches to mask but mostly scans
@@ -29,7 +29,7 @@ class Scenario:
     name: str  # table label
     body_bytes: int  # exact size of the JSON request body
     stream_events: int = 0  # >0: the upstream answers with this many SSE content events
-    api: str = "chat"  # "chat" (POST /v1/chat/completions) or "messages" (POST /v1/messages)
+    api: str = "chat"  # "chat" (/v1/chat/completions), "messages" (/v1/messages) or "responses" (/v1/responses)
 
     @property
     def stream(self) -> bool:
@@ -37,17 +37,20 @@ class Scenario:
 
     @property
     def path(self) -> str:
-        return MESSAGES_PATH if self.api == "messages" else CHAT_PATH
+        return {"messages": MESSAGES_PATH, "responses": RESPONSES_PATH}.get(self.api, CHAT_PATH)
 
 
 CHAT_PATH = "/v1/chat/completions"
 MESSAGES_PATH = "/v1/messages"
+RESPONSES_PATH = "/v1/responses"
 
 SCENARIOS = (
     Scenario("1 KB", 1024),
     Scenario("32 KB", 32 * 1024),
     Scenario("1 MB", 1_000_000),
     Scenario("stream 200", 1024, stream_events=200),
+    Scenario("resp 32 KB", 32 * 1024, api="responses"),
+    Scenario("resp stream 200", 1024, stream_events=200, api="responses"),
 )
 # Anthropic Messages passthrough: opt-in by name (BENCH_SCENARIOS), measured with
 # route-messages.json (an `anthropic` route for /v1/messages beside the chat route).
@@ -85,10 +88,12 @@ def _messages(text: str, system: bool = True) -> list[dict[str, str]]:
 
 
 def body(scenario: Scenario) -> bytes:
-    """A chat-completions (or Messages) body of exactly `scenario.body_bytes` bytes."""
+    """A chat-completions body (a Messages body; a Responses body: `input` items) of exactly
+    `scenario.body_bytes` bytes."""
     rng = random.Random(scenario.body_bytes)
     messages_api = scenario.api == "messages"
-    base: dict[str, object] = {"model": "gpt-4o-mini", "messages": []}
+    key = "input" if scenario.api == "responses" else "messages"
+    base: dict[str, object] = {"model": "gpt-4o-mini", key: []}
     if messages_api:
         base = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "system": "You are a concise assistant.", "messages": []}
     if scenario.stream:
@@ -97,13 +102,13 @@ def body(scenario: Scenario) -> bytes:
     text = _prose(rng, scenario.body_bytes)
     # Shrink the prose until the encoded body fits, then pad the last message with spaces.
     while True:
-        base["messages"] = _messages(text, system=not messages_api)
+        base[key] = _messages(text, system=not messages_api)
         encoded = json.dumps(base, separators=(",", ":")).encode()
         if len(encoded) <= scenario.body_bytes:
             break
         text = text[: len(text) - (len(encoded) - scenario.body_bytes) - 1]
     missing = scenario.body_bytes - len(encoded)
-    messages = base["messages"]
+    messages = base[key]
     assert isinstance(messages, list)
     messages[-1]["content"] += " " * missing
     encoded = json.dumps(base, separators=(",", ":")).encode()

@@ -67,7 +67,8 @@ def test_bench_bodies_have_their_sizes() -> None:
         body = workload.body(scenario)
         assert len(body) == scenario.body_bytes, scenario
         parsed = json.loads(body)
-        assert parsed["messages"][-1]["role"] == "user"
+        key = "input" if scenario.api == "responses" else "messages"
+        assert parsed[key][-1]["role"] == "user"
         assert parsed.get("stream", False) is scenario.stream
         assert b"@example.com" in body  # something for a regex guard to mask
 
@@ -154,3 +155,23 @@ def test_bench_upstream_answers_messages(upstream: Upstream) -> None:
         "message_stop",
     ]
     assert json.loads(events[-2].split("data: ")[1])["usage"]["output_tokens"] == 3
+
+
+def test_bench_upstream_answers_responses_on_a_responses_path(upstream: Upstream) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=10)
+    conn.request("POST", "/v1/responses?x=1", body=b'{"input":"x"}', headers={"content-type": "application/json"})
+    answer = json.loads(conn.getresponse().read())
+    assert answer["object"] == "response"
+    assert answer["usage"]["total_tokens"] == 271
+    assert "@example.com" in answer["output"][0]["content"][0]["text"]
+    conn.request("POST", "/v1/responses", body=b'{"input":"x","stream":true}', headers={"x-bench-stream": "5"})
+    stream = conn.getresponse()
+    assert stream.getheader("content-type") == "text/event-stream"
+    events = [json.loads(e.split("data: ", 1)[1]) for e in stream.read().decode().split("\n\n") if e]
+    assert [e["type"] for e in events] == ["response.created"] + ["response.output_text.delta"] * 4 + [
+        "response.output_text.done",
+        "response.completed",
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(7))
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "".join(e.get("delta", "") for e in events)
+    assert events[-1]["response"]["usage"]["total_tokens"] == 255

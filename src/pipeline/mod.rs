@@ -499,9 +499,9 @@ impl Flow {
         let plan = Rc::clone(&self.plan);
         let route = plan.routes.get(self.route).ok_or_else(internal_error)?;
         let mut body = api::parse_body(bytes)?;
-        // A repeated key goes upstream as the guards saw it (the last), never as the
-        // client's bytes: the upstream's parser could pick the other.
-        if self.translation == Translation::Native && !api::has_duplicate_keys(bytes) {
+        // A body with a repeated key is re-serialised (parsers differ on which one wins):
+        // the provider then reads exactly what the guards read.
+        if self.translation == Translation::Native && !crate::json_view::has_duplicate_keys(bytes) {
             self.request_as_sent = Some(body.clone());
         }
         route.shaping.apply_as(&mut body, self.api.shaping_form())?;

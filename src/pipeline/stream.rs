@@ -260,6 +260,8 @@ impl StreamProcessor {
         }
         if let Some(code) = in_band_error(&event.data) {
             self.note_error(&code);
+        } else if self.api.is_upstream_stream_error(&event.data) {
+            self.note_error("upstream_stream_error");
         }
         let before = self.usage;
         self.api.update_stream_usage(&event.data, &mut self.usage);

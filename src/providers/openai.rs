@@ -19,7 +19,7 @@ impl Codec for OpenAiCodec {
     fn supports(&self, operation: Operation) -> bool {
         match operation {
             Operation::Messages | Operation::CountTokens => self.native_messages,
-            Operation::Responses => self.responses,
+            Operation::Responses | Operation::ResponsesCompact => self.responses,
             _ => true,
         }
     }

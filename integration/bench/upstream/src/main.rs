@@ -9,6 +9,8 @@
 //!   and one write each), a usage-only event, and `[DONE]`.
 //! - `x-bench-gap-ms: <ms>` (streams): sleep after the first event, so a filter that holds
 //!   the stream back shows up as a time to first byte of at least the gap.
+//! - a path ending in `/responses`: the same answers in the OpenAI Responses API's shape (a
+//!   `response` object; `response.output_text.delta` events ending with `response.completed`).
 //!
 //! Usage: `bench-upstream [port]` (0 or absent = any free port); prints `port <n>` once
 //! listening, and exits when its standard input closes (so it never outlives the benchmark
@@ -30,6 +32,13 @@ const MESSAGE: &str = concat!(
     r#"{"id":"msg_bench","type":"message","role":"assistant","model":"claude-sonnet-4-5","#,
     r#""content":[{"type":"text","text":"Hello! The quick brown fox jumps over the lazy dog. Write to bench.user@example.com if needed."}],"#,
     r#""stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":250,"output_tokens":21}}"#
+);
+
+const RESPONSE: &str = concat!(
+    r#"{"id":"resp_bench","object":"response","created_at":1700000000,"status":"completed","#,
+    r#""model":"gpt-4o-mini","output":[{"id":"msg_bench","type":"message","status":"completed","role":"assistant","#,
+    r#""content":[{"type":"output_text","annotations":[],"text":"Hello! The quick brown fox jumps over the lazy dog. Write to bench.user@example.com if needed."}]}],"#,
+    r#""usage":{"input_tokens":250,"input_tokens_details":{"cached_tokens":0},"output_tokens":21,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":271}}"#
 );
 
 fn main() -> io::Result<()> {
@@ -58,6 +67,8 @@ struct Request {
     gap_ms: u64,
     /// Anthropic Messages (`/v1/messages...`) rather than chat completions.
     messages: bool,
+    /// The path ends in `/responses`: answer in the Responses API's shape.
+    responses: bool,
 }
 
 fn serve(stream: TcpStream) -> io::Result<()> {
@@ -67,7 +78,13 @@ fn serve(stream: TcpStream) -> io::Result<()> {
     let mut out = Vec::with_capacity(64 * 1024);
     while let Some(request) = read_request(&mut reader)? {
         if request.stream_events == 0 {
-            let answer = if request.messages { MESSAGE } else { COMPLETION };
+            let answer = if request.messages {
+                MESSAGE
+            } else if request.responses {
+                RESPONSE
+            } else {
+                COMPLETION
+            };
             out.clear();
             write!(
                 out,
@@ -78,6 +95,8 @@ fn serve(stream: TcpStream) -> io::Result<()> {
             writer.write_all(&out)?;
         } else if request.messages {
             write_messages_stream(&mut writer, &mut out, &request)?;
+        } else if request.responses {
+            write_responses_stream(&mut writer, &mut out, &request)?;
         } else {
             write_stream(&mut writer, &mut out, &request)?;
         }
@@ -94,6 +113,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
         stream_events: 0,
         gap_ms: 0,
         messages: false,
+        responses: false,
     };
     let mut first = true;
     loop {
@@ -109,6 +129,12 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
                 .split(' ')
                 .nth(1)
                 .is_some_and(|path| path.starts_with("/v1/messages"));
+            let path = trimmed.split(' ').nth(1).unwrap_or_default();
+            request.responses = path
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .ends_with("/responses");
             continue;
         }
         if trimmed.is_empty() {
@@ -240,5 +266,53 @@ fn write_messages_stream(
         request.stream_events
     );
     write_chunk(writer, out, &end)?;
+    writer.write_all(b"0\r\n\r\n")
+}
+
+/// The Responses API's stream: `response.created`, n-1 text deltas, the text's `.done`, and
+/// `response.completed` with usage; n events in all besides those two, like the chat stream.
+fn write_responses_stream(
+    writer: &mut TcpStream,
+    out: &mut Vec<u8>,
+    request: &Request,
+) -> io::Result<()> {
+    writer.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n",
+    )?;
+    let mut sequence = 0;
+    let mut event = String::with_capacity(256);
+    let mut text = String::new();
+    event.push_str(r#"event: response.created
+data: {"type":"response.created","sequence_number":0,"response":{"id":"resp_bench","object":"response","status":"in_progress","model":"gpt-4o-mini","output":[],"usage":null}}
+
+"#);
+    write_chunk(writer, out, &event)?;
+    for index in 1..request.stream_events {
+        sequence += 1;
+        let piece = format!("tok{index} ");
+        text.push_str(&piece);
+        event.clear();
+        event.push_str(&format!(
+            "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"sequence_number\":{sequence},\"item_id\":\"msg_bench\",\"output_index\":0,\"content_index\":0,\"delta\":\"{piece}\",\"logprobs\":[]}}\n\n"
+        ));
+        write_chunk(writer, out, &event)?;
+        if index == 1 && request.gap_ms > 0 {
+            thread::sleep(Duration::from_millis(request.gap_ms));
+        }
+    }
+    sequence += 1;
+    event.clear();
+    event.push_str(&format!(
+        "event: response.output_text.done\ndata: {{\"type\":\"response.output_text.done\",\"sequence_number\":{sequence},\"item_id\":\"msg_bench\",\"output_index\":0,\"content_index\":0,\"text\":\"{text}\",\"logprobs\":[]}}\n\n"
+    ));
+    write_chunk(writer, out, &event)?;
+    sequence += 1;
+    event.clear();
+    event.push_str(&format!(
+        "event: response.completed\ndata: {{\"type\":\"response.completed\",\"sequence_number\":{sequence},\"response\":{{\"id\":\"resp_bench\",\"object\":\"response\",\"status\":\"completed\",\"model\":\"gpt-4o-mini\",\"output\":[{{\"id\":\"msg_bench\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[{{\"type\":\"output_text\",\"annotations\":[],\"text\":\"{text}\"}}]}}],\"usage\":{{\"input_tokens\":250,\"output_tokens\":{},\"total_tokens\":{}}}}}}}\n\n",
+        request.stream_events,
+        250 + request.stream_events
+    ));
+    write_chunk(writer, out, &event)?;
     writer.write_all(b"0\r\n\r\n")
 }
