@@ -555,19 +555,72 @@ fn answer_statuses_refusals_and_ids() {
 }
 
 #[test]
-fn echo_request_copies_the_clients_settings() {
-    let mut response = answer(&json!({"choices": [{"message": {"content": "x"}}]}));
+fn answers_echo_the_request_and_mark_namespaced_calls() {
     let request = json!({"model": "m", "input": "x", "instructions": "I", "tool_choice": "none",
-        "tools": [{"type": "function", "name": "f"}], "parallel_tool_calls": false,
-        "temperature": 0.5, "max_output_tokens": 9, "text": {"format": {"type": "json_object"}}});
-    echo_request(&mut response, &request);
-    assert_eq!(response["instructions"], "I");
-    assert_eq!(response["tool_choice"], "none");
+        "tools": [{"type": "function", "name": "f"},
+                  {"type": "namespace", "name": "agents", "description": "d",
+                   "tools": [{"type": "function", "name": "spawn"}]}],
+        "parallel_tool_calls": false, "temperature": 0.5, "max_output_tokens": 9,
+        "text": {"format": {"type": "json_object"}}, "store": true});
+    let chat = json!({"choices": [{"index": 0, "finish_reason": "tool_calls",
+        "message": {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "spawn", "arguments": "{}"}},
+            {"id": "call_2", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}]});
+    let response = RESPONSES_BRIDGE
+        .answer_from_chat_for(&chat, &request, &exchange())
+        .unwrap();
+    check_response(&response);
+    for key in [
+        "instructions",
+        "tool_choice",
+        "tools",
+        "parallel_tool_calls",
+        "temperature",
+        "max_output_tokens",
+        "text",
+    ] {
+        assert_eq!(response[key], request[key], "{key}");
+    }
+    assert_eq!(response["store"], false, "nothing is stored");
+    assert_eq!(response["output"][0]["namespace"], "agents");
+    assert!(response["output"][1].get("namespace").is_none());
+    // Without the request: the API's defaults.
+    let plain = answer(&chat);
+    assert_eq!(plain["tools"], json!([]));
+    assert_eq!(plain["tool_choice"], "auto");
+    assert!(plain["output"][0].get("namespace").is_none());
+    let mut echoed = plain.clone();
+    echo_request(&mut echoed, &request);
+    assert_eq!(echoed["tools"], request["tools"]);
+
+    // The stream's response objects echo it too, and its calls carry their namespace.
+    let mut decoder = RESPONSES_BRIDGE.stream_from_chat_for(&request, &exchange());
+    let mut out = Vec::new();
+    for event in [
+        chunk(
+            json!({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "spawn", "arguments": "{}"}}]}),
+            None,
+        ),
+        chunk(json!({}), Some("tool_calls")),
+        SseEvent::data("[DONE]"),
+    ] {
+        decoder.on_event(&event, &mut out).unwrap();
+    }
+    decoder.finish(&mut out);
+    let events: Vec<Value> = out
+        .iter()
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    let response = check_grammar(&events);
     assert_eq!(response["tools"], request["tools"]);
-    assert_eq!(response["parallel_tool_calls"], false);
-    assert_eq!(response["temperature"], 0.5);
-    assert_eq!(response["max_output_tokens"], 9);
-    assert_eq!(response["text"], request["text"]);
+    assert_eq!(response["instructions"], "I");
+    assert_eq!(response["output"][0]["namespace"], "agents");
+    assert_eq!(events[0]["response"]["tool_choice"], "none");
+    let added = events
+        .iter()
+        .find(|e| e["type"] == "response.output_item.added")
+        .unwrap();
+    assert_eq!(added["item"]["namespace"], "agents");
 }
 
 // ---------------------------------------------------------------- streams
