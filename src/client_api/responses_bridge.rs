@@ -488,9 +488,8 @@ fn tool_output(output: Option<&Value>, at: &str) -> Result<Value, ApiError> {
 }
 
 /// Function tools in the chat shape, those grouped in a `namespace` too (flattened: chat
-/// completions has no namespaces: `Echo` gives the answer's calls of them their `namespace`
-/// back); every
-/// other tool type needs the provider's servers.
+/// completions has no namespaces; `Echo` gives the answer's calls of them their `namespace`
+/// back); every other tool type needs the provider's servers.
 fn tools(request: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
     let tools = match request.get("tools") {
         None | Some(Value::Null) => return Ok(None),
