@@ -15,6 +15,8 @@ pub enum Operation {
     Embeddings,
     /// `POST .../responses` (the OpenAI Responses API)
     Responses,
+    /// `POST .../responses/compact` (the Responses API's context compaction; never streamed)
+    ResponsesCompact,
     /// `GET .../models`: answered by the filter from the route's config.
     ListModels,
 }
@@ -48,6 +50,7 @@ impl Operation {
             Operation::Completions => "completions",
             Operation::Embeddings => "embeddings",
             Operation::Responses => "responses",
+            Operation::ResponsesCompact => "responses/compact",
             Operation::ListModels => "models",
         }
     }
@@ -58,6 +61,7 @@ impl Operation {
             Operation::Completions => "text_completion",
             Operation::Embeddings => "embeddings",
             Operation::Responses => "responses",
+            Operation::ResponsesCompact => "responses_compact",
             Operation::ListModels => "models",
         }
     }

@@ -178,6 +178,72 @@ impl Edits {
     }
 }
 
+/// True when an object anywhere in `text` has a key twice (compared decoded: `"a"` and
+/// `"\u0061"` are the same key). Parsers differ on which one wins, so a body with one is
+/// never forwarded as it was sent: what the guards read must be what the provider reads.
+/// Linear in the text; false for text that is not JSON.
+pub fn has_duplicate_keys(text: &[u8]) -> bool {
+    match serde_json::from_slice::<NoDuplicates>(text) {
+        Ok(NoDuplicates) => false,
+        Err(error) => error.to_string().starts_with(DUPLICATE),
+    }
+}
+
+const DUPLICATE: &str = "duplicate key";
+
+struct NoDuplicates;
+
+impl<'de> Deserialize<'de> for NoDuplicates {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NoDuplicatesVisitor)
+    }
+}
+
+struct NoDuplicatesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicatesVisitor {
+    type Value = NoDuplicates;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_unit<E>(self) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<NoDuplicates, A::Error> {
+        while seq.next_element::<NoDuplicates>()?.is_some() {}
+        Ok(NoDuplicates)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<NoDuplicates, A::Error> {
+        let mut keys = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if !keys.insert(key) {
+                return Err(serde::de::Error::custom(DUPLICATE));
+            }
+            map.next_value::<NoDuplicates>()?;
+        }
+        Ok(NoDuplicates)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +317,18 @@ mod tests {
         assert_eq!(edits.apply(b"abc"), None);
         assert_eq!(Edits::default().apply(b"abc").unwrap(), b"abc");
         assert_eq!(range_in("abc", "xyz"), None);
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_at_any_depth_and_in_any_spelling() {
+        assert!(!has_duplicate_keys(
+            br#"{"a":1,"b":{"a":2},"c":[{"a":1},{"a":2}]}"#
+        ));
+        assert!(has_duplicate_keys(br#"{"input":"x","input":"y"}"#));
+        assert!(has_duplicate_keys(
+            br#"{"input":[{"type":"message","content":"a","content":"b"}]}"#
+        ));
+        assert!(has_duplicate_keys(br#"{"a":1,"\u0061":2}"#));
+        assert!(!has_duplicate_keys(b"not json"));
     }
 }

@@ -58,7 +58,7 @@ pub fn operation_name(operation: crate::api::Operation) -> &'static str {
         Operation::Completions => "text_completion",
         Operation::Embeddings => "embeddings",
         // OpenTelemetry's GenAI conventions: a Responses call is a chat.
-        Operation::Responses => "chat",
+        Operation::Responses | Operation::ResponsesCompact => "chat",
         Operation::ListModels => "list_models",
     }
 }

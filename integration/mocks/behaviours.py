@@ -120,6 +120,7 @@ DEFAULT_ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", r"/chat/completions", llm.openai_chat),  # OpenAI-compatible servers with base path /
     ("POST", r"/openai/deployments/(?P<deployment>[^/]+)/chat/completions", llm.azure_chat),
     ("POST", r"/v1/responses", responses.openai_responses),
+    ("POST", r"/v1/responses/compact", responses.openai_responses_compact),
     ("POST", r"/openai/v1/responses", responses.openai_responses),  # Azure's v1 API
     ("POST", r"/v1/messages", llm.anthropic_messages),
     ("POST", r"/v1beta/models/(?P<model>[^/:]+):generateContent", llm.gemini_generate),

@@ -154,6 +154,18 @@ def _answer(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [message_item(ECHO_PREFIX + text)]
 
 
+def openai_responses_compact(req: RecordedRequest) -> Reply:
+    """`POST /v1/responses/compact`: the conversation's user messages kept, then one opaque
+    `compaction` item; never streamed."""
+    body = req.json
+    if not isinstance(body, dict) or not body.get("model"):
+        return _error(400, "Missing required parameter: 'model'.")
+    items = body.get("input") if isinstance(body.get("input"), list) else []
+    kept = [i for i in items if isinstance(i, dict) and i.get("role") == "user"]
+    output = kept + [{"id": _id("cmp"), "type": "compaction", "encrypted_content": "gAAAAmock"}]
+    return Reply(200, {"id": _id("resp"), "object": "response.compaction", "created_at": int(time.time()), "output": output, "usage": usage()})
+
+
 def openai_responses(req: RecordedRequest) -> Reply:
     body = req.json
     if not isinstance(body, dict):

@@ -224,6 +224,21 @@ def test_request_guard_masks_every_text_field(envoy, mock):
     assert guard_counter(envoy, "mask", "regex", "request", "masked") == before + 1
 
 
+def test_a_repeated_key_is_no_way_past_the_guards(envoy, mock):
+    # Parsers differ on which of two `input` keys wins: the provider gets exactly what the
+    # guards read (re-serialised), never the client's two-faced bytes.
+    sent = b'{"model":"gpt-5-mini","input":"mail bob@example.com","input":"harmless"}'
+    r = post(envoy, "mask", sent)
+    assert r.status_code == 200, r.text
+    seen = upstream(mock)[-1]
+    assert b"bob@" not in seen.body
+    assert seen.body.count(b'"input"') == 1
+    nested = b'{"model":"gpt-5-mini","input":[{"role":"user","content":"call (555) 123-4567","content":"x"}]}'
+    r = post(envoy, "plain", nested)
+    assert r.status_code == 200, r.text
+    assert b"555" not in upstream(mock)[-1].body
+
+
 def secret_response() -> dict:
     return rmock.response_object(
         MODEL,
@@ -290,6 +305,22 @@ def test_response_guard_rejects_a_stream_in_band(envoy, mock):
     assert "6789" not in str(raised.value.body)
 
 
+def test_compaction_passes_with_guards(envoy, mock):
+    body = {"model": MODEL, "instructions": "x", "input": [{"role": "user", "content": "mail bob@example.com"}, {"type": "function_call_output", "call_id": "c", "output": "ok"}]}
+    r = httpx.post(f"{envoy.base_url}/mask/v1/responses/compact", json=body, headers={"authorization": f"Bearer {CLIENT_KEY}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    seen = mock.last
+    assert seen.path == "/v1/responses/compact"
+    assert seen.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert seen.json["input"][0]["content"] == "mail <EMAIL>"
+    answer = r.json()
+    assert answer["output"][-1] == {"id": answer["output"][-1]["id"], "type": "compaction", "encrypted_content": "gAAAAmock"}
+    assert answer["usage"]["total_tokens"] == 18
+    # Other Responses endpoints (retrieval, input items) are not served: 404, never a bypass.
+    r = httpx.get(f"{envoy.base_url}/mask/v1/responses/resp_123", timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_endpoint"
+
+
 # ---------------------------------------------------------------- errors and budgets
 
 
@@ -348,7 +379,7 @@ def test_chat_only_server_never_gets_a_responses_request(envoy, mock):
 # ---------------------------------------------------------------- Codex
 
 
-def test_codex_exec_through_the_gateway(envoy, mock, tmp_path):
+def run_codex(envoy, mock, tmp_path, prompt: str) -> subprocess.CompletedProcess:
     if not CODEX.exists():
         pytest.skip(f"Codex is not installed at {CODEX} (run `make agents`)")
     home = tmp_path / "codex-home"
@@ -365,6 +396,7 @@ wire_api = "responses"
 env_key = "AIGATE_DUMMY_KEY"
 request_max_retries = 0
 stream_max_retries = 0
+http_headers = {{ "x-user-id" = "codex-dev" }}
 """
     )
     work = tmp_path / "work"
@@ -372,16 +404,22 @@ stream_max_retries = 0
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "CODEX"))}
     env.update({"CODEX_HOME": str(home), "AIGATE_DUMMY_KEY": CLIENT_KEY, "HOME": str(tmp_path), "NO_COLOR": "1"})
     done = subprocess.run(
-        [str(CODEX), "exec", "--skip-git-repo-check", "Say hi. My email is dev@example.com"],
+        [str(CODEX), "exec", "--skip-git-repo-check", prompt],
         cwd=work,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
+        stdin=subprocess.DEVNULL,
     )
-    # What Codex asked for (`-s` shows it): its Responses calls, streamed.
+    # What Codex asked for (`-s` shows it): one streamed Responses call per model turn.
     for r in mock.requests:
         print("codex ->", r.method, r.path, sorted(r.json) if isinstance(r.json, dict) else None)
+    return done
+
+
+def test_codex_exec_through_the_gateway(envoy, mock, tmp_path):
+    done = run_codex(envoy, mock, tmp_path, "Say hi. My email is dev@example.com")
     calls = upstream(mock)
     assert calls, f"Codex made no Responses request: {done.stdout}\n{done.stderr}\n{[r.path for r in mock.requests]}"
     seen = calls[-1]
@@ -391,5 +429,24 @@ stream_max_retries = 0
     assert "<EMAIL>" in seen.text
     assert seen.json["stream"] is True
     assert seen.headers.get("originator"), "Codex's protocol headers pass"
+    assert seen.headers.get("x-user-id") == "codex-dev", "the README's http_headers setting works"
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
-    assert "Hello from mock:" in done.stdout + done.stderr
+    assert "Hello from mock: Say hi. My email is <EMAIL>" in done.stdout
+
+
+def test_codex_runs_a_tool_and_its_output_is_guarded(envoy, mock, tmp_path):
+    # The first turn answers with a call of Codex's `exec_command` tool; Codex runs it and
+    # sends its output back in a second request, where the guard masks it.
+    call = rmock.function_call_item("exec_command", json.dumps({"cmd": "printf '%s@%s' bob example.com"}))
+    scripted(mock, rmock.response_object(MODEL, [call]), stream=True)
+    done = run_codex(envoy, mock, tmp_path, "run the tool")
+    calls = upstream(mock)
+    assert len(calls) == 2, f"{done.stdout}\n{done.stderr}"
+    items = calls[1].json["input"]
+    sent_call = next(i for i in items if i.get("type") == "function_call")
+    output = next(i for i in items if i.get("type") == "function_call_output")
+    assert sent_call["call_id"] == output["call_id"] == call["call_id"]
+    assert "bob@example.com" not in calls[1].text, "the tool's output reached the provider unmasked"
+    assert "<EMAIL>" in json.dumps(output["output"])
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert "Tool said:" in done.stdout and "<EMAIL>" in done.stdout

@@ -146,6 +146,13 @@ pub trait ClientApi: Sync {
     /// Usage carried by one SSE event's data, if any.
     fn usage_from_event(&self, data: &str) -> Option<Usage>;
 
+    /// True when a stream event is an upstream's in-band error in this API's own shape
+    /// (counted and logged as the stream's failure, `upstream_stream_error`). OpenAI's
+    /// `{"error":{...}}` events are recognised for every API without it.
+    fn is_upstream_stream_error(&self, _data: &str) -> bool {
+        false
+    }
+
     /// The body of an error answer in the API's error shape.
     fn error_body(&self, error: &ApiError) -> Vec<u8> {
         error.body()
@@ -184,11 +191,12 @@ pub trait ClientApi: Sync {
 
 /// Every client API, in the order paths are matched (`/chat/completions` before
 /// `/completions`). Registering an API is one line here.
-pub static REGISTERED: [&dyn ClientApi; 4] = [
+pub static REGISTERED: [&dyn ClientApi; 5] = [
     &chat::Chat,
     &completions::Completions,
     &embeddings::Embeddings,
     &responses::Responses,
+    &responses::ResponsesCompact,
 ];
 
 /// The API a client's `:path` names, if the filter serves one there.
@@ -230,6 +238,7 @@ mod tests {
             Operation::Completions,
             Operation::Embeddings,
             Operation::Responses,
+            Operation::ResponsesCompact,
         ] {
             let count = REGISTERED
                 .iter()
@@ -252,6 +261,13 @@ mod tests {
         assert_eq!(op("/v1/embeddings"), Some(Operation::Embeddings));
         assert_eq!(op("/v1/responses"), Some(Operation::Responses));
         assert_eq!(op("/openai/v1/responses/"), Some(Operation::Responses));
+        assert_eq!(
+            op("/v1/responses/compact"),
+            Some(Operation::ResponsesCompact)
+        );
+        // Retrieval, cancellation, input items: not served (404), never a way around.
+        assert_eq!(op("/v1/responses/resp_123"), None);
+        assert_eq!(op("/v1/responses/resp_123/input_items"), None);
         assert_eq!(op("/v1/models"), None);
         assert_eq!(op("/v1/files"), None);
     }

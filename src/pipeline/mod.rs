@@ -433,7 +433,9 @@ impl Flow {
         let plan = Rc::clone(&self.plan);
         let route = plan.routes.get(self.route).ok_or_else(internal_error)?;
         let mut body = api::parse_body(bytes)?;
-        if self.translation == Translation::Native {
+        // A body with a repeated key is re-serialised (parsers differ on which one wins):
+        // the provider then reads exactly what the guards read.
+        if self.translation == Translation::Native && !crate::json_view::has_duplicate_keys(bytes) {
             self.request_as_sent = Some(body.clone());
         }
         route.shaping.apply(&mut body, self.operation)?;

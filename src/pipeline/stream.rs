@@ -240,6 +240,8 @@ impl StreamProcessor {
         }
         if let Some(code) = in_band_error(&event.data) {
             self.note_error(&code);
+        } else if self.api.is_upstream_stream_error(&event.data) {
+            self.note_error("upstream_stream_error");
         }
         if let Some(found) = self.api.usage_from_event(&event.data) {
             self.usage = Some(found);

@@ -376,9 +376,13 @@ impl Provider {
         stream: Option<bool>,
     ) -> String {
         let model = model.or(self.model_known_from_config()).unwrap_or_default();
-        if operation == Operation::Responses && self.azure.is_some() {
+        if matches!(
+            operation,
+            Operation::Responses | Operation::ResponsesCompact
+        ) && self.azure.is_some()
+        {
             // Azure's v1 API: the deployment goes in the body's `model`, no api-version.
-            return "/openai/v1/responses".to_string();
+            return format!("/openai/v1/{}", operation.path_suffix());
         }
         let mut path = self.path.replace("{model}", model);
         if operation != Operation::ChatCompletions {

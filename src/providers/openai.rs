@@ -15,7 +15,10 @@ pub struct OpenAiCodec {
 
 impl Codec for OpenAiCodec {
     fn supports(&self, operation: Operation) -> bool {
-        operation != Operation::Responses || self.responses
+        !matches!(
+            operation,
+            Operation::Responses | Operation::ResponsesCompact
+        ) || self.responses
     }
 
     fn translates_responses(&self) -> bool {

@@ -86,6 +86,16 @@ impl ClientApi for Responses {
         .write_to(out);
     }
 
+    /// An `error` event, or `response.failed`.
+    fn is_upstream_stream_error(&self, data: &str) -> bool {
+        let cheap = crate::find::contains(data, "\"error\"")
+            || crate::find::contains(data, "\"response.failed\"");
+        cheap
+            && serde_json::from_str::<TypeOnly>(data).is_ok_and(|event| {
+                matches!(event.kind.as_deref(), Some("error" | "response.failed"))
+            })
+    }
+
     fn translation(&self, codec: &dyn Codec) -> Option<Translation> {
         if codec.supports(Operation::Responses) {
             Some(Translation::Native)
@@ -109,6 +119,66 @@ impl ClientApi for Responses {
     fn stream_masker(&self, guard: Rc<RegexGuard>) -> Box<dyn EventFilter> {
         Box::new(stream::ResponsesMasker::new(guard))
     }
+}
+
+/// `POST .../responses/compact`: a Responses request whose answer is the compacted
+/// conversation (`output` items, the last an opaque `compaction` item) with `usage`. Never
+/// streamed; only providers that serve the Responses API take it (no bridge: the
+/// compaction is the provider's own).
+pub struct ResponsesCompact;
+
+impl ClientApi for ResponsesCompact {
+    fn operation(&self) -> Operation {
+        Operation::ResponsesCompact
+    }
+
+    fn matches_path(&self, path: &str) -> bool {
+        path.ends_with("/responses/compact")
+    }
+
+    fn validate_body(&self, body: &Value) -> Result<(), ApiError> {
+        items::validate_request(body)
+    }
+
+    fn streams(&self) -> bool {
+        false
+    }
+
+    fn wants_stream_usage(&self, _body: &Value) -> bool {
+        true
+    }
+
+    fn visit_request_texts(&self, body: &mut Value, visit: &mut Visitor<'_>) -> bool {
+        items::visit_request(body, visit)
+    }
+
+    fn visit_answer_texts(&self, body: &mut Value, visit: &mut Visitor<'_>) -> bool {
+        items::visit_answer(body, visit)
+    }
+
+    fn usage_from_json(&self, body: &[u8]) -> Option<Usage> {
+        usage_from_json(body)
+    }
+
+    fn usage_from_json_tail(&self, tail: &[u8]) -> Option<Usage> {
+        usage_from_json_tail(tail)
+    }
+
+    fn usage_from_event(&self, data: &str) -> Option<Usage> {
+        usage_from_event(data)
+    }
+
+    fn translation(&self, codec: &dyn Codec) -> Option<Translation> {
+        codec
+            .supports(Operation::ResponsesCompact)
+            .then_some(Translation::Native)
+    }
+}
+
+#[derive(Deserialize)]
+struct TypeOnly {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
 }
 
 /// The data of a Responses `error` event for `error`.

@@ -149,35 +149,27 @@ impl EventFilter for ResponsesMasker {
                 let output_index = index_of(&value, "output_index");
                 let content_index = index_of(&value, "content_index");
                 let summary_index = index_of(&value, "summary_index");
-                let (ends_all, ends_item): (bool, Option<Box<dyn Fn(Key) -> bool>>) =
-                    match event_type.as_str() {
-                        "response.content_part.done" => (
-                            false,
-                            Some(Box::new(move |(kind, output, sub): Key| {
-                                output == output_index
-                                    && sub == content_index
-                                    && KINDS.get(kind).and_then(|k| k.2) == Some("content_index")
-                            })),
-                        ),
-                        "response.reasoning_summary_part.done" => (
-                            false,
-                            Some(Box::new(move |(kind, output, sub): Key| {
-                                output == output_index
-                                    && sub == summary_index
-                                    && KINDS.get(kind).and_then(|k| k.2) == Some("summary_index")
-                            })),
-                        ),
-                        "response.output_item.done" => (
-                            false,
-                            Some(Box::new(move |(_, output, _): Key| output == output_index)),
-                        ),
-                        "error" => (true, None),
-                        other => (RESPONSE_EVENTS.contains(&other), None),
-                    };
+                // (sub-index member, its value) of the part that ends, or None for every
+                // channel of the item.
+                let part = match event_type.as_str() {
+                    "response.content_part.done" => Some(Some(("content_index", content_index))),
+                    "response.reasoning_summary_part.done" => {
+                        Some(Some(("summary_index", summary_index)))
+                    }
+                    "response.output_item.done" => Some(None),
+                    _ => None,
+                };
+                let ends_all =
+                    event_type == "error" || RESPONSE_EVENTS.contains(&event_type.as_str());
                 if ends_all {
                     self.end_channels(out, host, |_| true)?;
-                } else if let Some(ends) = ends_item {
-                    self.end_channels(out, host, |key| ends(key))?;
+                } else if let Some(part) = part {
+                    self.end_channels(out, host, |(kind, output, sub): Key| {
+                        output == output_index
+                            && part.is_none_or(|(member, index)| {
+                                sub == index && KINDS.get(kind).and_then(|k| k.2) == Some(member)
+                            })
+                    })?;
                 } else {
                     self.emit_pending(out);
                 }

@@ -356,6 +356,20 @@ fn translation_native_where_the_provider_serves_it() {
         Responses.translation(crate::providers::chat_only_openai_codec()),
         expected
     );
+    // Compaction is the provider's own: native or refused, never bridged.
+    assert_eq!(
+        ResponsesCompact.translation(crate::providers::codec_for_kind(ProviderKind::Openai)),
+        Some(Translation::Native)
+    );
+    assert_eq!(
+        ResponsesCompact.translation(crate::providers::codec_for_kind(ProviderKind::Anthropic)),
+        None
+    );
+    assert_eq!(
+        ResponsesCompact.translation(crate::providers::chat_only_openai_codec()),
+        None
+    );
+    assert!(!ResponsesCompact.is_stream(&json!({"stream": true})));
 }
 
 // ------------------------------------------------------------------ streams
