@@ -930,10 +930,13 @@ pub(crate) fn answer_with_echo(
                 .ok_or_else(invalid_answer)
         };
         let name = field(function.and_then(|f| f.get("name")))?;
-        let arguments = function
-            .and_then(|f| f.get("arguments"))
-            .and_then(Value::as_str)
-            .unwrap_or("{}");
+        // A server that sends the arguments as an object (not the string OpenAI sends) still
+        // gets them through, as their JSON text.
+        let arguments = match function.and_then(|f| f.get("arguments")) {
+            Some(Value::String(arguments)) => arguments.clone(),
+            None | Some(Value::Null) => String::from("{}"),
+            Some(other) => other.to_string(),
+        };
         let call_id = match call.get("id").and_then(Value::as_str) {
             Some(id) if !id.is_empty() => id.to_string(),
             _ => format!("call_{}_{index}", ids.suffix),
@@ -943,7 +946,7 @@ pub(crate) fn answer_with_echo(
             item_status,
             &call_id,
             &name,
-            arguments,
+            &arguments,
             echo.namespace(&name),
         ));
     }

@@ -256,12 +256,22 @@ impl ResponsesStream {
                 index
             }
         };
+        let Some(Item::Call {
+            id,
+            name: call_name,
+            arguments,
+            ..
+        }) = self.items.get_mut(output_index)
+        else {
+            return;
+        };
+        // A server that names the call only in a later piece: the done item has the name.
+        if call_name.is_empty() && !name.is_empty() {
+            *call_name = name.to_string();
+        }
         if piece.is_empty() {
             return;
         }
-        let Some(Item::Call { id, arguments, .. }) = self.items.get_mut(output_index) else {
-            return;
-        };
         arguments.push_str(piece);
         let item_id = id.clone();
         self.emit(

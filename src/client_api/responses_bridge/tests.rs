@@ -536,6 +536,12 @@ fn answer_statuses_refusals_and_ids() {
         6
     );
 
+    // Arguments sent as an object (not OpenAI's string) come through as their JSON text.
+    let chat = json!({"choices": [{"index": 0, "finish_reason": "tool_calls",
+        "message": {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "a", "arguments": {"x": 1}}}]}}]});
+    assert_eq!(answer(&chat)["output"][0]["arguments"], "{\"x\":1}");
+
     // An empty answer is still a message (the SDK's output_text is "").
     let chat = json!({"choices": [{"index": 0, "finish_reason": "stop",
         "message": {"role": "assistant", "content": null}}]});
@@ -953,6 +959,14 @@ fn text_refusal_and_several_tool_calls_with_empty_deltas() {
             json!({"tool_calls": [{"index": 1, "function": {"arguments": ":2}"}}]}),
             None,
         ),
+        chunk(
+            json!({"tool_calls": [{"index": 2, "id": "call_c", "function": {"arguments": "{}"}}]}),
+            None,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 2, "function": {"name": "late"}}]}),
+            None,
+        ),
         chunk(json!({}), Some("tool_calls")),
         usage_chunk(),
         SseEvent::data("[DONE]"),
@@ -962,7 +976,11 @@ fn text_refusal_and_several_tool_calls_with_empty_deltas() {
     let response = check_grammar(&events);
     assert_eq!(response["status"], "completed");
     let output = response["output"].as_array().unwrap();
-    assert_eq!(output.len(), 3);
+    assert_eq!(output.len(), 4);
+    assert_eq!(
+        output[3]["name"], "late",
+        "a name sent after the call opened"
+    );
     assert_eq!(
         output[0]["content"],
         json!([{"type": "output_text", "text": "Hello", "annotations": [], "logprobs": []},
@@ -994,7 +1012,7 @@ fn text_refusal_and_several_tool_calls_with_empty_deltas() {
     let count = |kind: &str| events.iter().filter(|e| e["type"] == kind).count();
     assert_eq!(count("response.output_text.delta"), 2);
     assert_eq!(count("response.refusal.delta"), 1);
-    assert_eq!(count("response.function_call_arguments.delta"), 4);
+    assert_eq!(count("response.function_call_arguments.delta"), 5);
     assert!(events.iter().all(|e| e["delta"] != ""));
 }
 
