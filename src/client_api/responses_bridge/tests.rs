@@ -905,7 +905,7 @@ fn recorded_openai_streams_follow_the_event_grammar() {
                 100
             );
         }
-        // The same events whatever the upstream chunking (the decoder sees whole events).
+        // Deterministic: a second run gives the same events (ids come from the exchange).
         let again = bridge_stream(&upstream, None).unwrap();
         assert_eq!(again, events);
     }
