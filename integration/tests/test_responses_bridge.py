@@ -145,6 +145,7 @@ def test_json_answer_over_chat_completions(envoy, mock):
     assert reply.output[0].type == "message" and reply.output[0].id.startswith("msg_")
     assert (reply.usage.input_tokens, reply.usage.output_tokens, reply.usage.total_tokens) == (11, 7, 18)
     assert reply.store is False, "nothing is stored: the answer says so"
+    assert (reply.instructions, reply.temperature, reply.max_output_tokens) == ("Be brief.", 0.3, 50), "echoed"
     [seen] = chat_requests(mock)
     assert_compat_upstream(seen)
     assert seen.json == {
@@ -185,6 +186,7 @@ def test_function_call_round_trip(envoy, mock, stream):
         return check_events(events)
 
     first = create(first_input)
+    assert [t.name for t in first.tools] == ["get_weather"], "the response echoes the request's tools"
     [call] = [item for item in first.output if item.type == "function_call"]
     assert call.name == "get_weather"
     assert json.loads(call.arguments) == {"city": "mock"}

@@ -29,4 +29,26 @@ pub trait ChatBridge: Sync {
     /// API's events. It always receives the usage chunk (the filter asks for it upstream)
     /// and carries usage into the client's events.
     fn stream_from_chat(&self, exchange: &Exchange) -> Box<dyn StreamDecoder>;
+
+    /// [`ChatBridge::answer_from_chat`] given the client's request as well (its form, stages
+    /// done), for an API whose answer reports what the request asked (Responses echoes
+    /// `tools`, `instructions` ...). The default ignores the request.
+    fn answer_from_chat_for(
+        &self,
+        answer: &Value,
+        _request: &Value,
+        exchange: &Exchange,
+    ) -> Result<Value, ApiError> {
+        self.answer_from_chat(answer, exchange)
+    }
+
+    /// [`ChatBridge::stream_from_chat`] given the client's request as well; the default
+    /// ignores it.
+    fn stream_from_chat_for(
+        &self,
+        _request: &Value,
+        exchange: &Exchange,
+    ) -> Box<dyn StreamDecoder> {
+        self.stream_from_chat(exchange)
+    }
 }

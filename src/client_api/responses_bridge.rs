@@ -14,7 +14,7 @@
 //!   has no field for them and the providers behind this bridge cannot read OpenAI's).
 //! - function `tools` (flat → `{"type":"function","function":{...}}`, `strict` kept; the
 //!   functions of a `namespace` tool are flattened into the list, and the answer's calls of
-//!   them carry no `namespace`),
+//!   them get their `namespace` back),
 //!   `tool_choice`, `max_output_tokens` → `max_tokens`, `temperature`, `top_p`, `text.format`
 //!   → `response_format`, `parallel_tool_calls`, `user` (or `safety_identifier`), `stream`
 //!   (+ `stream_options.include_usage`).
@@ -33,9 +33,13 @@
 //! one `message` output item (`output_text`, or `refusal`) followed by one `function_call`
 //! item per tool call; `finish_reason: "length"` makes the response `incomplete` with
 //! `incomplete_details.reason: "max_output_tokens"` (`content_filter` likewise); usage becomes
-//! `input_tokens`, `output_tokens`, `total_tokens` and their details.
+//! `input_tokens`, `output_tokens`, `total_tokens` and their details. Given the client's
+//! request (`ChatBridge::answer_from_chat_for`, `stream_from_chat_for`), the response echoes
+//! its settings (`tools`, `instructions` ...) as the Responses API does.
 
 mod stream;
+
+use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
@@ -99,7 +103,20 @@ impl ChatBridge for ResponsesBridge {
     }
 
     fn stream_from_chat(&self, exchange: &Exchange) -> Box<dyn StreamDecoder> {
-        Box::new(ResponsesStream::new(exchange))
+        Box::new(ResponsesStream::new(exchange, Echo::default()))
+    }
+
+    fn answer_from_chat_for(
+        &self,
+        answer: &Value,
+        request: &Value,
+        exchange: &Exchange,
+    ) -> Result<Value, ApiError> {
+        answer_with_echo(answer, exchange, &Echo::of(request))
+    }
+
+    fn stream_from_chat_for(&self, request: &Value, exchange: &Exchange) -> Box<dyn StreamDecoder> {
+        Box::new(ResponsesStream::new(exchange, Echo::of(request)))
     }
 }
 
@@ -471,8 +488,8 @@ fn tool_output(output: Option<&Value>, at: &str) -> Result<Value, ApiError> {
 }
 
 /// Function tools in the chat shape, those grouped in a `namespace` too (flattened: chat
-/// completions has no namespaces, so the answer's calls of them carry no `namespace`); every
-/// other tool type needs the provider's servers.
+/// completions has no namespaces; `Echo` gives the answer's calls of them their `namespace`
+/// back); every other tool type needs the provider's servers.
 fn tools(request: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
     let tools = match request.get("tools") {
         None | Some(Value::Null) => return Ok(None),
@@ -652,9 +669,9 @@ pub(crate) fn status_of(finish_reason: Option<&str>) -> (&'static str, Option<&'
     }
 }
 
-/// A Responses `response` object. The request's own settings are not known here: the
-/// fields that echo them carry the API's defaults (`tools: []`, `tool_choice: "auto"` ...);
-/// [`echo_request`] fills them from the client's request where the caller has it.
+/// A Responses `response` object. The fields that echo the request carry the API's defaults
+/// (`tools: []`, `tool_choice: "auto"` ...) until [`Echo::apply`] fills them from the
+/// client's request.
 pub(crate) fn response_object(
     id: &str,
     created_at: u64,
@@ -693,31 +710,85 @@ pub(crate) fn response_object(
     })
 }
 
+/// The request settings a response reports (as the Responses API echoes them), and which
+/// namespace each function of a `namespace` tool belongs to (its calls carry it back).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Echo {
+    fields: Map<String, Value>,
+    namespaces: BTreeMap<String, String>,
+}
+
+/// The request fields a response echoes.
+const ECHOED: [&str; 11] = [
+    "instructions",
+    "max_output_tokens",
+    "parallel_tool_calls",
+    "temperature",
+    "text",
+    "tool_choice",
+    "tools",
+    "top_p",
+    "user",
+    "metadata",
+    "reasoning",
+];
+
+impl Echo {
+    pub(crate) fn of(request: &Value) -> Self {
+        let mut echo = Echo::default();
+        let Some(request) = request.as_object() else {
+            return echo;
+        };
+        for key in ECHOED {
+            if let Some(value) = request.get(key).filter(|value| !value.is_null()) {
+                echo.fields.insert(key.into(), value.clone());
+            }
+        }
+        for tool in request
+            .get("tools")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|tool| tool.get("type").and_then(Value::as_str) == Some("namespace"))
+        {
+            let Some(namespace) = tool.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            for inner in tool
+                .get("tools")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(name) = inner.get("name").and_then(Value::as_str) {
+                    echo.namespaces
+                        .insert(name.to_string(), namespace.to_string());
+                }
+            }
+        }
+        echo
+    }
+
+    pub(crate) fn apply(&self, response: &mut Value) {
+        if let Some(response) = response.as_object_mut() {
+            for (key, value) in &self.fields {
+                response.insert(key.clone(), value.clone());
+            }
+        }
+    }
+
+    /// The namespace of a function the model called, if the request grouped it in one.
+    pub(crate) fn namespace(&self, name: &str) -> Option<&str> {
+        self.namespaces.get(name).map(String::as_str)
+    }
+}
+
 /// Copies the settings a response echoes from the client's Responses request (what the
 /// client asked for, as the Responses API reports it): `instructions`, `max_output_tokens`,
 /// `parallel_tool_calls`, `temperature`, `text`, `tool_choice`, `tools`, `top_p`, `user`,
 /// `metadata`, `reasoning`.
 pub fn echo_request(response: &mut Value, request: &Value) {
-    let (Some(response), Some(request)) = (response.as_object_mut(), request.as_object()) else {
-        return;
-    };
-    for key in [
-        "instructions",
-        "max_output_tokens",
-        "parallel_tool_calls",
-        "temperature",
-        "text",
-        "tool_choice",
-        "tools",
-        "top_p",
-        "user",
-        "metadata",
-        "reasoning",
-    ] {
-        if let Some(value) = request.get(key).filter(|value| !value.is_null()) {
-            response.insert(key.into(), value.clone());
-        }
-    }
+    Echo::of(request).apply(response);
 }
 
 /// Chat `usage` as Responses usage (None when the chat answer carried none).
@@ -765,15 +836,20 @@ pub(crate) fn function_call_item(
     call_id: &str,
     name: &str,
     arguments: &str,
+    namespace: Option<&str>,
 ) -> Value {
-    json!({
+    let mut item = json!({
         "id": id,
         "type": "function_call",
         "status": status,
         "call_id": call_id,
         "name": name,
         "arguments": arguments,
-    })
+    });
+    if let (Some(namespace), Some(object)) = (namespace, item.as_object_mut()) {
+        object.insert("namespace".into(), Value::String(namespace.to_string()));
+    }
+    item
 }
 
 /// The text of a chat message's `content` (a string, or text parts joined).
@@ -790,6 +866,15 @@ fn content_text(content: Option<&Value>) -> String {
 
 /// A `chat.completion` as a Responses `response` object.
 pub fn answer_from_chat(answer: &Value, exchange: &Exchange) -> Result<Value, ApiError> {
+    answer_with_echo(answer, exchange, &Echo::default())
+}
+
+/// [`answer_from_chat`], with the request's settings echoed and namespaced calls marked.
+pub(crate) fn answer_with_echo(
+    answer: &Value,
+    exchange: &Exchange,
+    echo: &Echo,
+) -> Result<Value, ApiError> {
     let invalid_answer = || {
         ApiError::new(
             502,
@@ -845,10 +930,13 @@ pub fn answer_from_chat(answer: &Value, exchange: &Exchange) -> Result<Value, Ap
                 .ok_or_else(invalid_answer)
         };
         let name = field(function.and_then(|f| f.get("name")))?;
-        let arguments = function
-            .and_then(|f| f.get("arguments"))
-            .and_then(Value::as_str)
-            .unwrap_or("{}");
+        // A server that sends the arguments as an object (not the string OpenAI sends) still
+        // gets them through, as their JSON text.
+        let arguments = match function.and_then(|f| f.get("arguments")) {
+            Some(Value::String(arguments)) => arguments.clone(),
+            None | Some(Value::Null) => String::from("{}"),
+            Some(other) => other.to_string(),
+        };
         let call_id = match call.get("id").and_then(Value::as_str) {
             Some(id) if !id.is_empty() => id.to_string(),
             _ => format!("call_{}_{index}", ids.suffix),
@@ -858,7 +946,8 @@ pub fn answer_from_chat(answer: &Value, exchange: &Exchange) -> Result<Value, Ap
             item_status,
             &call_id,
             &name,
-            arguments,
+            &arguments,
+            echo.namespace(&name),
         ));
     }
     let model = answer
@@ -870,7 +959,7 @@ pub fn answer_from_chat(answer: &Value, exchange: &Exchange) -> Result<Value, Ap
         .get("created")
         .and_then(Value::as_u64)
         .unwrap_or(exchange.created);
-    Ok(response_object(
+    let mut response = response_object(
         &ids.response(),
         created,
         model,
@@ -878,7 +967,9 @@ pub fn answer_from_chat(answer: &Value, exchange: &Exchange) -> Result<Value, Ap
         reason,
         output,
         usage_of(answer.get("usage")),
-    ))
+    );
+    echo.apply(&mut response);
+    Ok(response)
 }
 
 #[cfg(test)]

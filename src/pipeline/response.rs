@@ -564,7 +564,7 @@ impl Flow {
             .map(Usage::normalised);
         self.body = match (self.translation, self.api.chat_bridge()) {
             (Translation::ViaChat, Some(bridge)) => {
-                bridge.answer_from_chat(&answer, &self.exchange)?
+                bridge.answer_from_chat_for(&answer, &self.body, &self.exchange)?
             }
             (Translation::ViaChat, None) => return Err(super::internal_error()),
             _ => answer,
@@ -581,7 +581,7 @@ impl Flow {
             (Translation::Native, _) => None,
             (Translation::ViaChat, Some(bridge)) => Some(Box::new(stream::Chained::new(
                 codec.stream_decoder(&self.exchange),
-                bridge.stream_from_chat(&self.exchange),
+                bridge.stream_from_chat_for(&self.body, &self.exchange),
             ))),
             _ => codec.stream_decoder(&self.exchange),
         }

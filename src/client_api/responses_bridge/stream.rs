@@ -25,7 +25,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     function_call_item, message_item, refusal_part, response_object, status_of, text_part,
-    usage_of, Ids,
+    usage_of, Echo, Ids,
 };
 use crate::error::ApiError;
 use crate::providers::{Exchange, StreamDecoder};
@@ -54,11 +54,14 @@ enum Item {
         call_id: String,
         name: String,
         arguments: String,
+        namespace: Option<String>,
     },
 }
 
 pub struct ResponsesStream {
     ids: Ids,
+    /// What the response objects echo from the request.
+    echo: Echo,
     model: String,
     created: u64,
     sequence: u64,
@@ -75,9 +78,10 @@ pub struct ResponsesStream {
 }
 
 impl ResponsesStream {
-    pub fn new(exchange: &Exchange) -> Self {
+    pub(crate) fn new(exchange: &Exchange, echo: Echo) -> Self {
         ResponsesStream {
             ids: Ids::new(exchange),
+            echo,
             model: exchange.model.clone(),
             created: exchange.created,
             sequence: 0,
@@ -112,7 +116,7 @@ impl ResponsesStream {
             .iter()
             .map(|item| item_json(item, item_status))
             .collect();
-        response_object(
+        let mut response = response_object(
             &self.ids.response(),
             self.created,
             &self.model,
@@ -120,7 +124,9 @@ impl ResponsesStream {
             reason,
             output,
             usage_of(self.usage.as_ref()),
-        )
+        );
+        self.echo.apply(&mut response);
+        response
     }
 
     fn start(&mut self, out: &mut Vec<SseEvent>) {
@@ -226,12 +232,21 @@ impl ResponsesStream {
                     _ => format!("call_{}_{number}", self.ids.suffix),
                 };
                 self.calls.insert(chat_index, index);
-                let item = function_call_item(&id, "in_progress", &call_id, name, "");
+                let namespace = self.echo.namespace(name).map(str::to_string);
+                let item = function_call_item(
+                    &id,
+                    "in_progress",
+                    &call_id,
+                    name,
+                    "",
+                    namespace.as_deref(),
+                );
                 self.items.push(Item::Call {
                     id,
                     call_id,
                     name: name.to_string(),
                     arguments: String::new(),
+                    namespace,
                 });
                 self.emit(
                     out,
@@ -241,12 +256,22 @@ impl ResponsesStream {
                 index
             }
         };
+        let Some(Item::Call {
+            id,
+            name: call_name,
+            arguments,
+            ..
+        }) = self.items.get_mut(output_index)
+        else {
+            return;
+        };
+        // A server that names the call only in a later piece: the done item has the name.
+        if call_name.is_empty() && !name.is_empty() {
+            *call_name = name.to_string();
+        }
         if piece.is_empty() {
             return;
         }
-        let Some(Item::Call { id, arguments, .. }) = self.items.get_mut(output_index) else {
-            return;
-        };
         arguments.push_str(piece);
         let item_id = id.clone();
         self.emit(
@@ -355,8 +380,8 @@ fn item_json(item: &Item, status: &str) -> Value {
             call_id,
             name,
             arguments,
-            ..
-        } => function_call_item(id, status, call_id, name, arguments),
+            namespace,
+        } => function_call_item(id, status, call_id, name, arguments, namespace.as_deref()),
     }
 }
 

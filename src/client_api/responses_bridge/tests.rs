@@ -536,6 +536,12 @@ fn answer_statuses_refusals_and_ids() {
         6
     );
 
+    // Arguments sent as an object (not OpenAI's string) come through as their JSON text.
+    let chat = json!({"choices": [{"index": 0, "finish_reason": "tool_calls",
+        "message": {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "a", "arguments": {"x": 1}}}]}}]});
+    assert_eq!(answer(&chat)["output"][0]["arguments"], "{\"x\":1}");
+
     // An empty answer is still a message (the SDK's output_text is "").
     let chat = json!({"choices": [{"index": 0, "finish_reason": "stop",
         "message": {"role": "assistant", "content": null}}]});
@@ -555,19 +561,72 @@ fn answer_statuses_refusals_and_ids() {
 }
 
 #[test]
-fn echo_request_copies_the_clients_settings() {
-    let mut response = answer(&json!({"choices": [{"message": {"content": "x"}}]}));
+fn answers_echo_the_request_and_mark_namespaced_calls() {
     let request = json!({"model": "m", "input": "x", "instructions": "I", "tool_choice": "none",
-        "tools": [{"type": "function", "name": "f"}], "parallel_tool_calls": false,
-        "temperature": 0.5, "max_output_tokens": 9, "text": {"format": {"type": "json_object"}}});
-    echo_request(&mut response, &request);
-    assert_eq!(response["instructions"], "I");
-    assert_eq!(response["tool_choice"], "none");
+        "tools": [{"type": "function", "name": "f"},
+                  {"type": "namespace", "name": "agents", "description": "d",
+                   "tools": [{"type": "function", "name": "spawn"}]}],
+        "parallel_tool_calls": false, "temperature": 0.5, "max_output_tokens": 9,
+        "text": {"format": {"type": "json_object"}}, "store": true});
+    let chat = json!({"choices": [{"index": 0, "finish_reason": "tool_calls",
+        "message": {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "spawn", "arguments": "{}"}},
+            {"id": "call_2", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}]});
+    let response = RESPONSES_BRIDGE
+        .answer_from_chat_for(&chat, &request, &exchange())
+        .unwrap();
+    check_response(&response);
+    for key in [
+        "instructions",
+        "tool_choice",
+        "tools",
+        "parallel_tool_calls",
+        "temperature",
+        "max_output_tokens",
+        "text",
+    ] {
+        assert_eq!(response[key], request[key], "{key}");
+    }
+    assert_eq!(response["store"], false, "nothing is stored");
+    assert_eq!(response["output"][0]["namespace"], "agents");
+    assert!(response["output"][1].get("namespace").is_none());
+    // Without the request: the API's defaults.
+    let plain = answer(&chat);
+    assert_eq!(plain["tools"], json!([]));
+    assert_eq!(plain["tool_choice"], "auto");
+    assert!(plain["output"][0].get("namespace").is_none());
+    let mut echoed = plain.clone();
+    echo_request(&mut echoed, &request);
+    assert_eq!(echoed["tools"], request["tools"]);
+
+    // The stream's response objects echo it too, and its calls carry their namespace.
+    let mut decoder = RESPONSES_BRIDGE.stream_from_chat_for(&request, &exchange());
+    let mut out = Vec::new();
+    for event in [
+        chunk(
+            json!({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "spawn", "arguments": "{}"}}]}),
+            None,
+        ),
+        chunk(json!({}), Some("tool_calls")),
+        SseEvent::data("[DONE]"),
+    ] {
+        decoder.on_event(&event, &mut out).unwrap();
+    }
+    decoder.finish(&mut out);
+    let events: Vec<Value> = out
+        .iter()
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    let response = check_grammar(&events);
     assert_eq!(response["tools"], request["tools"]);
-    assert_eq!(response["parallel_tool_calls"], false);
-    assert_eq!(response["temperature"], 0.5);
-    assert_eq!(response["max_output_tokens"], 9);
-    assert_eq!(response["text"], request["text"]);
+    assert_eq!(response["instructions"], "I");
+    assert_eq!(response["output"][0]["namespace"], "agents");
+    assert_eq!(events[0]["response"]["tool_choice"], "none");
+    let added = events
+        .iter()
+        .find(|e| e["type"] == "response.output_item.added")
+        .unwrap();
+    assert_eq!(added["item"]["namespace"], "agents");
 }
 
 // ---------------------------------------------------------------- streams
@@ -846,7 +905,7 @@ fn recorded_openai_streams_follow_the_event_grammar() {
                 100
             );
         }
-        // The same events whatever the upstream chunking (the decoder sees whole events).
+        // Deterministic: a second run gives the same events (ids come from the exchange).
         let again = bridge_stream(&upstream, None).unwrap();
         assert_eq!(again, events);
     }
@@ -900,6 +959,14 @@ fn text_refusal_and_several_tool_calls_with_empty_deltas() {
             json!({"tool_calls": [{"index": 1, "function": {"arguments": ":2}"}}]}),
             None,
         ),
+        chunk(
+            json!({"tool_calls": [{"index": 2, "id": "call_c", "function": {"arguments": "{}"}}]}),
+            None,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 2, "function": {"name": "late"}}]}),
+            None,
+        ),
         chunk(json!({}), Some("tool_calls")),
         usage_chunk(),
         SseEvent::data("[DONE]"),
@@ -909,7 +976,11 @@ fn text_refusal_and_several_tool_calls_with_empty_deltas() {
     let response = check_grammar(&events);
     assert_eq!(response["status"], "completed");
     let output = response["output"].as_array().unwrap();
-    assert_eq!(output.len(), 3);
+    assert_eq!(output.len(), 4);
+    assert_eq!(
+        output[3]["name"], "late",
+        "a name sent after the call opened"
+    );
     assert_eq!(
         output[0]["content"],
         json!([{"type": "output_text", "text": "Hello", "annotations": [], "logprobs": []},
@@ -941,7 +1012,7 @@ fn text_refusal_and_several_tool_calls_with_empty_deltas() {
     let count = |kind: &str| events.iter().filter(|e| e["type"] == kind).count();
     assert_eq!(count("response.output_text.delta"), 2);
     assert_eq!(count("response.refusal.delta"), 1);
-    assert_eq!(count("response.function_call_arguments.delta"), 4);
+    assert_eq!(count("response.function_call_arguments.delta"), 5);
     assert!(events.iter().all(|e| e["delta"] != ""));
 }
 
