@@ -210,6 +210,32 @@ def test_a_chat_providers_error_reaches_the_client_in_anthropics_shape(envoy, mo
     assert OPENAI_KEY not in response.text
 
 
+def test_a_chat_stream_cut_before_its_finish_ends_with_an_anthropic_error_event(envoy, mock):
+    cut = llm.openai_stream("gpt-4o", "half an answer", include_usage=True)
+    cut = cut[: cut.index(b'"finish_reason":"stop"')]
+    cut = cut[: cut.rindex(b"\n\n") + 2]  # whole events, none with a finish reason
+    mock.enqueue_reply(llm.sse_reply(cut))
+    with httpx.stream(
+        "POST",
+        f"{envoy.base_url}/oa/v1/messages",
+        json={"model": "gpt-4o", "max_tokens": 10, "stream": True, "messages": [{"role": "user", "content": "x"}]},
+        headers={"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"},
+    ) as response:
+        assert response.status_code == 200
+        events = sse.parse_sse(response.read())
+    assert events[0]["event"] == "message_start"
+    said = "".join(json.loads(e["data"])["delta"].get("text", "") for e in events if e["event"] == "content_block_delta")
+    assert said == "half an answer"
+    assert events[-1]["event"] == "error"
+    assert json.loads(events[-1]["data"])["error"]["type"] == "api_error"
+    assert "message_stop" not in [e["event"] for e in events]
+    # The SDK raises it.
+    mock.enqueue_reply(llm.sse_reply(cut))
+    with pytest.raises(anthropic.APIError):
+        with client(envoy, "oa").messages.stream(model="gpt-4o", max_tokens=10, messages=[{"role": "user", "content": "x"}]) as stream:
+            stream.get_final_message()
+
+
 def test_what_chat_cannot_carry_is_refused_before_the_provider(envoy, mock):
     with pytest.raises(anthropic.BadRequestError) as caught:
         client(envoy, "oa").messages.create(
