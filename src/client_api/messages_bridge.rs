@@ -11,7 +11,8 @@
 //! (`disable_parallel_tool_use` → `parallel_tool_calls: false`), `stop_sequences` → `stop`,
 //! `max_tokens` → `max_completion_tokens`, `metadata.user_id` → `user`, `stream` → `stream`
 //! with `stream_options.include_usage`, `output_config.format` → `response_format`;
-//! tools with `defer_loading` are left out. Fields with no chat equivalent that only tune the
+//! tools with `defer_loading` are left out until a `tool_reference` loads them; a tool
+//! result's images follow its `tool` message in a user message. Fields with no chat equivalent that only tune the
 //! answer are dropped ([`DROPPED`]); blocks and fields that carry content or server-side
 //! state chat cannot hold get a 400 naming them. docs/CONFIG.md has the whole table.
 //!
@@ -153,12 +154,19 @@ pub fn request_to_chat(request: &Value) -> Result<Value, ApiError> {
     if let Some(system) = system_text(request.get("system"))? {
         messages.push(json!({"role": "system", "content": system}));
     }
+    // Deferred tools that a tool search loaded (`tool_reference` blocks of tool results).
+    let mut loaded = BTreeSet::new();
     let turns = request
         .get("messages")
         .and_then(Value::as_array)
         .ok_or_else(|| invalid("messages", "must be an array"))?;
     for (index, turn) in turns.iter().enumerate() {
-        translate_turn(turn, &format!("messages[{index}]"), &mut messages)?;
+        translate_turn(
+            turn,
+            &format!("messages[{index}]"),
+            &mut messages,
+            &mut loaded,
+        )?;
     }
     if messages.is_empty() {
         return Err(invalid(
@@ -205,7 +213,7 @@ pub fn request_to_chat(request: &Value) -> Result<Value, ApiError> {
         },
         Some(_) => return Err(invalid("metadata", "must be an object")),
     }
-    translate_tools(request, &mut body)?;
+    translate_tools(request, &loaded, &mut body)?;
     translate_output(request, &mut body)?;
     match request.get("stream") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => {}
@@ -268,7 +276,12 @@ fn is_thinking(kind: &str) -> bool {
 }
 
 /// One Messages turn as zero or more chat messages.
-fn translate_turn(turn: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), ApiError> {
+fn translate_turn(
+    turn: &Value,
+    at: &str,
+    out: &mut Vec<Value>,
+    loaded: &mut BTreeSet<String>,
+) -> Result<(), ApiError> {
     let role = match turn.get("role").and_then(Value::as_str) {
         Some(role @ ("user" | "assistant")) => role,
         Some("system") => {
@@ -301,26 +314,35 @@ fn translate_turn(turn: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), Ap
         }
     };
     if role == "user" {
-        user_turn(blocks, at, out)
+        user_turn(blocks, at, out, loaded)
     } else {
         assistant_turn(blocks, at, out)
     }
 }
 
-fn user_turn(blocks: &[Value], at: &str, out: &mut Vec<Value>) -> Result<(), ApiError> {
+/// A user turn: its tool results as `tool` messages first, then one user message with the
+/// tool results' images (chat's tool messages carry text only) and the turn's own parts.
+fn user_turn(
+    blocks: &[Value],
+    at: &str,
+    out: &mut Vec<Value>,
+    loaded: &mut BTreeSet<String>,
+) -> Result<(), ApiError> {
+    let mut images = Vec::new();
     let mut parts = Vec::new();
     for (index, block) in blocks.iter().enumerate() {
         let at = format!("{at}.content[{index}]");
         match block_type(block, &at)? {
             "text" => parts.push(json!({"type": "text", "text": text_of(block, &at)?})),
             "image" => parts.push(image_part(block, &at)?),
-            "tool_result" => out.push(tool_message(block, &at)?),
+            "tool_result" => out.push(tool_message(block, &at, &mut images, loaded)?),
             kind if is_thinking(kind) => {}
             other => return Err(unsupported(&format!("{at}: a block of type {other:?}"))),
         }
     }
-    if !parts.is_empty() {
-        out.push(json!({"role": "user", "content": parts}));
+    images.extend(parts);
+    if !images.is_empty() {
+        out.push(json!({"role": "user", "content": images}));
     }
     Ok(())
 }
@@ -401,7 +423,15 @@ fn tool_call(block: &Value, at: &str) -> Result<Value, ApiError> {
 /// error flag).
 pub const TOOL_ERROR_PREFIX: &str = "[tool error] ";
 
-fn tool_message(block: &Value, at: &str) -> Result<Value, ApiError> {
+/// Said in a tool message whose result had images: they follow in the next user message.
+pub const TOOL_IMAGES_NOTE: &str = "[the images of this tool result follow in the next message]";
+
+fn tool_message(
+    block: &Value,
+    at: &str,
+    images: &mut Vec<Value>,
+    loaded: &mut BTreeSet<String>,
+) -> Result<Value, ApiError> {
     let id = block
         .get("tool_use_id")
         .and_then(Value::as_str)
@@ -411,16 +441,31 @@ fn tool_message(block: &Value, at: &str) -> Result<Value, ApiError> {
         Some(Value::String(text)) => text.clone(),
         Some(Value::Array(items)) => {
             let mut texts = Vec::with_capacity(items.len());
+            let had_images = images.len();
             for (index, item) in items.iter().enumerate() {
                 let at = format!("{at}.content[{index}]");
                 match block_type(item, &at)? {
                     "text" => texts.push(text_of(item, &at)?),
+                    "image" => images.push(image_part(item, &at)?),
+                    "tool_reference" => {
+                        let name =
+                            item.get("tool_name")
+                                .and_then(Value::as_str)
+                                .ok_or_else(|| {
+                                    invalid(&format!("{at}.tool_name"), "must be a string")
+                                })?;
+                        texts.push(format!("Tool {name} is now available."));
+                        loaded.insert(name.to_string());
+                    }
                     other => {
                         return Err(unsupported(&format!(
                             "{at}: a tool result block of type {other:?}"
                         )))
                     }
                 }
+            }
+            if images.len() > had_images {
+                texts.push(TOOL_IMAGES_NOTE.to_string());
             }
             texts.join("\n\n")
         }
@@ -439,7 +484,11 @@ fn tool_message(block: &Value, at: &str) -> Result<Value, ApiError> {
     Ok(json!({"role": "tool", "tool_call_id": id, "content": text}))
 }
 
-fn translate_tools(request: &Object, body: &mut Object) -> Result<(), ApiError> {
+fn translate_tools(
+    request: &Object,
+    loaded: &BTreeSet<String>,
+    body: &mut Object,
+) -> Result<(), ApiError> {
     let tools = match request.get("tools") {
         None | Some(Value::Null) => &[][..],
         Some(Value::Array(tools)) => tools.as_slice(),
@@ -466,9 +515,14 @@ fn translate_tools(request: &Object, body: &mut Object) -> Result<(), ApiError> 
         }
         match tool.get("defer_loading") {
             None | Some(Value::Null | Value::Bool(false)) => {}
-            // A deferred tool is not in the model's context until a tool search loads it;
-            // chat completions has no such search, so it is left out.
-            Some(Value::Bool(true)) => continue,
+            // A deferred tool is not in the model's context until a tool search loads it (a
+            // `tool_reference` in a tool result): left out until then.
+            Some(Value::Bool(true)) => {
+                let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
+                if !loaded.contains(name) {
+                    continue;
+                }
+            }
             Some(_) => return Err(invalid(&format!("{at}.defer_loading"), "must be a boolean")),
         }
         let name = tool

@@ -277,6 +277,53 @@ fn request_mapping_table() {
                 "response_format": {"type": "json_schema", "json_schema": {"name": "output", "schema": {"type": "object"}}},
             }),
         ),
+        (
+            "tool result images follow in a user message; a tool search loads a deferred tool",
+            json!({
+                "model": "m", "max_tokens": 5,
+                "tools": [
+                    {"name": "ToolSearch", "input_schema": {"type": "object"}},
+                    {"name": "mcp__db__query", "input_schema": {"type": "object"}, "defer_loading": true},
+                    {"name": "mcp__db__drop", "input_schema": {"type": "object"}, "defer_loading": true},
+                ],
+                "messages": [
+                    {"role": "user", "content": "look"},
+                    {"role": "assistant", "content": [
+                        {"type": "tool_use", "id": "r", "name": "Read", "input": {"path": "a.png"}},
+                        {"type": "tool_use", "id": "s", "name": "ToolSearch", "input": {"query": "db"}},
+                    ]},
+                    {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": "r", "content": [
+                            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAA"}},
+                        ]},
+                        {"type": "tool_result", "tool_use_id": "s", "content": [
+                            {"type": "tool_reference", "tool_name": "mcp__db__query"},
+                        ]},
+                        {"type": "text", "text": "go on"},
+                    ]},
+                ],
+            }),
+            json!({
+                "model": "m", "max_completion_tokens": 5,
+                "tools": [
+                    {"type": "function", "function": {"name": "ToolSearch", "parameters": {"type": "object"}}},
+                    {"type": "function", "function": {"name": "mcp__db__query", "parameters": {"type": "object"}}},
+                ],
+                "messages": [
+                    {"role": "user", "content": "look"},
+                    {"role": "assistant", "content": null, "tool_calls": [
+                        {"id": "r", "type": "function", "function": {"name": "Read", "arguments": "{\"path\":\"a.png\"}"}},
+                        {"id": "s", "type": "function", "function": {"name": "ToolSearch", "arguments": "{\"query\":\"db\"}"}},
+                    ]},
+                    {"role": "tool", "tool_call_id": "r", "content": TOOL_IMAGES_NOTE},
+                    {"role": "tool", "tool_call_id": "s", "content": "Tool mcp__db__query is now available."},
+                    {"role": "user", "content": [
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}},
+                        {"type": "text", "text": "go on"},
+                    ]},
+                ],
+            }),
+        ),
     ];
     for (name, request, expected) in cases {
         let chat = request_to_chat(&request).unwrap_or_else(|e| panic!("{name}: {e:?}"));
@@ -320,10 +367,10 @@ fn requests_chat_cannot_carry_are_refused_naming_the_field() {
         (
             user(
                 json!([{"type": "tool_result", "tool_use_id": "t", "content": [
-                {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]}]),
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "d"}}]}]),
             ),
             "unsupported_parameter",
-            "messages[0].content[0].content[0]: a tool result block of type \"image\"",
+            "messages[0].content[0].content[0]: a tool result block of type \"document\"",
         ),
         (
             user(json!([{"type": "tool_use", "id": "t", "name": "f", "input": {}}])),
