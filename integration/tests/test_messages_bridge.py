@@ -363,3 +363,5 @@ def test_claude_code_on_a_chat_completions_provider(envoy, mock, tmp_path):
     assert main["stream"] is True and main["stream_options"] == {"include_usage": True}
     assert main["messages"][0]["role"] == "system"
     assert all(tool["type"] == "function" for tool in main.get("tools", []))
+    # Claude Code's user_id (a JSON object of ids) becomes a `user` OpenAI takes.
+    assert len(main["user"]) <= 64 and main["user"].startswith("user-")

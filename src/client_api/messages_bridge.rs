@@ -207,7 +207,7 @@ pub fn request_to_chat(request: &Value) -> Result<Value, ApiError> {
         Some(Value::Object(metadata)) => match metadata.get("user_id") {
             None | Some(Value::Null) => {}
             Some(Value::String(user)) => {
-                body.insert("user".into(), Value::String(user.clone()));
+                body.insert("user".into(), Value::String(chat_user(user)));
             }
             Some(_) => return Err(invalid("metadata.user_id", "must be a string")),
         },
@@ -224,6 +224,29 @@ pub fn request_to_chat(request: &Value) -> Result<Value, ApiError> {
         Some(_) => return Err(invalid("stream", "must be a boolean")),
     }
     Ok(Value::Object(body))
+}
+
+/// The longest `user` OpenAI takes (a longer one is a 400).
+pub const MAX_USER_LEN: usize = 64;
+
+/// `metadata.user_id` as chat's `user`: as it is up to [`MAX_USER_LEN`] ASCII characters of
+/// `[A-Za-z0-9_.:@-]`; else a stable opaque digest of it (Claude Code sends a JSON object of
+/// device, account and session ids, about 150 characters, which OpenAI would refuse).
+pub fn chat_user(user_id: &str) -> String {
+    let plain = user_id.len() <= MAX_USER_LEN
+        && user_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:@-".contains(&b));
+    if plain {
+        return user_id.to_string();
+    }
+    let bytes = user_id.as_bytes();
+    let reversed: Vec<u8> = bytes.iter().rev().copied().collect();
+    format!(
+        "user-{:016x}{:016x}",
+        crate::limits::keys::fnv1a(bytes),
+        crate::limits::keys::fnv1a(&reversed)
+    )
 }
 
 /// `system` (a string or text blocks) as one text; None when absent or empty.

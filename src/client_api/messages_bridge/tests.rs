@@ -253,7 +253,7 @@ fn request_mapping_table() {
             json!({
                 "model": "claude-opus-5-5", "max_completion_tokens": 128000,
                 "stream": true, "stream_options": {"include_usage": true},
-                "user": "{\"device_id\":\"dc7a\",\"session_id\":\"4cf7\"}",
+                "user": chat_user("{\"device_id\":\"dc7a\",\"session_id\":\"4cf7\"}"),
                 "messages": [
                     {"role": "system", "content": "x-anthropic-billing-header: cc_version=2.1.332;\n\nYou are a Claude agent."},
                     {"role": "user", "content": [
@@ -333,6 +333,21 @@ fn request_mapping_table() {
             .validate(&chat)
             .unwrap_or_else(|e| panic!("{name}: chat validation: {e:?}"));
     }
+}
+
+#[test]
+fn long_or_odd_user_ids_become_a_stable_digest_chat_providers_take() {
+    assert_eq!(chat_user("user-42"), "user-42");
+    let claude_code = r#"{"device_id":"dc7a6c151b34c22b0b483ec7c2d28d51434b4faa52e8b5b51f119e674ca700dd","account_uuid":"","session_id":"4cf78b57-ecfb-4522-91e1-abe404d9f02e"}"#;
+    let digest = chat_user(claude_code);
+    assert_eq!(digest, chat_user(claude_code), "stable");
+    assert_ne!(digest, chat_user(&claude_code.replace("4cf7", "4cf8")));
+    assert!(digest.len() <= MAX_USER_LEN, "{digest}");
+    assert!(digest.starts_with("user-"));
+    assert!(!digest.contains("dc7a"));
+    assert_ne!(chat_user("a b"), "a b");
+    assert_eq!(chat_user(&"x".repeat(64)), "x".repeat(64));
+    assert_ne!(chat_user(&"x".repeat(65)), "x".repeat(65));
 }
 
 #[test]
