@@ -240,3 +240,31 @@ fn gemini_routes_get_the_chat_form_through_the_gemini_codec() {
     );
     assert!(!sent.to_string().contains(EMAIL), "{sent}");
 }
+
+#[test]
+fn a_gemini_stream_cut_short_ends_with_an_anthropic_error_event() {
+    let (mut flow, mut host) = send(&plan("gemini"), &request(true));
+    let chunk = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "half"}]}, "index": 0}]});
+    let stream = support::sse(&chunk);
+    let out = support::respond(
+        &mut flow,
+        &mut host,
+        200,
+        "text/event-stream",
+        &[stream.as_bytes()],
+    );
+    let text = String::from_utf8(out).unwrap();
+    let blocks: Vec<&str> = text
+        .split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .collect();
+    assert!(
+        blocks.first().unwrap().starts_with("event: message_start"),
+        "{text}"
+    );
+    assert!(text.contains("\"text\":\"half\""), "{text}");
+    let last = blocks.last().unwrap();
+    assert!(last.starts_with("event: error"), "{text}");
+    assert!(last.contains("\"type\":\"api_error\""), "{text}");
+    assert!(!text.contains("message_stop"), "{text}");
+}

@@ -868,6 +868,8 @@ pub struct MessagesStream {
     refused: bool,
     usage: Option<Value>,
     finished: bool,
+    /// The error that ended the stream, until `finish` (see `on_event`).
+    failed: Option<ApiError>,
 }
 
 fn event(kind: &str, data: Value) -> SseEvent {
@@ -906,6 +908,7 @@ impl MessagesStream {
             refused: false,
             usage: None,
             finished: false,
+            failed: None,
         }
     }
 
@@ -1088,18 +1091,14 @@ impl MessagesStream {
     }
 }
 
-impl StreamDecoder for MessagesStream {
-    fn on_event(&mut self, event: &SseEvent, out: &mut Vec<SseEvent>) -> Result<(), ApiError> {
-        if self.finished {
-            return Ok(());
-        }
+impl MessagesStream {
+    fn read(&mut self, event: &SseEvent, out: &mut Vec<SseEvent>) -> Result<(), ApiError> {
         if event.is_done_marker() {
             return self.end(out);
         }
         let chunk: Value =
             serde_json::from_str(&event.data).map_err(|_| bad_upstream("an event is not JSON"))?;
         if chunk.get("error").is_some_and(|e| !e.is_null()) {
-            self.finished = true;
             // An in-band error (the provider's, or its codec's for a stream cut short) has
             // no status of its own: the upstream failed mid-answer, a 502.
             return Err(crate::error::upstream_error(
@@ -1122,8 +1121,29 @@ impl StreamDecoder for MessagesStream {
         }
         Ok(())
     }
+}
+
+impl StreamDecoder for MessagesStream {
+    fn on_event(&mut self, event: &SseEvent, out: &mut Vec<SseEvent>) -> Result<(), ApiError> {
+        if self.finished {
+            return Ok(());
+        }
+        let read = self.read(event, out);
+        if let Err(error) = &read {
+            // Nothing more is read. The caller writes the error event, unless it only
+            // learns of it at the end (a provider decoder's last events, read in `finish`):
+            // then `finish` writes it.
+            self.finished = true;
+            self.failed = Some(error.clone());
+        }
+        read
+    }
 
     fn finish(&mut self, out: &mut Vec<SseEvent>) {
+        if let Some(error) = self.failed.take() {
+            out.push(error_event(&error));
+            return;
+        }
         if self.finished {
             return;
         }
