@@ -103,6 +103,65 @@ pub fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     Ok(value)
 }
 
+/// True when some object of the JSON text repeats a key (compared decoded: `"a"` and
+/// `"\u0061"` are one key). The filter's view of such a body keeps the last value; a body
+/// forwarded as the client sent it must not leave the choice to the upstream's parser, so a
+/// passthrough request with a repeated key is re-serialised from that view. Not JSON: false
+/// (`parse_body` refuses it).
+pub fn has_duplicate_keys(body: &[u8]) -> bool {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    struct Check;
+    impl<'de> DeserializeSeed<'de> for Check {
+        type Value = bool;
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+            deserializer.deserialize_any(Check)
+        }
+    }
+    impl<'de> Visitor<'de> for Check {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_unit<E>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+            let mut repeated = false;
+            while let Some(found) = seq.next_element_seed(Check)? {
+                repeated |= found;
+            }
+            Ok(repeated)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut keys = std::collections::HashSet::new();
+            let mut repeated = false;
+            while let Some(key) = map.next_key::<String>()? {
+                repeated |= !keys.insert(key);
+                repeated |= map.next_value_seed(Check)?;
+            }
+            Ok(repeated)
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    Check.deserialize(&mut deserializer).unwrap_or(false)
+}
+
 /// Checks the fields the filter relies on (the provider checks the rest), as the
 /// operation's client API (`client_api`) does.
 pub fn validate(operation: Operation, body: &Value) -> Result<(), ApiError> {
@@ -169,6 +228,20 @@ mod tests {
             Some(Operation::ListModels)
         );
         assert_eq!(Operation::from_path("/v1/files"), None);
+    }
+
+    #[test]
+    fn repeated_keys_are_found_at_any_depth_and_in_any_spelling() {
+        assert!(!has_duplicate_keys(
+            br#"{"a":1,"b":{"a":2},"c":[{"a":1},{"a":2}]}"#
+        ));
+        assert!(has_duplicate_keys(br#"{"a":1,"a":2}"#));
+        assert!(has_duplicate_keys(br#"{"m":[{"x":{"k":1,"\u006b":2}}]}"#));
+        assert!(has_duplicate_keys(
+            br#"{"s":"{\"a\":1,\"a\":2}","t":{"u":1,"u":1}}"#
+        ));
+        assert!(!has_duplicate_keys(br#"{"s":"{\"a\":1,\"a\":2}"}"#));
+        assert!(!has_duplicate_keys(b"not json"));
     }
 
     #[test]

@@ -73,13 +73,16 @@ def _replace_in_content(content: Any, old: str, new: str) -> Any:
 
 
 def webhook_request(req: RecordedRequest) -> Reply:
-    """reject if any message contains "forbidden"; mask "secret" -> "[REDACTED]" if
-    any contains "secret"; else pass."""
+    """reject if any message (or an Anthropic `system`) contains "forbidden"; mask "secret"
+    -> "[REDACTED]" if any contains "secret"; else pass."""
     body = req.json
-    messages = ((body or {}).get("body") or {}).get("messages") if isinstance(body, dict) else None
+    payload = ((body or {}).get("body") or {}) if isinstance(body, dict) else {}
+    messages = payload.get("messages")
     if not isinstance(messages, list):
         return Reply(400, {"error": "expected {\"body\":{\"messages\":[...]}}"})
     texts = [llm.text_of(m.get("content")) for m in messages if isinstance(m, dict)]
+    if "system" in payload:
+        texts.append(llm.text_of(payload["system"]))
     if any("forbidden" in t for t in texts):
         return Reply(200, {"action": "reject", "status_code": 403, "reason": "blocked by webhook"})
     if any("secret" in t for t in texts):
@@ -89,13 +92,23 @@ def webhook_request(req: RecordedRequest) -> Reply:
             if isinstance(m, dict):
                 m["content"] = _replace_in_content(m.get("content"), "secret", "[REDACTED]")
             masked.append(m)
-        return Reply(200, {"action": "mask", "body": {"messages": masked}})
+        reply: dict[str, Any] = {"messages": masked}
+        if "system" in payload:
+            reply["system"] = _replace_in_content(copy.deepcopy(payload["system"]), "secret", "[REDACTED]")
+        return Reply(200, {"action": "mask", "body": reply})
     return Reply(200, {"action": "pass"})
 
 
 def webhook_response(req: RecordedRequest) -> Reply:
-    """mask "mock" -> "[MASKED]" in choices[].message.content; else pass."""
+    """mask "mock" -> "[MASKED]" in choices[].message.content (an Anthropic Message: in the
+    text blocks of `content`); else pass."""
     body = req.json
+    payload = ((body or {}).get("body") or {}) if isinstance(body, dict) else {}
+    if isinstance(payload.get("content"), list) and "choices" not in payload:
+        blocks = payload["content"]
+        if not any("mock" in llm.text_of([b]) for b in blocks):
+            return Reply(200, {"action": "pass"})
+        return Reply(200, {"action": "mask", "body": {"content": _replace_in_content(copy.deepcopy(blocks), "mock", "[MASKED]")}})
     choices = ((body or {}).get("body") or {}).get("choices") if isinstance(body, dict) else None
     if not isinstance(choices, list):
         return Reply(400, {"error": "expected {\"body\":{\"choices\":[...]}}"})
@@ -119,6 +132,7 @@ DEFAULT_ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", r"/v1/chat/completions", llm.openai_chat),
     ("POST", r"/chat/completions", llm.openai_chat),  # OpenAI-compatible servers with base path /
     ("POST", r"/openai/deployments/(?P<deployment>[^/]+)/chat/completions", llm.azure_chat),
+    ("POST", r"/v1/messages/count_tokens", llm.anthropic_count_tokens),
     ("POST", r"/v1/messages", llm.anthropic_messages),
     ("POST", r"/v1beta/models/(?P<model>[^/:]+):generateContent", llm.gemini_generate),
     ("POST", r"/v1beta/models/(?P<model>[^/:]+):streamGenerateContent", llm.gemini_stream_generate),

@@ -366,6 +366,21 @@ def anthropic_messages(req: RecordedRequest) -> Reply:
     return Reply(200, anthropic_message(model, text, tool_use=tool_use), headers={"request-id": _id("req_mock")})
 
 
+def anthropic_count_tokens(req: RecordedRequest) -> Reply:
+    """`POST /v1/messages/count_tokens`: `{"input_tokens": n}`, a token per 4 bytes of text
+    (system and messages), as a stand-in for Anthropic's tokenizer."""
+    body = req.json
+    if not isinstance(body, dict):
+        return anthropic_error(400, "invalid JSON body")
+    if not req.headers.get("anthropic-version"):
+        return anthropic_error(400, "anthropic-version: header is required")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return anthropic_error(400, "messages: Field required")
+    text = text_of(body.get("system")) + " ".join(text_of(m.get("content")) for m in messages if isinstance(m, dict))
+    return Reply(200, {"input_tokens": max(1, (len(text.encode()) + 3) // 4)})
+
+
 # ---------------------------------------------------------------------------
 # Gemini (generativelanguage v1beta)
 # ---------------------------------------------------------------------------

@@ -155,6 +155,12 @@ pub trait ClientApi: Sync {
         }
     }
 
+    /// True when the event is the last of the API's stream (OpenAI's `[DONE]`): clients
+    /// hang up right after it, so the answer is accounted there.
+    fn ends_stream(&self, event: &SseEvent) -> bool {
+        event.is_done_marker()
+    }
+
     /// Bytes of generated text in one stream event (what an estimate counts when usage
     /// never arrives; `usage::estimate`).
     fn generated_text_len(&self, data: &str) -> usize {

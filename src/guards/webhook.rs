@@ -1,10 +1,10 @@
 //! The webhook guard: the operator's own service decides.
 //!
 //! Request side: `POST {"body":{"messages":[...]}}` (legacy completions send `prompt`,
-//! embeddings `input`); the reply is `{"action":"pass"}`, `{"action":"mask","body":{...}}`
+//! embeddings `input`, Anthropic Messages `messages` and `system`); the reply is `{"action":"pass"}`, `{"action":"mask","body":{...}}`
 //! with the same keys and as many messages, or `{"action":"reject","status_code":403,
-//! "reason":"..."}`. Response side: `POST {"body":{"choices":[...]}}`; the reply is `pass`,
-//! or `mask` with as many choices. Anything else is a failed callout (`failure_mode`).
+//! "reason":"..."}`. Response side: `POST {"body":{"choices":[...]}}` (an Anthropic Message:
+//! `{"body":{"content":[...]}}`); the reply is `pass`, or `mask` with as many choices (blocks). Anything else is a failed callout (`failure_mode`).
 
 use serde_json::{json, Map, Value};
 
@@ -16,7 +16,9 @@ use crate::host::{CalloutReply, Host};
 use crate::pipeline::stage::{RequestCtx, RequestStage, ResponseCtx, ResponseStage, Step};
 
 /// The request keys a webhook sees and may mask.
-const REQUEST_KEYS: [&str; 3] = ["messages", "prompt", "input"];
+const REQUEST_KEYS: [&str; 4] = ["messages", "prompt", "input", "system"];
+/// The answer keys a webhook sees and may mask (`content`: an Anthropic Message's blocks).
+const RESPONSE_KEYS: [&str; 2] = ["choices", "content"];
 
 #[derive(Debug)]
 pub struct WebhookGuard {
@@ -69,7 +71,7 @@ fn apply_mask(body: &mut Value, masked: Option<&Value>, keys: &[&str]) -> Result
         };
         let same_shape = match (original, replacement) {
             (Value::Array(a), Value::Array(b)) => {
-                let needs_objects = matches!(*key, "messages" | "choices");
+                let needs_objects = matches!(*key, "messages" | "choices" | "content");
                 a.len() == b.len() && (!needs_objects || b.iter().all(Value::is_object))
             }
             (Value::String(_), Value::String(_)) => true,
@@ -145,7 +147,7 @@ pub struct WebhookResponseGuard(pub WebhookGuard);
 
 impl ResponseStage for WebhookResponseGuard {
     fn start(&self, ctx: &mut ResponseCtx<'_>) -> Step {
-        let payload = payload(ctx.body, &["choices"]);
+        let payload = payload(ctx.body, &RESPONSE_KEYS);
         if payload.is_empty() {
             return Step::Next;
         }
@@ -159,7 +161,7 @@ impl ResponseStage for WebhookResponseGuard {
         };
         match action.as_str() {
             "pass" => Step::Next,
-            "mask" => match apply_mask(ctx.body, value.get("body"), &["choices"]) {
+            "mask" => match apply_mask(ctx.body, value.get("body"), &RESPONSE_KEYS) {
                 Ok(()) => {
                     self.0.info.masked(ctx.host);
                     Step::Next

@@ -228,6 +228,10 @@ impl Flow {
         let path = self.header(":path").unwrap_or_default().to_string();
         let method = self.header(":method").unwrap_or_default().to_string();
         let Some(operation) = Operation::from_path(&path) else {
+            if self.header("anthropic-version").is_some() {
+                // An Anthropic client: the error in its shape.
+                self.api = &client_api::messages::Messages;
+            }
             return self.reject(
                 host,
                 ApiError::new(
@@ -242,6 +246,10 @@ impl Flow {
             );
         };
         self.operation = operation;
+        if let Some(api) = client_api::of(operation) {
+            // Errors from here on take the client API's shape.
+            self.api = api;
+        }
         if method != operation.method() {
             return self.reject(
                 host,
@@ -258,8 +266,9 @@ impl Flow {
             );
         }
         let Some(api) = client_api::of(operation) else {
-            // The model list: answered by the filter from the route's config.
-            let body = list_models(route);
+            // The model list: answered by the filter from the route's config, in Anthropic's
+            // shape for an Anthropic client (it sends `anthropic-version`).
+            let body = list_models(route, self.header("anthropic-version").is_some());
             host.send_response(
                 200,
                 &[("content-type".into(), "application/json".into())],
@@ -344,7 +353,17 @@ impl Flow {
             }
         };
         set(host, ":authority", &provider.authority);
-        let path = provider.upstream_path(self.upstream_operation(), model, stream);
+        let mut path = provider.upstream_path(self.upstream_operation(), model, stream);
+        if self.translation == Translation::Native && self.api.forwards_query() {
+            // The client's query goes on to a provider that speaks its API (Claude Code's
+            // `?beta=true`); a translated request never carries it.
+            if let Some((_, query)) = self.header(":path").unwrap_or_default().split_once('?') {
+                if !query.is_empty() {
+                    let separator = if path.contains('?') { '&' } else { '?' };
+                    path = format!("{path}{separator}{query}");
+                }
+            }
+        }
         set(host, ":path", &path);
         let credential = provider.credential_header();
         if provider.auth != Auth::Passthrough {
@@ -359,6 +378,11 @@ impl Flow {
             host.set_request_header(name, Some(value));
         }
         for (name, value) in provider.extra_headers() {
+            // On passthrough the client's own protocol headers (`anthropic-version`) win;
+            // the provider's default fills in when the client sent none.
+            if self.translation == Translation::Native && self.header(name).is_some() {
+                continue;
+            }
             host.set_request_header(name, Some(&value));
         }
         // The body is rewritten, and the answer must be readable (not compressed). Without
@@ -433,7 +457,9 @@ impl Flow {
         let plan = Rc::clone(&self.plan);
         let route = plan.routes.get(self.route).ok_or_else(internal_error)?;
         let mut body = api::parse_body(bytes)?;
-        if self.translation == Translation::Native {
+        // A repeated key goes upstream as the guards saw it (the last), never as the
+        // client's bytes: the upstream's parser could pick the other.
+        if self.translation == Translation::Native && !api::has_duplicate_keys(bytes) {
             self.request_as_sent = Some(body.clone());
         }
         route.shaping.apply_as(&mut body, self.api.shaping_form())?;
@@ -842,13 +868,18 @@ fn dispatch_failure_reply() -> CalloutReply {
     }
 }
 
-fn list_models(route: &Route) -> Vec<u8> {
+fn list_models(route: &Route, anthropic: bool) -> Vec<u8> {
     let owner = route.provider.kind.as_str();
     let names: Vec<&str> = match (&route.provider.models, &route.provider.model) {
         (Some(models), _) => models.keys().map(String::as_str).collect(),
         (None, Some(model)) => vec![model.as_str()],
         (None, None) => Vec::new(),
     };
+    if anthropic {
+        return client_api::messages::model_list(&names)
+            .to_string()
+            .into_bytes();
+    }
     let data: Vec<Value> = names
         .iter()
         .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": owner}))

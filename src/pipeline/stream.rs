@@ -234,8 +234,10 @@ impl StreamProcessor {
     }
 
     fn observe(&mut self, event: &SseEvent) {
-        if event.is_done_marker() {
+        if self.api.ends_stream(event) {
             self.saw_done = true;
+        }
+        if event.is_done_marker() {
             return;
         }
         if let Some(code) = in_band_error(&event.data) {

@@ -98,6 +98,16 @@ impl ClientApi for Messages {
         usage::generated_text_len(data)
     }
 
+    /// `message_stop` ends a Messages stream.
+    fn ends_stream(&self, event: &SseEvent) -> bool {
+        crate::find::contains(&event.data, "\"message_stop\"")
+            && serde_json::from_str::<Value>(&event.data)
+                .ok()
+                .is_some_and(|value| {
+                    value.get("type").and_then(Value::as_str) == Some("message_stop")
+                })
+    }
+
     fn error_body(&self, error: &ApiError) -> Vec<u8> {
         error_body(error)
     }

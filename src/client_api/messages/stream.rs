@@ -31,6 +31,10 @@ use crate::host::Host;
 use crate::pipeline::stage::EventFilter;
 use crate::sse::SseEvent;
 
+/// Content blocks open at once (a real answer has a handful): past it the stream fails
+/// closed rather than let a hostile upstream make every event search a long list.
+const MAX_CHANNELS: usize = 256;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Text,
@@ -67,6 +71,9 @@ impl MessagesMasker {
             .iter()
             .any(|c| c.index == index && c.kind == kind)
         {
+            if self.channels.len() >= MAX_CHANNELS {
+                return None;
+            }
             self.channels.push(Channel {
                 index,
                 kind,
@@ -96,7 +103,7 @@ impl MessagesMasker {
                 };
                 channel.hold.push(&guard.scanner, &piece)
             }
-            None => Ok(Released::default()),
+            None => Err(Overflow),
         };
         match released {
             Ok(released) => self.judge(released, host),
@@ -236,7 +243,8 @@ impl MessagesMasker {
             _ => return self.whole(host, |visit| text::visit_block(delta, visit)),
         };
         let Some(Value::String(piece)) = delta.get_mut(field) else {
-            return Ok(false);
+            // Not the API's shape: whatever strings it carries are guarded whole.
+            return self.whole(host, |visit| text::visit_block(delta, visit));
         };
         let taken = std::mem::take(piece);
         let released = self.feed(index, kind, &taken, host)?;
@@ -269,11 +277,7 @@ impl EventFilter for MessagesMasker {
             .unwrap_or_default()
             .to_string();
         let index = value.get("index").and_then(Value::as_u64).unwrap_or(0);
-        let changed = match kind.as_str() {
-            "content_block_delta" => match value.get_mut("delta") {
-                Some(delta) => self.on_delta(index, delta, host)?,
-                None => false,
-            },
+        let mut changed = match kind.as_str() {
             "content_block_start" => {
                 let Some(block) = value.get_mut("content_block") else {
                     out.push(event);
@@ -320,6 +324,13 @@ impl EventFilter for MessagesMasker {
             }
             _ => false,
         };
+        // A `delta` on any event but `message_delta` (stop reason, usage) is read as a
+        // content block's: the type an event claims is no way around the masker.
+        if kind != "message_delta" && kind != "content_block_start" {
+            if let Some(delta) = value.get_mut("delta") {
+                changed |= self.on_delta(index, delta, host)?;
+            }
+        }
         if changed {
             event.data = value.to_string();
         }

@@ -861,3 +861,33 @@ fn shaping_puts_system_text_into_system_blocks() {
     );
     assert!(Messages.validate(&body).is_ok());
 }
+
+#[test]
+fn an_events_claimed_type_or_odd_shape_is_no_way_around_the_masker() {
+    // A delta on an event that calls itself something else, and a text that is no string.
+    let events = vec![
+        event(
+            "ping",
+            json!({"type": "ping", "index": 0, "delta": {"type": "text_delta", "text": "to jane.doe@example.com"}}),
+        ),
+        delta(
+            1,
+            json!({"type": "text_delta", "text": ["jane.doe@example.com"]}),
+        ),
+        event(
+            "content_block_delta",
+            json!({"index": 2, "delta": {"type": "text_delta", "text": "jane.doe@example.com"}}),
+        ),
+    ];
+    let out = run(guard(RegexAction::Mask), events.clone()).unwrap();
+    for event in &out {
+        assert!(!event.data.contains("jane.doe"), "{}", event.data);
+    }
+    assert!(run(guard(RegexAction::Reject), events).is_err());
+    // Too many blocks open at once: the stream fails closed.
+    let many: Vec<SseEvent> = (0..300)
+        .map(|index| delta(index, json!({"type": "text_delta", "text": "x"})))
+        .collect();
+    let error = run(guard(RegexAction::Mask), many).unwrap_err();
+    assert_eq!(error.code, "guard_failed");
+}
