@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import anthropic
@@ -129,7 +130,12 @@ def test_create_on_an_openai_route(envoy, mock):
     assert "stream" not in body
 
 
+def tokens(envoy, kind: str) -> int:
+    return envoy.metric_total("aigate.tokens_total", {"route": "oa", "gen_ai.token.type": kind})
+
+
 def test_stream_on_an_openai_route(envoy, mock):
+    before = (tokens(envoy, "input"), tokens(envoy, "output"))
     with client(envoy, "oa").messages.stream(
         model="gpt-4o-mini", max_tokens=64, messages=[{"role": "user", "content": "stream me please"}]
     ) as stream:
@@ -140,6 +146,11 @@ def test_stream_on_an_openai_route(envoy, mock):
     assert (final.usage.input_tokens, final.usage.output_tokens) == (11, 7)
     body = assert_chat_request(mock.last)
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    # The usage the chat stream ended with is what the gateway counts (from message_delta).
+    deadline = time.monotonic() + 5
+    while tokens(envoy, "input") == before[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tokens(envoy, "input") - before[0], tokens(envoy, "output") - before[1]) == (11, 7)
     # The raw events: Anthropic's grammar, named events, one message.
     with httpx.stream(
         "POST",
