@@ -879,6 +879,25 @@ fn event(kind: &str, data: Value) -> SseEvent {
     }
 }
 
+/// A `content_block_delta` (almost every event of a stream) written directly: the JSON
+/// `event` would write for it (`type` first), without building a `Value` first.
+fn delta_event(index: u64, kind: &str, field: &str, text: &str) -> SseEvent {
+    let mut data = String::with_capacity(text.len() + 96);
+    data.push_str(r#"{"type":"content_block_delta","index":"#);
+    data.push_str(&index.to_string());
+    data.push_str(r#","delta":{"type":""#);
+    data.push_str(kind);
+    data.push_str(r#"",""#);
+    data.push_str(field);
+    data.push_str(r#"":"#);
+    data.push_str(&Value::from(text).to_string());
+    data.push_str("}}");
+    SseEvent {
+        event: Some("content_block_delta".to_string()),
+        data,
+    }
+}
+
 /// Anthropic's in-band stream error, for a stream that cannot be ended cleanly.
 pub fn error_event(error: &ApiError) -> SseEvent {
     let kind = if error.status >= 500 {
@@ -979,11 +998,7 @@ impl MessagesStream {
             self.close_block(out)?;
             self.open_block(json!({"type": "text", "text": ""}), Open::Text, out);
         }
-        out.push(event(
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": self.block(),
-                   "delta": {"type": "text_delta", "text": text}}),
-        ));
+        out.push(delta_event(self.block(), "text_delta", "text", text));
         Ok(())
     }
 
@@ -1034,10 +1049,11 @@ impl MessagesStream {
             return Ok(());
         }
         self.arguments.push_str(piece);
-        out.push(event(
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": self.block(),
-                   "delta": {"type": "input_json_delta", "partial_json": piece}}),
+        out.push(delta_event(
+            self.block(),
+            "input_json_delta",
+            "partial_json",
+            piece,
         ));
         Ok(())
     }

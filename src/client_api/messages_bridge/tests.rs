@@ -1137,6 +1137,33 @@ fn a_stop_string_the_server_names_is_the_stop_sequence() {
 }
 
 #[test]
+fn delta_events_say_what_the_built_json_says() {
+    for text in [
+        "",
+        "plain",
+        "quote \" back\\slash",
+        "line\nbreak\u{0}\u{1f}",
+        "é ✓ 😀",
+        "</script>",
+    ] {
+        for (kind, field) in [("text_delta", "text"), ("input_json_delta", "partial_json")] {
+            let fast = delta_event(7, kind, field, text);
+            let built = event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 7, "delta": {"type": kind, field: text}}),
+            );
+            assert_eq!(fast.event, built.event);
+            let fast: Value = serde_json::from_str(&fast.data).unwrap();
+            assert_eq!(
+                fast,
+                serde_json::from_str::<Value>(&built.data).unwrap(),
+                "{text:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn the_grammar_check_can_fail() {
     let start = event(
         "message_start",
