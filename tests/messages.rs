@@ -528,3 +528,39 @@ fn a_stream_is_accounted_at_message_stop() {
         7
     );
 }
+
+#[test]
+fn every_byte_split_of_a_masked_stream_gives_the_same_text() {
+    let plan = plan(json!({"guards": mask_guard("response")}));
+    let events = stream_answer(&["write to jane.d", "oe@exam", "ple.com — ok"]).concat();
+    let bytes = events.as_bytes();
+    let whole = {
+        let mut host = host_with(
+            "/v1/messages",
+            &[],
+            create("hi", true).to_string().as_bytes(),
+        );
+        let mut flow = Flow::new(plan.clone());
+        send_whole(&mut flow, &mut host);
+        text_of_stream(&respond(
+            &mut flow,
+            &mut host,
+            200,
+            "text/event-stream",
+            &[bytes],
+        ))
+    };
+    assert_eq!(whole, "write to <EMAIL> — ok");
+    for at in 1..bytes.len() {
+        let mut host = host_with(
+            "/v1/messages",
+            &[],
+            create("hi", true).to_string().as_bytes(),
+        );
+        let mut flow = Flow::new(plan.clone());
+        send_whole(&mut flow, &mut host);
+        let (a, b) = bytes.split_at(at);
+        let client = respond(&mut flow, &mut host, 200, "text/event-stream", &[a, b]);
+        assert_eq!(text_of_stream(&client), whole, "split at byte {at}");
+    }
+}

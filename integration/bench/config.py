@@ -21,6 +21,8 @@ from integration.harness.envoy import aigate_stats_config
 BENCH_DIR = Path(__file__).resolve().parent
 ROUTE_FULL = BENCH_DIR / "route.json"
 ROUTE_NO_GUARDS = BENCH_DIR / "route-noguards.json"
+# route.json's chat route, plus an `anthropic` route (same guards) for /v1/messages.
+ROUTE_MESSAGES = BENCH_DIR / "route-messages.json"
 TARGET_DIR = REPO_ROOT / "target" / "bench"
 NOOP_WASM = TARGET_DIR / "wasm32-wasip1" / "release" / "aigate_bench_noop.wasm"
 UPSTREAM_BIN = TARGET_DIR / "release" / "bench-upstream"

@@ -1,10 +1,10 @@
--- wrk script for `make bench`: POST the body in $BENCH_BODY (a file) to
--- /v1/chat/completions with the headers in $BENCH_HEADERS ("name: value" lines), and print
+-- wrk script for `make bench`: POST the body in $BENCH_BODY (a file) to $BENCH_PATH
+-- (default /v1/chat/completions) with the headers in $BENCH_HEADERS ("name: value" lines), and print
 -- one JSON line of results at the end (latencies in microseconds).
 local body_path = os.getenv("BENCH_BODY")
 local file = assert(io.open(body_path, "rb"), "cannot open " .. tostring(body_path))
 wrk.method = "POST"
-wrk.path = "/v1/chat/completions"
+wrk.path = os.getenv("BENCH_PATH") or "/v1/chat/completions"
 wrk.body = file:read("*a")
 file:close()
 wrk.headers["content-type"] = "application/json"

@@ -13,7 +13,9 @@ phase and per host call.
 Knobs (environment): BENCH_QUICK=1 (about a minute), BENCH_ROUNDS, BENCH_DURATION (seconds
 per throughput run), BENCH_LATENCY_DURATION, BENCH_CONNECTIONS, BENCH_TTFB_SAMPLES,
 BENCH_ROUTE (plugin config file; default integration/bench/route.json), BENCH_SCENARIOS
-(comma-separated names, e.g. "1 KB,stream 200"), BENCH_PIN (1: Envoy on the last CPU, the
+(comma-separated names, e.g. "1 KB,stream 200"; the Anthropic Messages passthrough scenarios
+"msg 1 KB", "msg 32 KB", "msg stream 200" run only when named, with
+integration/bench/route-messages.json unless BENCH_ROUTE says otherwise), BENCH_PIN (1: Envoy on the last CPU, the
 load generator and upstream on the others; 0: no pinning; default 1 when there are >= 2 CPUs),
 BENCH_WRITE (1: update BENCHMARKS.md; default on for full runs, off for quick ones),
 BENCH_PROFILE_ONLY=1 (only the phase-profile pass: seconds, for trying a change).
@@ -41,7 +43,7 @@ from typing import Any
 from integration.harness import REPO_ROOT, Envoy, EnvoyStartError, envoy_binary, wasm_path
 
 from . import config, report, workload
-from .workload import SCENARIOS, Scenario
+from .workload import MESSAGES_SCENARIOS, SCENARIOS, Scenario
 
 POST_LUA = config.BENCH_DIR / "post.lua"
 RESULTS_JSON = config.TARGET_DIR / "results.json"
@@ -83,9 +85,11 @@ class Settings:
         if not route_path.is_absolute():
             route_path = REPO_ROOT / route_path
         wanted = [s.strip() for s in os.environ.get("BENCH_SCENARIOS", "").split(",") if s.strip()]
-        scenarios = tuple(s for s in SCENARIOS if not wanted or s.name in wanted)
+        scenarios = tuple(s for s in SCENARIOS + MESSAGES_SCENARIOS if (not wanted and s.api == "chat") or s.name in wanted)
         if not scenarios:
-            raise SystemExit(f"BENCH_SCENARIOS matches none of {[s.name for s in SCENARIOS]}")
+            raise SystemExit(f"BENCH_SCENARIOS matches none of {[s.name for s in SCENARIOS + MESSAGES_SCENARIOS]}")
+        if not route and any(s.api == "messages" for s in scenarios):
+            route_path = config.ROUTE_MESSAGES
         pin_env = os.environ.get("BENCH_PIN", "").strip()
         pin = (len(os.sched_getaffinity(0)) >= 2) if pin_env == "" else pin_env != "0"
         write_env = os.environ.get("BENCH_WRITE", "").strip()
@@ -271,8 +275,9 @@ def run_wrk(
     headers: str,
     connections: int,
     duration_s: int,
+    path: str = workload.CHAT_PATH,
 ) -> WrkResult:
-    env = dict(os.environ, BENCH_BODY=str(body_path), BENCH_HEADERS=headers)
+    env = dict(os.environ, BENCH_BODY=str(body_path), BENCH_HEADERS=headers, BENCH_PATH=path)
     cmd = [
         "wrk",
         "-t1",
@@ -312,9 +317,9 @@ def _headers(scenario: Scenario, gap_ms: int = 0) -> str:
     return "\n".join(lines)
 
 
-def _post(port: int, body: bytes, headers: str, timeout_s: float = 30) -> tuple[int, bytes]:
+def _post(port: int, body: bytes, headers: str, timeout_s: float = 30, path: str = workload.CHAT_PATH) -> tuple[int, bytes]:
     req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/chat/completions",
+        f"http://127.0.0.1:{port}{path}",
         data=body,
         method="POST",
         headers={"content-type": "application/json", "authorization": "Bearer sk-client-key"},
@@ -343,14 +348,15 @@ def check_sides(envoy: Envoy, ports: dict[str, int], scenarios: tuple[Scenario, 
     for scenario in scenarios:
         body = bodies[scenario.name].read_bytes()
         for side, port in ports.items():
-            status, answer = _post(port, body, _headers(scenario))
+            status, answer = _post(port, body, _headers(scenario), path=scenario.path)
             where = f"{side} / {scenario.name}"
             if status != 200:
                 check.problems.append(f"{where}: status {status}: {answer[:300]!r}")
                 continue
             if scenario.stream:
                 content_events = answer.count(b'"delta":{')
-                if content_events < scenario.stream_events or not answer.rstrip().endswith(b"data: [DONE]"):
+                end = b'data: {"type":"message_stop"}' if scenario.api == "messages" else b"data: [DONE]"
+                if content_events < scenario.stream_events or not answer.rstrip().endswith(end):
                     check.problems.append(f"{where}: incomplete stream ({content_events} content events)")
             else:
                 try:
@@ -369,11 +375,11 @@ def check_sides(envoy: Envoy, ports: dict[str, int], scenarios: tuple[Scenario, 
     return check
 
 
-def ttfb_sample(port: int, body: bytes, events: int, gap_ms: int) -> tuple[float, float]:
+def ttfb_sample(port: int, body: bytes, events: int, gap_ms: int, path: str = workload.CHAT_PATH) -> tuple[float, float]:
     """(time to the first SSE event, time to the end), in microseconds from the request's
     first byte. Headers alone do not count: the first `data:` does."""
     head = (
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
         f"authorization: Bearer sk-client-key\r\ncontent-length: {len(body)}\r\n"
         f"x-bench-stream: {events}\r\nx-bench-gap-ms: {gap_ms}\r\nconnection: close\r\n\r\n"
     ).encode()
@@ -506,7 +512,7 @@ def main() -> int:
         _log("bench: warm-up")
         for scenario in settings.scenarios:
             for side in config.SIDES:
-                run_wrk(placement, ports[side], bodies[scenario.name], _headers(scenario), settings.connections, settings.warmup_s)
+                run_wrk(placement, ports[side], bodies[scenario.name], _headers(scenario), settings.connections, settings.warmup_s, scenario.path)
 
         runs: list[dict[str, Any]] = []
         for round_index in range(settings.rounds):
@@ -520,7 +526,7 @@ def main() -> int:
                     for side in order:
                         cpu_before = cpu_seconds(pid)
                         result = run_wrk(
-                            placement, ports[side], bodies[scenario.name], _headers(scenario), connections, duration
+                            placement, ports[side], bodies[scenario.name], _headers(scenario), connections, duration, scenario.path
                         )
                         cpu = cpu_seconds(pid) - cpu_before
                         runs.append(
@@ -603,10 +609,10 @@ def measure_ttfb(settings: Settings, ports: dict[str, int]) -> dict[str, Any]:
     _log(f"bench: time to first byte ({settings.ttfb_samples} streams per side, upstream pauses {settings.ttfb_gap_ms} ms after the first event)")
     samples: dict[str, list[tuple[float, float]]] = {side: [] for side in ports}
     for side in ports:  # warm the connection pools
-        ttfb_sample(ports[side], body, scenario.stream_events, 0)
+        ttfb_sample(ports[side], body, scenario.stream_events, 0, scenario.path)
     for index in range(settings.ttfb_samples):
         for side in _rotate(tuple(ports), index):
-            samples[side].append(ttfb_sample(ports[side], body, scenario.stream_events, settings.ttfb_gap_ms))
+            samples[side].append(ttfb_sample(ports[side], body, scenario.stream_events, settings.ttfb_gap_ms, scenario.path))
     return {
         "gap_ms": settings.ttfb_gap_ms,
         "samples": {side: [list(s) for s in values] for side, values in samples.items()},
@@ -689,7 +695,7 @@ def measure_profile(
     try:
         for scenario in settings.scenarios:
             seen = len(envoy.log_text().splitlines())
-            run_wrk(placement, ports["filter"], bodies[scenario.name], _headers(scenario), settings.connections, settings.profile_s)
+            run_wrk(placement, ports["filter"], bodies[scenario.name], _headers(scenario), settings.connections, settings.profile_s, scenario.path)
             time.sleep(0.2)
             lines = [line for line in envoy.log_text().splitlines()[seen:] if "aigate profile:" in line]
             parsed = [p for p in map(parse_profile_line, lines) if p]

@@ -110,3 +110,47 @@ def test_bench_upstream_answers_json_and_streams(upstream: Upstream) -> None:
     assert json.loads(events[0].removeprefix("data: "))["choices"][0]["delta"]["role"] == "assistant"
     assert json.loads(events[5].removeprefix("data: "))["usage"]["completion_tokens"] == 5
     assert events[6] == "data: [DONE]"
+
+
+def test_bench_messages_route_loads_and_differs_only_by_provider(tmp_path: Path, wasm: Path) -> None:
+    result = _validate(tmp_path, config.ROUTE_MESSAGES)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "configured 2 route(s)" in log
+    messages, chat = config.load_route_config(config.ROUTE_MESSAGES)["routes"]
+    assert chat == config.load_route_config(config.ROUTE_FULL)["routes"][0]
+    assert messages["guards"] == chat["guards"]
+    assert messages["provider"]["kind"] == "anthropic"
+    assert messages["match"] == {"route_name": "bench", "path_prefix": "/v1/messages"}
+
+
+def test_bench_messages_bodies_have_their_sizes() -> None:
+    for scenario in workload.MESSAGES_SCENARIOS:
+        body = workload.body(scenario)
+        assert len(body) == scenario.body_bytes, scenario
+        parsed = json.loads(body)
+        assert parsed["messages"][-1]["role"] == "user"
+        assert {m["role"] for m in parsed["messages"]} <= {"user", "assistant"}
+        assert parsed["max_tokens"] > 0 and isinstance(parsed["system"], str)
+        assert parsed.get("stream", False) is scenario.stream
+        assert scenario.path == "/v1/messages"
+        assert b"@example.com" in body
+
+
+def test_bench_upstream_answers_messages(upstream: Upstream) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=10)
+    conn.request("POST", "/v1/messages?beta=true", body=b"{}", headers={"content-type": "application/json"})
+    answer = conn.getresponse()
+    message = json.loads(answer.read())
+    assert message["type"] == "message" and message["usage"] == {"input_tokens": 250, "output_tokens": 21}
+    conn.request("POST", "/v1/messages", body=b"{}", headers={"x-bench-stream": "3"})
+    stream = conn.getresponse()
+    assert stream.getheader("content-type") == "text/event-stream"
+    events = [e for e in stream.read().decode().split("\n\n") if e]
+    names = [e.split("\n")[0].removeprefix("event: ") for e in events]
+    assert names == ["message_start", "content_block_start"] + ["content_block_delta"] * 3 + [
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert json.loads(events[-2].split("data: ")[1])["usage"]["output_tokens"] == 3

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -53,6 +52,7 @@ ROUTES = [
         "request": [{"webhook": {"endpoint": {"cluster": "guard_webhook"}}}, {"moderation": {"endpoint": {"cluster": "moderation"}}}],
         "response": [{"webhook": {"endpoint": {"cluster": "guard_webhook"}}}],
     }),
+    route("llmcheck", guards={"request": [{"llm_check": {"endpoint": {"cluster": "guardian"}, "model": "granite-guardian"}}]}),
     # Claude Code: ANTHROPIC_BASE_URL is the gateway's root.
     {"name": "claude-code", "match": {"path_prefix": "/v1/"}, "provider": PROVIDER,
      "guards": {"request": [EMAIL_MASK], "response": [EMAIL_MASK]}},
@@ -70,7 +70,7 @@ def envoy(envoy_factory, mock):
     return envoy_factory(
         plugin_config={"allow_on_headers_stop_iteration": True, "routes": ROUTES},
         env=ENV,
-        clusters={"mock_llm": mock, "guard_webhook": mock, "moderation": mock},
+        clusters={"mock_llm": mock, "guard_webhook": mock, "moderation": mock, "guardian": mock},
         allow_on_headers_stop_iteration=True,
     )
 
@@ -299,6 +299,24 @@ def test_callout_guards_read_messages(envoy, mock):
     assert mock.requests_to("/v1/moderations")[-1].json["input"] == ["go", "how to build a bomb"]
 
 
+def test_llm_check_reads_tool_input_and_system(envoy, mock):
+    c = client(envoy, "llmcheck")
+    reply = c.messages.create(model=MODEL, max_tokens=64, system="be kind", messages=user("hello"))
+    assert reply.content[0].text.startswith(llm.ECHO_PREFIX)
+    asked = mock.requests_to("/v1/chat/completions")[-1].json
+    assert "be kind" in json.dumps(asked) and "hello" in json.dumps(asked)
+    messages = [
+        {"role": "user", "content": "plan"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "act", "input": {"step": "kill the process"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "done"}]},
+    ]
+    with pytest.raises(anthropic.PermissionDeniedError) as raised:
+        c.messages.create(model=MODEL, max_tokens=64, messages=messages)
+    assert raised.value.body["type"] == "error"
+    with pytest.raises(anthropic.PermissionDeniedError):
+        c.messages.create(model=MODEL, max_tokens=64, system="how to build a bomb", messages=user("hi"))
+
+
 def test_token_budget(envoy, mock):
     c = client(envoy, "budget", default_headers={"x-user-id": "budget-user"})
     c.messages.create(model=MODEL, max_tokens=64, messages=user("one"))  # 11 + 7 = 18 of 20
@@ -395,23 +413,7 @@ def claude_code_messages(req):
 def test_claude_code_through_the_gateway(envoy, mock, tmp_path):
     mock.add_route("POST", r"/v1/messages", claude_code_messages)
     try:
-        home = tmp_path / "home"
-        home.mkdir()
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "HOME": str(home),
-            "ANTHROPIC_BASE_URL": envoy.base_url,
-            "ANTHROPIC_API_KEY": CLIENT_KEY,
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            "DISABLE_AUTOUPDATER": "1",
-            "CI": "1",
-        }
-        node = shutil.which("node")
-        assert node, "node is needed to run Claude Code"
-        done = subprocess.run(
-            [str(CLAUDE), "-p", f"Reply with PONG. My address is {EMAIL}."],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        )
+        done = run_claude(envoy, tmp_path, f"Reply with PONG. My address is {EMAIL}.")
     finally:
         mock._routes = [r for r in mock._routes if r[2] is not claude_code_messages]
     messages = [r for r in mock.requests if r.path_only == "/v1/messages"]
@@ -436,3 +438,60 @@ def test_claude_code_through_the_gateway(envoy, mock, tmp_path):
     assert "claude-code-" in main[-1].headers["anthropic-beta"]
     entry = [e for e in envoy.access_log() if e.get("aigate_route") == "claude-code"][-1]
     assert (entry["aigate_prompt_tokens"], entry["aigate_completion_tokens"]) in {("47", "42"), ("11", "7")}
+
+
+def run_claude(envoy, cwd: Path, prompt: str, *extra: str) -> subprocess.CompletedProcess:
+    home = cwd / "home"
+    home.mkdir(exist_ok=True)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(home),
+        "ANTHROPIC_BASE_URL": envoy.base_url,
+        "ANTHROPIC_API_KEY": CLIENT_KEY,
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CI": "1",
+    }
+    return subprocess.run(
+        [str(CLAUDE), "-p", prompt, *extra], env=env, cwd=cwd, capture_output=True, text=True, timeout=180
+    )
+
+
+@pytest.mark.skipif(not CLAUDE.exists(), reason=f"Claude Code is not installed at {CLAUDE} (run `make agents`)")
+def test_claude_code_tool_round_trip_is_guarded(envoy, mock, tmp_path):
+    """The mock asks Claude Code to Read a file holding an address; Claude Code runs the tool
+    and sends the file back as a tool_result, which reaches the provider masked."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text(f"Contact: {EMAIL}\nRoom 4\n")
+
+    def handler(req):
+        body = req.json if isinstance(req.json, dict) else {}
+        model = body.get("model", MODEL)
+        last = (body.get("messages") or [{}])[-1]
+        content = last.get("content") if isinstance(last, dict) else None
+        answered = isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+        if answered:
+            return llm.sse_reply(llm.anthropic_stream(model, "The file names a contact in room 4."))
+        return llm.sse_reply(llm.anthropic_stream(model, None, tool_use={"name": "Read", "input": {"file_path": str(notes)}}))
+
+    mock.add_route("POST", r"/v1/messages", handler)
+    try:
+        done = run_claude(envoy, tmp_path, "What is in notes.txt?", "--allowedTools", "Read")
+    finally:
+        mock._routes = [r for r in mock._routes if r[2] is not handler]
+    messages = [r for r in mock.requests if r.path_only == "/v1/messages"]
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "room 4" in done.stdout
+    assert len(messages) >= 2, messages
+    result = [
+        block
+        for message in messages[-1].json["messages"]
+        if isinstance(message.get("content"), list)
+        for block in message["content"]
+        if block.get("type") == "tool_result"
+    ]
+    assert result, messages[-1].json["messages"]
+    assert "<EMAIL>" in json.dumps(result) and "Room 4" in json.dumps(result)
+    for seen in messages:
+        assert EMAIL not in seen.text, "the file's address reached the provider"
+        assert_gateway_credential(seen)

@@ -88,7 +88,7 @@ pub struct OnRequest<G>(pub G);
 impl<G: TextVerdict> RequestStage for OnRequest<G> {
     fn start(&self, ctx: &mut RequestCtx<'_>) -> Step {
         self.0
-            .call(client_api::of_or_chat(ctx.exchange.operation).request_texts(ctx.body))
+            .call(client_api::of_or_chat(ctx.exchange.client_operation).request_texts(ctx.body))
     }
 
     fn on_reply(&self, ctx: &mut RequestCtx<'_>, reply: &CalloutReply) -> Step {
@@ -103,7 +103,7 @@ pub struct OnAnswer<G>(pub G);
 impl<G: TextVerdict> ResponseStage for OnAnswer<G> {
     fn start(&self, ctx: &mut ResponseCtx<'_>) -> Step {
         self.0
-            .call(client_api::of_or_chat(ctx.exchange.operation).answer_texts(ctx.body))
+            .call(client_api::of_or_chat(ctx.exchange.client_operation).answer_texts(ctx.body))
     }
 
     fn on_reply(&self, ctx: &mut ResponseCtx<'_>, reply: &CalloutReply) -> Step {

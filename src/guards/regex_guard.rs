@@ -390,7 +390,7 @@ pub struct RegexRequestStage(pub Rc<RegexGuard>);
 
 impl RequestStage for RegexRequestStage {
     fn start(&self, ctx: &mut RequestCtx<'_>) -> Step {
-        let api = client_api::of_or_chat(ctx.exchange.operation);
+        let api = client_api::of_or_chat(ctx.exchange.client_operation);
         self.0.apply(ctx.body, ctx.host, &|body, visit| {
             api.visit_request_texts(body, visit)
         })
@@ -408,7 +408,7 @@ pub struct RegexResponseStage(pub Rc<RegexGuard>);
 
 impl ResponseStage for RegexResponseStage {
     fn start(&self, ctx: &mut ResponseCtx<'_>) -> Step {
-        let api = client_api::of_or_chat(ctx.exchange.operation);
+        let api = client_api::of_or_chat(ctx.exchange.client_operation);
         self.0.apply(ctx.body, ctx.host, &|body, visit| {
             api.visit_answer_texts(body, visit)
         })

@@ -502,10 +502,8 @@ impl Flow {
             client_wants_usage,
             created: self.started_ms / 1000, // read in the headers phase: one clock read fewer
             id: format!("chatcmpl-{}", random_hex(12)),
-            // The client's operation: the stages find the client API's texts by it (a
-            // bridged request's stages see the client's form, not chat completions). The
-            // upstream path follows `upstream_operation`.
-            operation: self.operation,
+            operation: self.upstream_operation(),
+            client_operation: self.operation,
         };
     }
 

@@ -25,7 +25,11 @@ pub struct Exchange {
     pub created: u64,
     /// A `chatcmpl-...` id for synthesised answers.
     pub id: String,
+    /// The operation asked of the provider (chat completions for a bridged request).
     pub operation: Operation,
+    /// The client's operation: the API whose form every stage sees (its texts, its
+    /// validation), which differs from `operation` when the request is bridged.
+    pub client_operation: Operation,
 }
 
 pub trait Codec: Sync {
@@ -144,6 +148,7 @@ impl Default for Exchange {
             created: 0,
             id: String::new(),
             operation: Operation::ChatCompletions,
+            client_operation: Operation::ChatCompletions,
         }
     }
 }

@@ -33,7 +33,7 @@ impl RequestStage for RequestTransformer {
         let transformer = &self.0;
         let result = transformer
             .output(reply, ctx.route_name, ctx.host)
-            .and_then(|text| new_request(&text, ctx.exchange.operation, ctx.body));
+            .and_then(|text| new_request(&text, ctx.exchange.client_operation, ctx.body));
         match result {
             Ok(body) => {
                 *ctx.body = body;

@@ -891,3 +891,33 @@ fn an_events_claimed_type_or_odd_shape_is_no_way_around_the_masker() {
     let error = run(guard(RegexAction::Mask), many).unwrap_err();
     assert_eq!(error.code, "guard_failed");
 }
+
+#[test]
+fn a_bridged_request_is_guarded_in_the_clients_form() {
+    // Bridged to chat completions upstream, the stages still read the Messages form: the
+    // system text and tool input are guarded (a chat walk would miss both).
+    use crate::guards::regex_guard::RegexRequestStage;
+    use crate::pipeline::stage::{Notes, RequestCtx, RequestStage};
+    use crate::providers::Exchange;
+    let stage = RegexRequestStage(guard(RegexAction::Mask));
+    let mut body = json!({"system": "jane.doe@example.com", "max_tokens": 5, "messages": [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"to": "jane.doe@example.com"}}]}]});
+    let mut exchange = Exchange {
+        operation: Operation::ChatCompletions,
+        client_operation: Operation::Messages,
+        ..Default::default()
+    };
+    let mut notes = Notes::default();
+    let mut host = RecordingHost::new();
+    let mut ctx = RequestCtx {
+        route_name: "r",
+        request_headers: &[],
+        body: &mut body,
+        exchange: &mut exchange,
+        notes: &mut notes,
+        host: &mut host,
+    };
+    stage.start(&mut ctx);
+    assert_eq!(body["system"], "<EMAIL>");
+    assert_eq!(body["messages"][0]["content"][0]["input"]["to"], "<EMAIL>");
+}

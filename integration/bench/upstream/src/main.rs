@@ -2,6 +2,9 @@
 //! answers, so every side of the benchmark talks to the same cheap server.
 //!
 //! - default: a `chat.completion` JSON answer with usage (content-length).
+//! - a path starting with `/v1/messages`: the same as an Anthropic Message (JSON, or the
+//!   Messages event stream: `message_start`, n `text_delta` events, `message_delta` with
+//!   usage, `message_stop`).
 //! - `x-bench-stream: <n>`: an SSE answer of n content events (one chunked-encoding chunk
 //!   and one write each), a usage-only event, and `[DONE]`.
 //! - `x-bench-gap-ms: <ms>` (streams): sleep after the first event, so a filter that holds
@@ -21,6 +24,12 @@ const COMPLETION: &str = concat!(
     r#""model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","#,
     r#""content":"Hello! The quick brown fox jumps over the lazy dog. Write to bench.user@example.com if needed."},"#,
     r#""finish_reason":"stop"}],"usage":{"prompt_tokens":250,"completion_tokens":21,"total_tokens":271}}"#
+);
+
+const MESSAGE: &str = concat!(
+    r#"{"id":"msg_bench","type":"message","role":"assistant","model":"claude-sonnet-4-5","#,
+    r#""content":[{"type":"text","text":"Hello! The quick brown fox jumps over the lazy dog. Write to bench.user@example.com if needed."}],"#,
+    r#""stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":250,"output_tokens":21}}"#
 );
 
 fn main() -> io::Result<()> {
@@ -47,6 +56,8 @@ fn main() -> io::Result<()> {
 struct Request {
     stream_events: usize,
     gap_ms: u64,
+    /// Anthropic Messages (`/v1/messages...`) rather than chat completions.
+    messages: bool,
 }
 
 fn serve(stream: TcpStream) -> io::Result<()> {
@@ -56,14 +67,17 @@ fn serve(stream: TcpStream) -> io::Result<()> {
     let mut out = Vec::with_capacity(64 * 1024);
     while let Some(request) = read_request(&mut reader)? {
         if request.stream_events == 0 {
+            let answer = if request.messages { MESSAGE } else { COMPLETION };
             out.clear();
             write!(
                 out,
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
-                COMPLETION.len(),
-                COMPLETION
+                answer.len(),
+                answer
             )?;
             writer.write_all(&out)?;
+        } else if request.messages {
+            write_messages_stream(&mut writer, &mut out, &request)?;
         } else {
             write_stream(&mut writer, &mut out, &request)?;
         }
@@ -79,6 +93,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
     let mut request = Request {
         stream_events: 0,
         gap_ms: 0,
+        messages: false,
     };
     let mut first = true;
     loop {
@@ -89,7 +104,12 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
         let trimmed = line.trim_end();
         if first {
             first = false;
-            continue; // request line: every path gets the same answer
+            // Request line: chat completions everywhere but the Messages paths.
+            request.messages = trimmed
+                .split(' ')
+                .nth(1)
+                .is_some_and(|path| path.starts_with("/v1/messages"));
+            continue;
         }
         if trimmed.is_empty() {
             break;
@@ -172,5 +192,53 @@ fn write_stream(writer: &mut TcpStream, out: &mut Vec<u8>, request: &Request) ->
     );
     write_chunk(writer, out, &usage)?;
     write_chunk(writer, out, "data: [DONE]\n\n")?;
+    writer.write_all(b"0\r\n\r\n")
+}
+
+fn write_messages_stream(
+    writer: &mut TcpStream,
+    out: &mut Vec<u8>,
+    request: &Request,
+) -> io::Result<()> {
+    writer.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n",
+    )?;
+    write_chunk(
+        writer,
+        out,
+        concat!(
+            "event: message_start\n",
+            r#"data: {"type":"message_start","message":{"id":"msg_bench","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":250,"output_tokens":1}}}"#,
+            "\n\nevent: content_block_start\n",
+            r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            "\n\n"
+        ),
+    )?;
+    let mut event = String::with_capacity(160);
+    for index in 0..request.stream_events {
+        event.clear();
+        event.push_str("event: content_block_delta\n");
+        event.push_str(&format!(
+            r#"data: {{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"tok{index} "}}}}"#
+        ));
+        event.push_str("\n\n");
+        write_chunk(writer, out, &event)?;
+        if index == 0 && request.gap_ms > 0 {
+            thread::sleep(Duration::from_millis(request.gap_ms));
+        }
+    }
+    let end = format!(
+        concat!(
+            "event: content_block_stop\n",
+            r#"data: {{"type":"content_block_stop","index":0}}"#,
+            "\n\nevent: message_delta\n",
+            r#"data: {{"type":"message_delta","delta":{{"stop_reason":"end_turn","stop_sequence":null}},"usage":{{"output_tokens":{}}}}}"#,
+            "\n\nevent: message_stop\n",
+            r#"data: {{"type":"message_stop"}}"#,
+            "\n\n"
+        ),
+        request.stream_events
+    );
+    write_chunk(writer, out, &end)?;
     writer.write_all(b"0\r\n\r\n")
 }
