@@ -44,6 +44,12 @@ PROMPT_MASK_ROUTE = {
     "provider": {"kind": "openai", "auth": {"key": {"env": "OPENAI_API_KEY"}}},
     "guards": {"request": [{"regex": {"name": "prompt-pii", "builtins": ["email"], "action": "mask"}}]},
 }
+# A chat-completions server (vLLM, llama.cpp, ...) that does not serve /v1/messages itself.
+COMPATIBLE_ROUTE = {
+    "name": "oc",
+    "match": {"path_prefix": "/oc/"},
+    "provider": {"kind": "openai_compatible", "authority": "vllm.internal", "auth": {"key": {"env": "OPENAI_API_KEY"}}},
+}
 GEMINI_ROUTE = {
     "name": "gm",
     "match": {"path_prefix": "/gm/"},
@@ -80,7 +86,7 @@ def cc_chat(req: RecordedRequest) -> Reply:
 def envoy(envoy_factory, mock):
     mock.add_route("POST", CC_PATH, cc_chat)
     return envoy_factory(
-        plugin_config={"routes": [OPENAI_ROUTE, MASK_ROUTE, PROMPT_MASK_ROUTE, GEMINI_ROUTE, CC_ROUTE]},
+        plugin_config={"routes": [OPENAI_ROUTE, MASK_ROUTE, PROMPT_MASK_ROUTE, COMPATIBLE_ROUTE, GEMINI_ROUTE, CC_ROUTE]},
         env=ENV,
         clusters={"mock_llm": mock},
     )
@@ -332,6 +338,41 @@ def test_gemini_route(envoy, mock):
         final = stream.get_final_message()
     assert text == "Hello from mock: stream gemini"
     assert final.usage.output_tokens == 7
+
+
+def test_openai_compatible_route_without_messages(envoy, mock):
+    message = client(envoy, "oc").messages.create(model="qwen3", max_tokens=16, messages=[{"role": "user", "content": "hello vllm"}])
+    assert message.content[0].text == "Hello from mock: hello vllm"
+    seen = mock.last
+    assert_chat_request(seen)
+    assert seen.headers["host"] == "vllm.internal"
+
+
+def test_gemini_tools_round_trip(envoy, mock):
+    anthropic_client = client(envoy, "gm")
+    question = {"role": "user", "content": "Weather in Oslo?"}
+    with anthropic_client.messages.stream(model="any", max_tokens=64, tools=[WEATHER], messages=[question]) as stream:
+        first = stream.get_final_message()
+    assert first.stop_reason == "tool_use"
+    call = next(block for block in first.content if block.type == "tool_use")
+    assert call.name == "get_weather" and call.input == {"city": "mock"}
+    assert mock.last.json["tools"][0]["functionDeclarations"][0]["name"] == "get_weather"
+    second = anthropic_client.messages.create(
+        model="any",
+        max_tokens=64,
+        tools=[WEATHER],
+        messages=[
+            question,
+            {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in first.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "-3C"}]},
+        ],
+    )
+    assert second.stop_reason == "end_turn"
+    contents = mock.last.json["contents"]
+    assert contents[1]["role"] == "model" and contents[1]["parts"][0]["functionCall"]["name"] == "get_weather"
+    response = contents[2]["parts"][0]["functionResponse"]
+    assert response["name"] == "get_weather"
+    assert "-3C" in json.dumps(response["response"])
 
 
 CLAUDE = Path(__file__).resolve().parents[1] / "agents" / "node_modules" / ".bin" / "claude"
