@@ -1320,3 +1320,109 @@ fn bridged_requests_pass_the_gemini_codec() {
     assert_eq!(body["generationConfig"]["stopSequences"], json!(["X"]));
     assert_eq!(body["contents"].as_array().unwrap().len(), 3);
 }
+
+// ------------------------------------------------------------------------ hostile shapes
+
+/// Every copy of `template` with one node (any depth) replaced by one of a few odd values.
+fn mutations(template: &Value) -> Vec<Value> {
+    fn paths(value: &Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(at.clone());
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    at.push(key.clone());
+                    paths(child, at, out);
+                    at.pop();
+                }
+            }
+            Value::Array(items) => {
+                for (index, child) in items.iter().enumerate() {
+                    at.push(index.to_string());
+                    paths(child, at, out);
+                    at.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    paths(template, &mut Vec::new(), &mut all);
+    let odd = [
+        Value::Null,
+        json!(-1),
+        json!(1.5e308),
+        json!("text"),
+        json!(""),
+        json!([]),
+        json!([null, 7]),
+        json!({}),
+        json!({"type": "text"}),
+        json!(true),
+    ];
+    let mut out = Vec::new();
+    for path in all {
+        for value in &odd {
+            let mut copy = template.clone();
+            let pointer = path.iter().map(|p| format!("/{p}")).collect::<String>();
+            if let Some(slot) = copy.pointer_mut(&pointer) {
+                *slot = value.clone();
+                out.push(copy);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn hostile_requests_answers_and_chunks_get_errors_never_panics() {
+    let request = json!({
+        "model": "m", "max_tokens": 10, "stream": true, "system": [{"type": "text", "text": "s"}],
+        "metadata": {"user_id": "u"}, "stop_sequences": ["x"], "temperature": 0.1,
+        "output_config": {"effort": "low", "format": {"type": "json_schema", "schema": {}}},
+        "tools": [{"name": "f", "input_schema": {"type": "object"}, "defer_loading": false}],
+        "tool_choice": {"type": "tool", "name": "f", "disable_parallel_tool_use": true},
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "a"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A"}}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"k": "v"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "is_error": false,
+                "content": [{"type": "text", "text": "r"}, {"type": "tool_reference", "tool_name": "f"}]}]},
+            {"role": "system", "content": "env"},
+        ],
+    });
+    for mutated in mutations(&request) {
+        if let Err(error) = request_to_chat(&mutated) {
+            assert_eq!(error.status, 400, "{mutated}");
+        }
+    }
+    let answer = json!({
+        "id": "chatcmpl-1", "model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 2,
+            "prompt_tokens_details": {"cached_tokens": 1}},
+        "choices": [{"index": 0, "finish_reason": "stop", "stop_reason": "x", "message": {
+            "role": "assistant", "content": "hi", "refusal": null,
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}],
+    });
+    for mutated in mutations(&answer) {
+        if let Err(error) = answer_from_chat(&mutated, &exchange(false)) {
+            assert_eq!(error.status, 502, "{mutated}");
+        }
+    }
+    let chunk = json!({
+        "id": "chatcmpl-1", "model": "m", "usage": {"prompt_tokens": 3},
+        "choices": [{"index": 0, "finish_reason": null, "delta": {"content": "a", "refusal": "b",
+            "tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}}],
+    });
+    for mutated in mutations(&chunk) {
+        let sse = format!("data: {mutated}\n\ndata: {chunk}\n\ndata: [DONE]\n\n");
+        let (events, error) = bridge_replay(&sse);
+        match error {
+            Some(error) => assert_eq!(error.status, 502, "{mutated}"),
+            // Whatever the upstream sent, a stream that ends well keeps the grammar.
+            None => {
+                if events.last().and_then(|e| e.event.as_deref()) != Some("error") {
+                    accumulate(&events).unwrap_or_else(|e| panic!("{mutated}: {e}"));
+                }
+            }
+        }
+    }
+}
