@@ -3,18 +3,19 @@
 //! `openai_compatible` without `"messages": true`, and `gemini` through its chat codec).
 //!
 //! Request (`request_to_chat`): `system` → one system message (text blocks joined with a
-//! blank line), as is a `system` turn among the messages, in place; user text and image blocks → content parts (`image_url`, base64 sources as
-//! `data:` URLs); `tool_result` blocks → `tool` messages, sent before the rest of their user
-//! turn (chat wants them right after the assistant's calls); assistant `tool_use` →
-//! `tool_calls` (arguments = the compact JSON text of `input`); `thinking` and
-//! `redacted_thinking` blocks are dropped; `tools`, `tool_choice`
+//! blank line), as is a `system` turn among the messages, in place; user text and image
+//! blocks → content parts (`image_url`, base64 sources as `data:` URLs); `tool_result`
+//! blocks → `tool` messages, sent before the rest of their user turn (chat wants them right
+//! after the assistant's calls), a result's images following in that user message;
+//! assistant `tool_use` → `tool_calls` (arguments = the compact JSON text of `input`);
+//! `thinking` and `redacted_thinking` blocks are dropped; `tools` (those with
+//! `defer_loading` only once a `tool_reference` loaded them), `tool_choice`
 //! (`disable_parallel_tool_use` → `parallel_tool_calls: false`), `stop_sequences` → `stop`,
 //! `max_tokens` → `max_completion_tokens`, `metadata.user_id` → `user`, `stream` → `stream`
-//! with `stream_options.include_usage`, `output_config.format` → `response_format`;
-//! tools with `defer_loading` are left out until a `tool_reference` loads them; a tool
-//! result's images follow its `tool` message in a user message. Fields with no chat equivalent that only tune the
-//! answer are dropped ([`DROPPED`]); blocks and fields that carry content or server-side
-//! state chat cannot hold get a 400 naming them. docs/CONFIG.md has the whole table.
+//! with `stream_options.include_usage`, `output_config.format` → `response_format`. Fields
+//! with no chat equivalent that only tune the answer are dropped ([`DROPPED`]); blocks and
+//! fields that carry content or server-side state chat cannot hold get a 400 naming them.
+//! docs/CONFIG.md has the whole table.
 //!
 //! Answer (`answer_from_chat`): choice 0 → a `message` (text block, then `tool_use` blocks
 //! with `input` parsed from the arguments: arguments that are not a JSON object are a 502),
