@@ -351,7 +351,7 @@ def test_upstream_errors_reach_the_client_unchanged(envoy, mock):
     [
         ({"model": MODEL, "messages": user("x")}, "max_tokens"),
         ({"model": MODEL, "max_tokens": 5}, "messages"),
-        ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "messages.0.role"),
+        ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "developer", "content": "x"}]}, "messages.0.role"),
         ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": [{"text": "x"}]}]}, "messages.0.content.0.type"),
         ({"model": MODEL, "max_tokens": 5, "system": 5, "messages": user("x")}, "system"),
         ({"model": MODEL, "max_tokens": 5, "stream": "yes", "messages": user("x")}, "stream"),

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import anthropic
@@ -42,6 +43,12 @@ PROMPT_MASK_ROUTE = {
     "match": {"path_prefix": "/pmask/"},
     "provider": {"kind": "openai", "auth": {"key": {"env": "OPENAI_API_KEY"}}},
     "guards": {"request": [{"regex": {"name": "prompt-pii", "builtins": ["email"], "action": "mask"}}]},
+}
+# A chat-completions server (vLLM, llama.cpp, ...) that does not serve /v1/messages itself.
+COMPATIBLE_ROUTE = {
+    "name": "oc",
+    "match": {"path_prefix": "/oc/"},
+    "provider": {"kind": "openai_compatible", "authority": "vllm.internal", "auth": {"key": {"env": "OPENAI_API_KEY"}}},
 }
 GEMINI_ROUTE = {
     "name": "gm",
@@ -79,7 +86,7 @@ def cc_chat(req: RecordedRequest) -> Reply:
 def envoy(envoy_factory, mock):
     mock.add_route("POST", CC_PATH, cc_chat)
     return envoy_factory(
-        plugin_config={"routes": [OPENAI_ROUTE, MASK_ROUTE, PROMPT_MASK_ROUTE, GEMINI_ROUTE, CC_ROUTE]},
+        plugin_config={"routes": [OPENAI_ROUTE, MASK_ROUTE, PROMPT_MASK_ROUTE, COMPATIBLE_ROUTE, GEMINI_ROUTE, CC_ROUTE]},
         env=ENV,
         clusters={"mock_llm": mock},
     )
@@ -129,7 +136,12 @@ def test_create_on_an_openai_route(envoy, mock):
     assert "stream" not in body
 
 
+def tokens(envoy, kind: str) -> int:
+    return envoy.metric_total("aigate.tokens_total", {"route": "oa", "gen_ai.token.type": kind})
+
+
 def test_stream_on_an_openai_route(envoy, mock):
+    before = (tokens(envoy, "input"), tokens(envoy, "output"))
     with client(envoy, "oa").messages.stream(
         model="gpt-4o-mini", max_tokens=64, messages=[{"role": "user", "content": "stream me please"}]
     ) as stream:
@@ -140,6 +152,11 @@ def test_stream_on_an_openai_route(envoy, mock):
     assert (final.usage.input_tokens, final.usage.output_tokens) == (11, 7)
     body = assert_chat_request(mock.last)
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    # The usage the chat stream ended with is what the gateway counts (from message_delta).
+    deadline = time.monotonic() + 5
+    while tokens(envoy, "input") == before[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tokens(envoy, "input") - before[0], tokens(envoy, "output") - before[1]) == (11, 7)
     # The raw events: Anthropic's grammar, named events, one message.
     with httpx.stream(
         "POST",
@@ -208,6 +225,32 @@ def test_a_chat_providers_error_reaches_the_client_in_anthropics_shape(envoy, mo
     assert response.status_code == 400
     assert response.json() == {"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens is too large"}}
     assert OPENAI_KEY not in response.text
+
+
+def test_a_chat_stream_cut_before_its_finish_ends_with_an_anthropic_error_event(envoy, mock):
+    cut = llm.openai_stream("gpt-4o", "half an answer", include_usage=True)
+    cut = cut[: cut.index(b'"finish_reason":"stop"')]
+    cut = cut[: cut.rindex(b"\n\n") + 2]  # whole events, none with a finish reason
+    mock.enqueue_reply(llm.sse_reply(cut))
+    with httpx.stream(
+        "POST",
+        f"{envoy.base_url}/oa/v1/messages",
+        json={"model": "gpt-4o", "max_tokens": 10, "stream": True, "messages": [{"role": "user", "content": "x"}]},
+        headers={"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"},
+    ) as response:
+        assert response.status_code == 200
+        events = sse.parse_sse(response.read())
+    assert events[0]["event"] == "message_start"
+    said = "".join(json.loads(e["data"])["delta"].get("text", "") for e in events if e["event"] == "content_block_delta")
+    assert said == "half an answer"
+    assert events[-1]["event"] == "error"
+    assert json.loads(events[-1]["data"])["error"]["type"] == "api_error"
+    assert "message_stop" not in [e["event"] for e in events]
+    # The SDK raises it.
+    mock.enqueue_reply(llm.sse_reply(cut))
+    with pytest.raises(anthropic.APIError):
+        with client(envoy, "oa").messages.stream(model="gpt-4o", max_tokens=10, messages=[{"role": "user", "content": "x"}]) as stream:
+            stream.get_final_message()
 
 
 def test_what_chat_cannot_carry_is_refused_before_the_provider(envoy, mock):
@@ -297,6 +340,41 @@ def test_gemini_route(envoy, mock):
     assert final.usage.output_tokens == 7
 
 
+def test_openai_compatible_route_without_messages(envoy, mock):
+    message = client(envoy, "oc").messages.create(model="qwen3", max_tokens=16, messages=[{"role": "user", "content": "hello vllm"}])
+    assert message.content[0].text == "Hello from mock: hello vllm"
+    seen = mock.last
+    assert_chat_request(seen)
+    assert seen.headers["host"] == "vllm.internal"
+
+
+def test_gemini_tools_round_trip(envoy, mock):
+    anthropic_client = client(envoy, "gm")
+    question = {"role": "user", "content": "Weather in Oslo?"}
+    with anthropic_client.messages.stream(model="any", max_tokens=64, tools=[WEATHER], messages=[question]) as stream:
+        first = stream.get_final_message()
+    assert first.stop_reason == "tool_use"
+    call = next(block for block in first.content if block.type == "tool_use")
+    assert call.name == "get_weather" and call.input == {"city": "mock"}
+    assert mock.last.json["tools"][0]["functionDeclarations"][0]["name"] == "get_weather"
+    second = anthropic_client.messages.create(
+        model="any",
+        max_tokens=64,
+        tools=[WEATHER],
+        messages=[
+            question,
+            {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in first.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "-3C"}]},
+        ],
+    )
+    assert second.stop_reason == "end_turn"
+    contents = mock.last.json["contents"]
+    assert contents[1]["role"] == "model" and contents[1]["parts"][0]["functionCall"]["name"] == "get_weather"
+    response = contents[2]["parts"][0]["functionResponse"]
+    assert response["name"] == "get_weather"
+    assert "-3C" in json.dumps(response["response"])
+
+
 CLAUDE = Path(__file__).resolve().parents[1] / "agents" / "node_modules" / ".bin" / "claude"
 
 
@@ -337,3 +415,5 @@ def test_claude_code_on_a_chat_completions_provider(envoy, mock, tmp_path):
     assert main["stream"] is True and main["stream_options"] == {"include_usage": True}
     assert main["messages"][0]["role"] == "system"
     assert all(tool["type"] == "function" for tool in main.get("tools", []))
+    # Claude Code's user_id (a JSON object of ids) becomes a `user` OpenAI takes.
+    assert len(main["user"]) <= 64 and main["user"].startswith("user-")

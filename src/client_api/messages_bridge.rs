@@ -3,17 +3,19 @@
 //! `openai_compatible` without `"messages": true`, and `gemini` through its chat codec).
 //!
 //! Request (`request_to_chat`): `system` → one system message (text blocks joined with a
-//! blank line), as is a `system` turn among the messages, in place; user text and image blocks → content parts (`image_url`, base64 sources as
-//! `data:` URLs); `tool_result` blocks → `tool` messages, sent before the rest of their user
-//! turn (chat wants them right after the assistant's calls); assistant `tool_use` →
-//! `tool_calls` (arguments = the compact JSON text of `input`); `thinking` and
-//! `redacted_thinking` blocks are dropped; `tools`, `tool_choice`
+//! blank line), as is a `system` turn among the messages, in place; user text and image
+//! blocks → content parts (`image_url`, base64 sources as `data:` URLs); `tool_result`
+//! blocks → `tool` messages, sent before the rest of their user turn (chat wants them right
+//! after the assistant's calls), a result's images following in that user message;
+//! assistant `tool_use` → `tool_calls` (arguments = the compact JSON text of `input`);
+//! `thinking` and `redacted_thinking` blocks are dropped; `tools` (those with
+//! `defer_loading` only once a `tool_reference` loaded them), `tool_choice`
 //! (`disable_parallel_tool_use` → `parallel_tool_calls: false`), `stop_sequences` → `stop`,
 //! `max_tokens` → `max_completion_tokens`, `metadata.user_id` → `user`, `stream` → `stream`
-//! with `stream_options.include_usage`, `output_config.format` → `response_format`;
-//! tools with `defer_loading` are left out. Fields with no chat equivalent that only tune the
-//! answer are dropped ([`DROPPED`]); blocks and fields that carry content or server-side
-//! state chat cannot hold get a 400 naming them. docs/CONFIG.md has the whole table.
+//! with `stream_options.include_usage`, `output_config.format` → `response_format`. Fields
+//! with no chat equivalent that only tune the answer are dropped ([`DROPPED`]); blocks and
+//! fields that carry content or server-side state chat cannot hold get a 400 naming them.
+//! docs/CONFIG.md has the whole table.
 //!
 //! Answer (`answer_from_chat`): choice 0 → a `message` (text block, then `tool_use` blocks
 //! with `input` parsed from the arguments: arguments that are not a JSON object are a 502),
@@ -153,12 +155,19 @@ pub fn request_to_chat(request: &Value) -> Result<Value, ApiError> {
     if let Some(system) = system_text(request.get("system"))? {
         messages.push(json!({"role": "system", "content": system}));
     }
+    // Deferred tools that a tool search loaded (`tool_reference` blocks of tool results).
+    let mut loaded = BTreeSet::new();
     let turns = request
         .get("messages")
         .and_then(Value::as_array)
         .ok_or_else(|| invalid("messages", "must be an array"))?;
     for (index, turn) in turns.iter().enumerate() {
-        translate_turn(turn, &format!("messages[{index}]"), &mut messages)?;
+        translate_turn(
+            turn,
+            &format!("messages[{index}]"),
+            &mut messages,
+            &mut loaded,
+        )?;
     }
     if messages.is_empty() {
         return Err(invalid(
@@ -199,13 +208,13 @@ pub fn request_to_chat(request: &Value) -> Result<Value, ApiError> {
         Some(Value::Object(metadata)) => match metadata.get("user_id") {
             None | Some(Value::Null) => {}
             Some(Value::String(user)) => {
-                body.insert("user".into(), Value::String(user.clone()));
+                body.insert("user".into(), Value::String(chat_user(user)));
             }
             Some(_) => return Err(invalid("metadata.user_id", "must be a string")),
         },
         Some(_) => return Err(invalid("metadata", "must be an object")),
     }
-    translate_tools(request, &mut body)?;
+    translate_tools(request, &loaded, &mut body)?;
     translate_output(request, &mut body)?;
     match request.get("stream") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => {}
@@ -216,6 +225,29 @@ pub fn request_to_chat(request: &Value) -> Result<Value, ApiError> {
         Some(_) => return Err(invalid("stream", "must be a boolean")),
     }
     Ok(Value::Object(body))
+}
+
+/// The longest `user` OpenAI takes (a longer one is a 400).
+pub const MAX_USER_LEN: usize = 64;
+
+/// `metadata.user_id` as chat's `user`: as it is up to [`MAX_USER_LEN`] ASCII characters of
+/// `[A-Za-z0-9_.:@-]`; else a stable opaque digest of it (Claude Code sends a JSON object of
+/// device, account and session ids, about 150 characters, which OpenAI would refuse).
+pub fn chat_user(user_id: &str) -> String {
+    let plain = user_id.len() <= MAX_USER_LEN
+        && user_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:@-".contains(&b));
+    if plain {
+        return user_id.to_string();
+    }
+    let bytes = user_id.as_bytes();
+    let reversed: Vec<u8> = bytes.iter().rev().copied().collect();
+    format!(
+        "user-{:016x}{:016x}",
+        crate::limits::keys::fnv1a(bytes),
+        crate::limits::keys::fnv1a(&reversed)
+    )
 }
 
 /// `system` (a string or text blocks) as one text; None when absent or empty.
@@ -268,7 +300,12 @@ fn is_thinking(kind: &str) -> bool {
 }
 
 /// One Messages turn as zero or more chat messages.
-fn translate_turn(turn: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), ApiError> {
+fn translate_turn(
+    turn: &Value,
+    at: &str,
+    out: &mut Vec<Value>,
+    loaded: &mut BTreeSet<String>,
+) -> Result<(), ApiError> {
     let role = match turn.get("role").and_then(Value::as_str) {
         Some(role @ ("user" | "assistant")) => role,
         Some("system") => {
@@ -301,26 +338,35 @@ fn translate_turn(turn: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), Ap
         }
     };
     if role == "user" {
-        user_turn(blocks, at, out)
+        user_turn(blocks, at, out, loaded)
     } else {
         assistant_turn(blocks, at, out)
     }
 }
 
-fn user_turn(blocks: &[Value], at: &str, out: &mut Vec<Value>) -> Result<(), ApiError> {
+/// A user turn: its tool results as `tool` messages first, then one user message with the
+/// tool results' images (chat's tool messages carry text only) and the turn's own parts.
+fn user_turn(
+    blocks: &[Value],
+    at: &str,
+    out: &mut Vec<Value>,
+    loaded: &mut BTreeSet<String>,
+) -> Result<(), ApiError> {
+    let mut images = Vec::new();
     let mut parts = Vec::new();
     for (index, block) in blocks.iter().enumerate() {
         let at = format!("{at}.content[{index}]");
         match block_type(block, &at)? {
             "text" => parts.push(json!({"type": "text", "text": text_of(block, &at)?})),
             "image" => parts.push(image_part(block, &at)?),
-            "tool_result" => out.push(tool_message(block, &at)?),
+            "tool_result" => out.push(tool_message(block, &at, &mut images, loaded)?),
             kind if is_thinking(kind) => {}
             other => return Err(unsupported(&format!("{at}: a block of type {other:?}"))),
         }
     }
-    if !parts.is_empty() {
-        out.push(json!({"role": "user", "content": parts}));
+    images.extend(parts);
+    if !images.is_empty() {
+        out.push(json!({"role": "user", "content": images}));
     }
     Ok(())
 }
@@ -401,7 +447,15 @@ fn tool_call(block: &Value, at: &str) -> Result<Value, ApiError> {
 /// error flag).
 pub const TOOL_ERROR_PREFIX: &str = "[tool error] ";
 
-fn tool_message(block: &Value, at: &str) -> Result<Value, ApiError> {
+/// Said in a tool message whose result had images: they follow in the next user message.
+pub const TOOL_IMAGES_NOTE: &str = "[the images of this tool result follow in the next message]";
+
+fn tool_message(
+    block: &Value,
+    at: &str,
+    images: &mut Vec<Value>,
+    loaded: &mut BTreeSet<String>,
+) -> Result<Value, ApiError> {
     let id = block
         .get("tool_use_id")
         .and_then(Value::as_str)
@@ -411,16 +465,31 @@ fn tool_message(block: &Value, at: &str) -> Result<Value, ApiError> {
         Some(Value::String(text)) => text.clone(),
         Some(Value::Array(items)) => {
             let mut texts = Vec::with_capacity(items.len());
+            let had_images = images.len();
             for (index, item) in items.iter().enumerate() {
                 let at = format!("{at}.content[{index}]");
                 match block_type(item, &at)? {
                     "text" => texts.push(text_of(item, &at)?),
+                    "image" => images.push(image_part(item, &at)?),
+                    "tool_reference" => {
+                        let name =
+                            item.get("tool_name")
+                                .and_then(Value::as_str)
+                                .ok_or_else(|| {
+                                    invalid(&format!("{at}.tool_name"), "must be a string")
+                                })?;
+                        texts.push(format!("Tool {name} is now available."));
+                        loaded.insert(name.to_string());
+                    }
                     other => {
                         return Err(unsupported(&format!(
                             "{at}: a tool result block of type {other:?}"
                         )))
                     }
                 }
+            }
+            if images.len() > had_images {
+                texts.push(TOOL_IMAGES_NOTE.to_string());
             }
             texts.join("\n\n")
         }
@@ -439,7 +508,11 @@ fn tool_message(block: &Value, at: &str) -> Result<Value, ApiError> {
     Ok(json!({"role": "tool", "tool_call_id": id, "content": text}))
 }
 
-fn translate_tools(request: &Object, body: &mut Object) -> Result<(), ApiError> {
+fn translate_tools(
+    request: &Object,
+    loaded: &BTreeSet<String>,
+    body: &mut Object,
+) -> Result<(), ApiError> {
     let tools = match request.get("tools") {
         None | Some(Value::Null) => &[][..],
         Some(Value::Array(tools)) => tools.as_slice(),
@@ -466,9 +539,14 @@ fn translate_tools(request: &Object, body: &mut Object) -> Result<(), ApiError> 
         }
         match tool.get("defer_loading") {
             None | Some(Value::Null | Value::Bool(false)) => {}
-            // A deferred tool is not in the model's context until a tool search loads it;
-            // chat completions has no such search, so it is left out.
-            Some(Value::Bool(true)) => continue,
+            // A deferred tool is not in the model's context until a tool search loads it (a
+            // `tool_reference` in a tool result): left out until then.
+            Some(Value::Bool(true)) => {
+                let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
+                if !loaded.contains(name) {
+                    continue;
+                }
+            }
             Some(_) => return Err(invalid(&format!("{at}.defer_loading"), "must be a boolean")),
         }
         let name = tool
@@ -791,12 +869,33 @@ pub struct MessagesStream {
     refused: bool,
     usage: Option<Value>,
     finished: bool,
+    /// The error that ended the stream, until `finish` (see `on_event`).
+    failed: Option<ApiError>,
 }
 
 fn event(kind: &str, data: Value) -> SseEvent {
     SseEvent {
         event: Some(kind.to_string()),
         data: data.to_string(),
+    }
+}
+
+/// A `content_block_delta` (almost every event of a stream) written directly: the JSON
+/// `event` would write for it (`type` first), without building a `Value` first.
+fn delta_event(index: u64, kind: &str, field: &str, text: &str) -> SseEvent {
+    let mut data = String::with_capacity(text.len() + 96);
+    data.push_str(r#"{"type":"content_block_delta","index":"#);
+    data.push_str(&index.to_string());
+    data.push_str(r#","delta":{"type":""#);
+    data.push_str(kind);
+    data.push_str(r#"",""#);
+    data.push_str(field);
+    data.push_str(r#"":"#);
+    data.push_str(&Value::from(text).to_string());
+    data.push_str("}}");
+    SseEvent {
+        event: Some("content_block_delta".to_string()),
+        data,
     }
 }
 
@@ -829,6 +928,7 @@ impl MessagesStream {
             refused: false,
             usage: None,
             finished: false,
+            failed: None,
         }
     }
 
@@ -899,11 +999,7 @@ impl MessagesStream {
             self.close_block(out)?;
             self.open_block(json!({"type": "text", "text": ""}), Open::Text, out);
         }
-        out.push(event(
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": self.block(),
-                   "delta": {"type": "text_delta", "text": text}}),
-        ));
+        out.push(delta_event(self.block(), "text_delta", "text", text));
         Ok(())
     }
 
@@ -954,10 +1050,11 @@ impl MessagesStream {
             return Ok(());
         }
         self.arguments.push_str(piece);
-        out.push(event(
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": self.block(),
-                   "delta": {"type": "input_json_delta", "partial_json": piece}}),
+        out.push(delta_event(
+            self.block(),
+            "input_json_delta",
+            "partial_json",
+            piece,
         ));
         Ok(())
     }
@@ -1011,18 +1108,14 @@ impl MessagesStream {
     }
 }
 
-impl StreamDecoder for MessagesStream {
-    fn on_event(&mut self, event: &SseEvent, out: &mut Vec<SseEvent>) -> Result<(), ApiError> {
-        if self.finished {
-            return Ok(());
-        }
+impl MessagesStream {
+    fn read(&mut self, event: &SseEvent, out: &mut Vec<SseEvent>) -> Result<(), ApiError> {
         if event.is_done_marker() {
             return self.end(out);
         }
         let chunk: Value =
             serde_json::from_str(&event.data).map_err(|_| bad_upstream("an event is not JSON"))?;
         if chunk.get("error").is_some_and(|e| !e.is_null()) {
-            self.finished = true;
             // An in-band error (the provider's, or its codec's for a stream cut short) has
             // no status of its own: the upstream failed mid-answer, a 502.
             return Err(crate::error::upstream_error(
@@ -1045,8 +1138,29 @@ impl StreamDecoder for MessagesStream {
         }
         Ok(())
     }
+}
+
+impl StreamDecoder for MessagesStream {
+    fn on_event(&mut self, event: &SseEvent, out: &mut Vec<SseEvent>) -> Result<(), ApiError> {
+        if self.finished {
+            return Ok(());
+        }
+        let read = self.read(event, out);
+        if let Err(error) = &read {
+            // Nothing more is read. The caller writes the error event, unless it only
+            // learns of it at the end (a provider decoder's last events, read in `finish`):
+            // then `finish` writes it.
+            self.finished = true;
+            self.failed = Some(error.clone());
+        }
+        read
+    }
 
     fn finish(&mut self, out: &mut Vec<SseEvent>) {
+        if let Some(error) = self.failed.take() {
+            out.push(error_event(&error));
+            return;
+        }
         if self.finished {
             return;
         }

@@ -253,7 +253,7 @@ fn request_mapping_table() {
             json!({
                 "model": "claude-opus-5-5", "max_completion_tokens": 128000,
                 "stream": true, "stream_options": {"include_usage": true},
-                "user": "{\"device_id\":\"dc7a\",\"session_id\":\"4cf7\"}",
+                "user": chat_user("{\"device_id\":\"dc7a\",\"session_id\":\"4cf7\"}"),
                 "messages": [
                     {"role": "system", "content": "x-anthropic-billing-header: cc_version=2.1.332;\n\nYou are a Claude agent."},
                     {"role": "user", "content": [
@@ -277,6 +277,53 @@ fn request_mapping_table() {
                 "response_format": {"type": "json_schema", "json_schema": {"name": "output", "schema": {"type": "object"}}},
             }),
         ),
+        (
+            "tool result images follow in a user message; a tool search loads a deferred tool",
+            json!({
+                "model": "m", "max_tokens": 5,
+                "tools": [
+                    {"name": "ToolSearch", "input_schema": {"type": "object"}},
+                    {"name": "mcp__db__query", "input_schema": {"type": "object"}, "defer_loading": true},
+                    {"name": "mcp__db__drop", "input_schema": {"type": "object"}, "defer_loading": true},
+                ],
+                "messages": [
+                    {"role": "user", "content": "look"},
+                    {"role": "assistant", "content": [
+                        {"type": "tool_use", "id": "r", "name": "Read", "input": {"path": "a.png"}},
+                        {"type": "tool_use", "id": "s", "name": "ToolSearch", "input": {"query": "db"}},
+                    ]},
+                    {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": "r", "content": [
+                            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAA"}},
+                        ]},
+                        {"type": "tool_result", "tool_use_id": "s", "content": [
+                            {"type": "tool_reference", "tool_name": "mcp__db__query"},
+                        ]},
+                        {"type": "text", "text": "go on"},
+                    ]},
+                ],
+            }),
+            json!({
+                "model": "m", "max_completion_tokens": 5,
+                "tools": [
+                    {"type": "function", "function": {"name": "ToolSearch", "parameters": {"type": "object"}}},
+                    {"type": "function", "function": {"name": "mcp__db__query", "parameters": {"type": "object"}}},
+                ],
+                "messages": [
+                    {"role": "user", "content": "look"},
+                    {"role": "assistant", "content": null, "tool_calls": [
+                        {"id": "r", "type": "function", "function": {"name": "Read", "arguments": "{\"path\":\"a.png\"}"}},
+                        {"id": "s", "type": "function", "function": {"name": "ToolSearch", "arguments": "{\"query\":\"db\"}"}},
+                    ]},
+                    {"role": "tool", "tool_call_id": "r", "content": TOOL_IMAGES_NOTE},
+                    {"role": "tool", "tool_call_id": "s", "content": "Tool mcp__db__query is now available."},
+                    {"role": "user", "content": [
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}},
+                        {"type": "text", "text": "go on"},
+                    ]},
+                ],
+            }),
+        ),
     ];
     for (name, request, expected) in cases {
         let chat = request_to_chat(&request).unwrap_or_else(|e| panic!("{name}: {e:?}"));
@@ -286,6 +333,21 @@ fn request_mapping_table() {
             .validate(&chat)
             .unwrap_or_else(|e| panic!("{name}: chat validation: {e:?}"));
     }
+}
+
+#[test]
+fn long_or_odd_user_ids_become_a_stable_digest_chat_providers_take() {
+    assert_eq!(chat_user("user-42"), "user-42");
+    let claude_code = r#"{"device_id":"dc7a6c151b34c22b0b483ec7c2d28d51434b4faa52e8b5b51f119e674ca700dd","account_uuid":"","session_id":"4cf78b57-ecfb-4522-91e1-abe404d9f02e"}"#;
+    let digest = chat_user(claude_code);
+    assert_eq!(digest, chat_user(claude_code), "stable");
+    assert_ne!(digest, chat_user(&claude_code.replace("4cf7", "4cf8")));
+    assert!(digest.len() <= MAX_USER_LEN, "{digest}");
+    assert!(digest.starts_with("user-"));
+    assert!(!digest.contains("dc7a"));
+    assert_ne!(chat_user("a b"), "a b");
+    assert_eq!(chat_user(&"x".repeat(64)), "x".repeat(64));
+    assert_ne!(chat_user(&"x".repeat(65)), "x".repeat(65));
 }
 
 #[test]
@@ -320,10 +382,10 @@ fn requests_chat_cannot_carry_are_refused_naming_the_field() {
         (
             user(
                 json!([{"type": "tool_result", "tool_use_id": "t", "content": [
-                {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]}]),
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "d"}}]}]),
             ),
             "unsupported_parameter",
-            "messages[0].content[0].content[0]: a tool result block of type \"image\"",
+            "messages[0].content[0].content[0]: a tool result block of type \"document\"",
         ),
         (
             user(json!([{"type": "tool_use", "id": "t", "name": "f", "input": {}}])),
@@ -1075,6 +1137,33 @@ fn a_stop_string_the_server_names_is_the_stop_sequence() {
 }
 
 #[test]
+fn delta_events_say_what_the_built_json_says() {
+    for text in [
+        "",
+        "plain",
+        "quote \" back\\slash",
+        "line\nbreak\u{0}\u{1f}",
+        "é ✓ 😀",
+        "</script>",
+    ] {
+        for (kind, field) in [("text_delta", "text"), ("input_json_delta", "partial_json")] {
+            let fast = delta_event(7, kind, field, text);
+            let built = event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 7, "delta": {"type": kind, field: text}}),
+            );
+            assert_eq!(fast.event, built.event);
+            let fast: Value = serde_json::from_str(&fast.data).unwrap();
+            assert_eq!(
+                fast,
+                serde_json::from_str::<Value>(&built.data).unwrap(),
+                "{text:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn the_grammar_check_can_fail() {
     let start = event(
         "message_start",
@@ -1230,4 +1319,110 @@ fn bridged_requests_pass_the_gemini_codec() {
     assert_eq!(body["generationConfig"]["maxOutputTokens"], 100);
     assert_eq!(body["generationConfig"]["stopSequences"], json!(["X"]));
     assert_eq!(body["contents"].as_array().unwrap().len(), 3);
+}
+
+// ------------------------------------------------------------------------ hostile shapes
+
+/// Every copy of `template` with one node (any depth) replaced by one of a few odd values.
+fn mutations(template: &Value) -> Vec<Value> {
+    fn paths(value: &Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(at.clone());
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    at.push(key.clone());
+                    paths(child, at, out);
+                    at.pop();
+                }
+            }
+            Value::Array(items) => {
+                for (index, child) in items.iter().enumerate() {
+                    at.push(index.to_string());
+                    paths(child, at, out);
+                    at.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    paths(template, &mut Vec::new(), &mut all);
+    let odd = [
+        Value::Null,
+        json!(-1),
+        json!(1.5e308),
+        json!("text"),
+        json!(""),
+        json!([]),
+        json!([null, 7]),
+        json!({}),
+        json!({"type": "text"}),
+        json!(true),
+    ];
+    let mut out = Vec::new();
+    for path in all {
+        for value in &odd {
+            let mut copy = template.clone();
+            let pointer = path.iter().map(|p| format!("/{p}")).collect::<String>();
+            if let Some(slot) = copy.pointer_mut(&pointer) {
+                *slot = value.clone();
+                out.push(copy);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn hostile_requests_answers_and_chunks_get_errors_never_panics() {
+    let request = json!({
+        "model": "m", "max_tokens": 10, "stream": true, "system": [{"type": "text", "text": "s"}],
+        "metadata": {"user_id": "u"}, "stop_sequences": ["x"], "temperature": 0.1,
+        "output_config": {"effort": "low", "format": {"type": "json_schema", "schema": {}}},
+        "tools": [{"name": "f", "input_schema": {"type": "object"}, "defer_loading": false}],
+        "tool_choice": {"type": "tool", "name": "f", "disable_parallel_tool_use": true},
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "a"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A"}}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"k": "v"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "is_error": false,
+                "content": [{"type": "text", "text": "r"}, {"type": "tool_reference", "tool_name": "f"}]}]},
+            {"role": "system", "content": "env"},
+        ],
+    });
+    for mutated in mutations(&request) {
+        if let Err(error) = request_to_chat(&mutated) {
+            assert_eq!(error.status, 400, "{mutated}");
+        }
+    }
+    let answer = json!({
+        "id": "chatcmpl-1", "model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 2,
+            "prompt_tokens_details": {"cached_tokens": 1}},
+        "choices": [{"index": 0, "finish_reason": "stop", "stop_reason": "x", "message": {
+            "role": "assistant", "content": "hi", "refusal": null,
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}],
+    });
+    for mutated in mutations(&answer) {
+        if let Err(error) = answer_from_chat(&mutated, &exchange(false)) {
+            assert_eq!(error.status, 502, "{mutated}");
+        }
+    }
+    let chunk = json!({
+        "id": "chatcmpl-1", "model": "m", "usage": {"prompt_tokens": 3},
+        "choices": [{"index": 0, "finish_reason": null, "delta": {"content": "a", "refusal": "b",
+            "tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}}],
+    });
+    for mutated in mutations(&chunk) {
+        let sse = format!("data: {mutated}\n\ndata: {chunk}\n\ndata: [DONE]\n\n");
+        let (events, error) = bridge_replay(&sse);
+        match error {
+            Some(error) => assert_eq!(error.status, 502, "{mutated}"),
+            // Whatever the upstream sent, a stream that ends well keeps the grammar.
+            None => {
+                if events.last().and_then(|e| e.event.as_deref()) != Some("error") {
+                    accumulate(&events).unwrap_or_else(|e| panic!("{mutated}: {e}"));
+                }
+            }
+        }
+    }
 }
