@@ -214,6 +214,7 @@ METRIC_LABELS = (
     "gen_ai.operation.name",
     "gen_ai.provider.name",
     "gen_ai.request.model",
+    "gen_ai.response.model",
     "gen_ai.token.type",
     "server.address",
     "server.port",

@@ -170,7 +170,7 @@ pub trait ClientApi: Sync {
     /// this API expects: used when the filter needed the answer whole (a response
     /// transformer) but the client asked for a stream.
     fn synthesize_stream(&self, answer: &Value, include_usage: bool) -> Vec<u8> {
-        crate::pipeline::stream::synthesize_stream(answer, include_usage)
+        chat::synthesize_stream(answer, include_usage)
     }
 
     /// The regex guard's masker over this API's answer events (its text deltas held back
@@ -214,6 +214,29 @@ pub fn of(operation: Operation) -> Option<&'static dyn ClientApi> {
 /// have an API.
 pub fn of_or_chat(operation: Operation) -> &'static dyn ClientApi {
     of(operation).unwrap_or(&chat::Chat)
+}
+
+/// Recognises the operation from the client's `:path` (query ignored): a registered client
+/// API's (`for_path`), or the model list the filter answers itself.
+pub fn operation_for_path(path: &str) -> Option<Operation> {
+    if let Some(api) = for_path(path) {
+        return Some(api.operation());
+    }
+    let path = path
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('/');
+    path.ends_with("/models").then_some(Operation::ListModels)
+}
+
+/// Checks the fields the filter relies on (the provider checks the rest), as the
+/// operation's client API does; an operation no API serves has no body to check.
+pub fn validate(operation: Operation, body: &serde_json::Value) -> Result<(), ApiError> {
+    match of(operation) {
+        Some(api) => api.validate(body),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! chunks, read usage, let event filters (response guards) work, and re-serialise only when
 //! something may change. A plain OpenAI stream passes byte for byte.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::stage::EventFilter;
 use crate::client_api::{self, ClientApi};
@@ -21,6 +21,8 @@ pub struct StreamProcessor {
     /// The filter asked upstream for the usage chunk; the client did not, so it is dropped.
     strip_usage_chunk: bool,
     usage: Option<Usage>,
+    /// The model the first upstream event naming one names (`json_view::answer_model`).
+    response_model: Option<String>,
     /// After an in-band error the rest of the upstream stream is dropped.
     ended_with_error: bool,
     saw_content: bool,
@@ -49,6 +51,7 @@ impl StreamProcessor {
             filters,
             strip_usage_chunk,
             usage: None,
+            response_model: None,
             ended_with_error: false,
             saw_content: false,
             saw_done: false,
@@ -77,6 +80,11 @@ impl StreamProcessor {
 
     /// True once the OpenAI `[DONE]` marker went by: clients hang up right after it, so
     /// the answer is accounted then rather than at Envoy's end of stream.
+    /// The model the answer names, once an event named one.
+    pub fn response_model(&self) -> Option<&str> {
+        self.response_model.as_deref()
+    }
+
     pub fn saw_done(&self) -> bool {
         self.saw_done
     }
@@ -116,6 +124,14 @@ impl StreamProcessor {
         let whole_after = self.parser.at_event_boundary();
         if end_of_stream {
             self.parser.finish(&mut events);
+        }
+        if self.response_model.is_none() {
+            // The provider's own events (before any translation, which writes the model
+            // asked for), until one names the model.
+            self.response_model = events
+                .iter()
+                .filter(|event| crate::find::contains(&event.data, "\"model"))
+                .find_map(|event| crate::json_view::answer_model(event.data.as_bytes()));
         }
         if self.is_passthrough() || self.chunk_passes(whole_before && whole_after, &events) {
             for event in &events {
@@ -244,6 +260,7 @@ impl StreamProcessor {
         if let Some(found) = self.api.usage_from_event(&event.data) {
             self.usage = Some(found);
         }
+
         if crate::find::contains(&event.data, "\"delta\"") {
             self.saw_content = true;
             self.generated += usage::generated_text_len(&event.data);
@@ -305,62 +322,5 @@ fn is_usage_only_chunk(event: &SseEvent) -> bool {
         })
 }
 
-/// Turns a whole `chat.completion` into the SSE stream a streaming client expects: one
-/// content chunk, a usage chunk when asked for, and `[DONE]`.
-pub fn synthesize_stream(completion: &Value, include_usage: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    let id = completion.get("id").cloned().unwrap_or(Value::Null);
-    let created = completion.get("created").cloned().unwrap_or(Value::Null);
-    let model = completion.get("model").cloned().unwrap_or(Value::Null);
-    let choices: Vec<Value> = completion
-        .get("choices")
-        .and_then(Value::as_array)
-        .map(|choices| {
-            choices
-                .iter()
-                .enumerate()
-                .map(|(index, choice)| {
-                    let message = choice.get("message").cloned().unwrap_or_else(|| json!({}));
-                    let mut delta = serde_json::Map::new();
-                    delta.insert("role".into(), message.get("role").cloned().unwrap_or_else(|| json!("assistant")));
-                    delta.insert("content".into(), message.get("content").cloned().unwrap_or(Value::Null));
-                    if let Some(tool_calls) = message.get("tool_calls").and_then(Value::as_array) {
-                        let indexed: Vec<Value> = tool_calls
-                            .iter()
-                            .enumerate()
-                            .map(|(i, call)| {
-                                let mut call = call.clone();
-                                if let Some(object) = call.as_object_mut() {
-                                    object.insert("index".into(), json!(i));
-                                }
-                                call
-                            })
-                            .collect();
-                        delta.insert("tool_calls".into(), Value::Array(indexed));
-                    }
-                    json!({
-                        "index": choice.get("index").cloned().unwrap_or_else(|| json!(index)),
-                        "delta": delta,
-                        "finish_reason": choice.get("finish_reason").cloned().unwrap_or(Value::Null),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let chunk = json!({
-        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-        "choices": choices,
-    });
-    SseEvent::data(chunk.to_string()).write_to(&mut out);
-    if include_usage {
-        if let Some(usage) = completion.get("usage") {
-            let chunk = json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [], "usage": usage,
-            });
-            SseEvent::data(chunk.to_string()).write_to(&mut out);
-        }
-    }
-    SseEvent::data("[DONE]").write_to(&mut out);
-    out
-}
+/// Lives with the chat-completions API (`client_api::chat`), whose stream shape it writes.
+pub use crate::client_api::chat::synthesize_stream;
