@@ -83,7 +83,10 @@ def strip_comments_and_strings(text: str) -> str:
                     j += 1
             out.append(re.sub(r"[^\n]", " ", text[i:j]))
             i = j
-        elif c == "r" and re.match(r'r#*"', text[i:i + 10]) and not re.match(r"[A-Za-z0-9_]", text[i - 1] if i else " "):
+        elif c == "r" and re.match(r'r#*"', text[i:i + 10]) and not re.match(r"[A-Za-z0-9_]", text[i - 1] if i else " ") or (
+            c == "r" and re.match(r'r#*"', text[i:i + 10]) and text[i - 1:i] == "b"
+            and not re.match(r"[A-Za-z0-9_]", text[i - 2] if i > 1 else " ")  # a raw byte string, br"..."
+        ):
             hashes = re.match(r"r(#*)\"", text[i:]).group(1)
             end = text.find('"' + hashes, i + 2 + len(hashes))
             j = n if end < 0 else end + 1 + len(hashes)

@@ -1,7 +1,7 @@
 //! OpenAI chat completions (`POST .../chat/completions`): `messages` in, a
 //! `chat.completion` (or its chunks) out. Every provider's codec translates it.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::openai::{self, invalid_param, missing_param};
 use super::{ClientApi, Translation};
@@ -10,7 +10,6 @@ use crate::error::ApiError;
 use crate::guards::text::Visitor;
 use crate::pipeline::in_place;
 use crate::providers::Codec;
-use crate::sse::SseEvent;
 use crate::usage::Usage;
 
 pub struct Chat;
@@ -180,64 +179,4 @@ fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
         }
     }
     Ok(())
-}
-
-/// Turns a whole `chat.completion` into the SSE stream a streaming client expects: one
-/// content chunk, a usage chunk when asked for, and `[DONE]`.
-pub fn synthesize_stream(completion: &Value, include_usage: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    let id = completion.get("id").cloned().unwrap_or(Value::Null);
-    let created = completion.get("created").cloned().unwrap_or(Value::Null);
-    let model = completion.get("model").cloned().unwrap_or(Value::Null);
-    let choices: Vec<Value> = completion
-        .get("choices")
-        .and_then(Value::as_array)
-        .map(|choices| {
-            choices
-                .iter()
-                .enumerate()
-                .map(|(index, choice)| {
-                    let message = choice.get("message").cloned().unwrap_or_else(|| json!({}));
-                    let mut delta = serde_json::Map::new();
-                    delta.insert("role".into(), message.get("role").cloned().unwrap_or_else(|| json!("assistant")));
-                    delta.insert("content".into(), message.get("content").cloned().unwrap_or(Value::Null));
-                    if let Some(tool_calls) = message.get("tool_calls").and_then(Value::as_array) {
-                        let indexed: Vec<Value> = tool_calls
-                            .iter()
-                            .enumerate()
-                            .map(|(i, call)| {
-                                let mut call = call.clone();
-                                if let Some(object) = call.as_object_mut() {
-                                    object.insert("index".into(), json!(i));
-                                }
-                                call
-                            })
-                            .collect();
-                        delta.insert("tool_calls".into(), Value::Array(indexed));
-                    }
-                    json!({
-                        "index": choice.get("index").cloned().unwrap_or_else(|| json!(index)),
-                        "delta": delta,
-                        "finish_reason": choice.get("finish_reason").cloned().unwrap_or(Value::Null),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let chunk = json!({
-        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-        "choices": choices,
-    });
-    SseEvent::data(chunk.to_string()).write_to(&mut out);
-    if include_usage {
-        if let Some(usage) = completion.get("usage") {
-            let chunk = json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [], "usage": usage,
-            });
-            SseEvent::data(chunk.to_string()).write_to(&mut out);
-        }
-    }
-    SseEvent::data("[DONE]").write_to(&mut out);
-    out
 }

@@ -69,6 +69,6 @@ impl ClientApi for Completions {
     }
 
     fn translation(&self, codec: &dyn Codec) -> Option<Translation> {
-        openai::native_only(codec, self.operation())
+        openai::openai_kinds_only(codec, self.operation())
     }
 }

@@ -71,6 +71,6 @@ impl ClientApi for Embeddings {
     }
 
     fn translation(&self, codec: &dyn Codec) -> Option<Translation> {
-        openai::native_only(codec, self.operation())
+        openai::openai_kinds_only(codec, self.operation())
     }
 }

@@ -170,7 +170,7 @@ pub trait ClientApi: Sync {
     /// this API expects: used when the filter needed the answer whole (a response
     /// transformer) but the client asked for a stream.
     fn synthesize_stream(&self, answer: &Value, include_usage: bool) -> Vec<u8> {
-        chat::synthesize_stream(answer, include_usage)
+        openai::synthesize_stream(answer, include_usage)
     }
 
     /// The regex guard's masker over this API's answer events (its text deltas held back

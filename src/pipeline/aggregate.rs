@@ -1,4 +1,4 @@
-//! The inverse of `stream::synthesize_stream`: folds a whole upstream SSE answer into one
+//! The inverse of `client_api::openai::synthesize_stream`: folds a whole upstream SSE answer into one
 //! OpenAI `chat.completion`, for a client (or a response stage) that needs the answer whole
 //! when the provider streamed anyway (Gemini in mode B, whose path is chosen before the
 //! body says whether the client streams).

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use serde_json::{json, Value};
 
 use crate::api::{self, Operation};
-use crate::client_api::{self, ClientApi};
+use crate::client_api::{self, ClientApi, Translation};
 use crate::config::Auth;
 use crate::error::ApiError;
 use crate::host::{CalloutReply, Host};
@@ -79,6 +79,11 @@ pub struct Flow {
     operation: Operation,
     /// The client API of the request (`client_api`): everything API-specific goes through it.
     api: &'static dyn ClientApi,
+    /// How the request reaches the route's provider (passthrough, codec, or bridged).
+    translation: Translation,
+    /// The request as the client sent it, kept on passthrough (`Translation::Native`) routes
+    /// so that a body no stage changed goes upstream byte for byte.
+    request_as_sent: Option<Value>,
     request_headers: Vec<(String, String)>,
     started_ms: u64,
     request_body_size: usize,
@@ -138,6 +143,8 @@ impl Flow {
             state: State::Passthrough,
             operation: Operation::ChatCompletions,
             api: &client_api::chat::Chat,
+            translation: Translation::Codec,
+            request_as_sent: None,
             request_headers: Vec::new(),
             started_ms: 0,
             request_body_size: 0,
@@ -267,7 +274,7 @@ impl Flow {
             return Action::Pause;
         };
         self.api = api;
-        if api.translation(route.provider.codec()).is_none() {
+        let Some(translation) = api.translation(route.provider.codec()) else {
             return self.reject(
                 host,
                 ApiError::invalid_request(
@@ -280,7 +287,8 @@ impl Flow {
                     ),
                 ),
             );
-        }
+        };
+        self.translation = translation;
         let max = route.shaping.max_body_bytes;
         if let Some(length) = self
             .header("content-length")
@@ -346,7 +354,7 @@ impl Flow {
             }
         };
         set(host, ":authority", &provider.authority);
-        let path = provider.upstream_path(self.operation, model, stream);
+        let path = provider.upstream_path(self.upstream_operation(), model, stream);
         set(host, ":path", &path);
         let credential = provider.credential_header();
         if provider.auth != Auth::Passthrough {
@@ -435,6 +443,9 @@ impl Flow {
         let plan = Rc::clone(&self.plan);
         let route = plan.routes.get(self.route).ok_or_else(internal_error)?;
         let mut body = api::parse_body(bytes)?;
+        if self.translation == Translation::Native {
+            self.request_as_sent = Some(body.clone());
+        }
         route.shaping.apply(&mut body)?;
         self.api.validate(&body)?;
         let requested = body.get("model").and_then(Value::as_str);
@@ -475,7 +486,7 @@ impl Flow {
             client_wants_usage,
             created: self.started_ms / 1000, // read in the headers phase: one clock read fewer
             id: format!("chatcmpl-{}", random_hex(12)),
-            operation: self.operation,
+            operation: self.upstream_operation(),
         };
     }
 
@@ -486,10 +497,7 @@ impl Flow {
     fn request_in_place(&mut self, bytes: &[u8], host: &mut dyn Host) -> Option<Progress> {
         let plan = Rc::clone(&self.plan);
         let route = plan.routes.get(self.route)?;
-        if !self.in_place
-            || !route.shaping.is_identity()
-            || !route.provider.codec().takes_openai_body()
-        {
+        if !self.in_place || !route.shaping.is_identity() || !self.body_read_in_place(route) {
             return None;
         }
         let guards = (self.first_body_stage..)
@@ -599,7 +607,9 @@ impl Flow {
         while let Some(stage) = route.request_stage(self.next_stage) {
             // Each stage reads what the translation will send (JSON-in-string fields
             // decoded), also after a transformer rewrote the request.
-            route.provider.codec().normalize_request(&mut self.body);
+            if self.translation == Translation::Codec {
+                route.provider.codec().normalize_request(&mut self.body);
+            }
             let step = self.with_request_ctx(host, route, |ctx| stage.start(ctx));
             match self.follow_step(host, route, Side::Request, step) {
                 Some(progress) => return progress,
@@ -673,17 +683,73 @@ impl Flow {
     }
 
     fn finish_request(&mut self, host: &mut dyn Host, route: &Route) -> Progress {
-        let encoded = match route.provider.encode_request(&self.body, &self.exchange) {
-            Ok(encoded) => encoded,
-            Err(error) => {
-                self.reject(host, error);
-                return Progress::Rejected;
+        let encoded = match self.translation {
+            Translation::Native => {
+                if self.native_request_changed() {
+                    let bytes = crate::json::to_vec(&self.body, self.request_body_size + 64);
+                    host.replace_request_body(self.request_body_size, &bytes);
+                }
+                // Unchanged: the client's bytes go upstream untouched.
+                Ok(())
             }
+            Translation::Codec => route
+                .provider
+                .encode_request(&self.body, &self.exchange)
+                .map(|encoded| self.write_request(host, &encoded)),
+            Translation::ViaChat => self
+                .bridged_request(route)
+                .map(|encoded| self.write_request(host, &encoded)),
         };
-        let bytes = crate::json::to_vec(&encoded, self.request_body_size + 64);
-        host.replace_request_body(self.request_body_size, &bytes);
+        if let Err(error) = encoded {
+            self.reject(host, error);
+            return Progress::Rejected;
+        }
         self.request_written(host);
         Progress::Done
+    }
+
+    fn write_request(&self, host: &mut dyn Host, encoded: &Value) {
+        let bytes = crate::json::to_vec(encoded, self.request_body_size + 64);
+        host.replace_request_body(self.request_body_size, &bytes);
+    }
+
+    /// The operation the provider is asked for: the client's, unless the request is bridged
+    /// to chat completions.
+    fn upstream_operation(&self) -> Operation {
+        match self.translation {
+            Translation::ViaChat => Operation::ChatCompletions,
+            Translation::Native | Translation::Codec => self.operation,
+        }
+    }
+
+    /// Whether the body (request, or answer) may be read and edited in place: the client's
+    /// own form on a passthrough route, or an OpenAI body the provider takes as it is.
+    fn body_read_in_place(&self, route: &Route) -> bool {
+        match self.translation {
+            Translation::Native => true,
+            Translation::Codec => route.provider.codec().takes_openai_body(),
+            Translation::ViaChat => false,
+        }
+    }
+
+    /// Whether a passthrough request must be rewritten: a stage changed it, or the filter
+    /// turned its stream off upstream (a response stage needs the whole answer).
+    fn native_request_changed(&mut self) -> bool {
+        if self.api.streams() && self.exchange.upstream_stream != self.exchange.client_stream {
+            if let Some(object) = self.body.as_object_mut() {
+                object.insert("stream".into(), Value::Bool(self.exchange.upstream_stream));
+            }
+        }
+        self.request_as_sent.take().as_ref() != Some(&self.body)
+    }
+
+    /// A bridged request: the client's form (stages done) as chat completions, then the
+    /// provider's codec.
+    fn bridged_request(&self, route: &Route) -> Result<Value, ApiError> {
+        let bridge = self.api.chat_bridge().ok_or_else(internal_error)?;
+        let mut chat = bridge.request_to_chat(&self.body, &self.exchange)?;
+        route.provider.codec().normalize_request(&mut chat);
+        route.provider.encode_request(&chat, &self.exchange)
     }
 
     /// The body is final: headers held until now follow it upstream.

@@ -9,12 +9,13 @@ use super::aggregate;
 use super::stage::Step;
 use super::stream::{self, StreamProcessor};
 use super::{filter_state, Action, Flow, Progress, ResponseMode, Side, State};
-use crate::client_api::ClientApi;
+use crate::client_api::{ClientApi, Translation};
 use crate::encoding;
 use crate::error::ApiError;
 use crate::host::Host;
 use crate::metrics;
 use crate::plan::Route;
+use crate::providers::StreamDecoder;
 use crate::usage::{self, Usage};
 
 impl Flow {
@@ -182,18 +183,18 @@ impl Flow {
                 host.set_response_header("content-encoding", None);
                 host.set_response_header("content-length", None);
             }
-            let codec = route.provider.codec();
             let filters = route
                 .stream_filters
                 .iter()
                 .map(|factory| factory.create(self.api))
                 .collect();
-            let processor = StreamProcessor::new(
-                codec.stream_decoder(&self.exchange),
-                filters,
-                !self.exchange.client_wants_usage,
-            )
-            .for_api(self.api);
+            // Only a chat client's own usage chunk may have to go: other APIs' streams carry
+            // their usage in events the client expects (or the bridge consumes the chunk).
+            let strip_usage_chunk =
+                self.translation == Translation::Codec && !self.exchange.client_wants_usage;
+            let processor =
+                StreamProcessor::new(self.stream_decoder(route), filters, strip_usage_chunk)
+                    .for_api(self.api);
             if !processor.is_passthrough() {
                 host.set_response_header("content-length", None);
             }
@@ -209,7 +210,11 @@ impl Flow {
         let changes_body = self.exchange.client_stream
             || self.exchange.upstream_stream
             || route.response_stage(0).is_some()
-            || route.provider.codec().translates_responses();
+            || match self.translation {
+                Translation::Native => false,
+                Translation::Codec => route.provider.codec().translates_responses(),
+                Translation::ViaChat => true,
+            };
         if !changes_body {
             self.response = Some(ResponseMode::ObserveJson(Observed::default()));
             if end_of_stream {
@@ -491,7 +496,7 @@ impl Flow {
             || self.exchange.client_stream
             || self.exchange.upstream_stream
             || self.response_encoding.is_some()
-            || !route.provider.codec().takes_openai_body()
+            || !self.body_read_in_place(route)
         {
             return None;
         }
@@ -545,13 +550,21 @@ impl Flow {
         }
     }
 
-    /// Translates the buffered answer to an OpenAI `chat.completion` and reads its usage.
+    /// Brings the buffered answer into the client API's form and reads its usage: as it is
+    /// on a passthrough route; else through the provider's codec into a `chat.completion`
+    /// (usage read there), and on a bridged route on into the client's form.
     fn prepare_answer(&mut self, body: &[u8]) -> Result<(), ApiError> {
         let plan = Rc::clone(&self.plan);
         let route = plan
             .routes
             .get(self.route)
             .ok_or_else(super::internal_error)?;
+        if self.translation == Translation::Native {
+            let answer = serde_json::from_slice::<Value>(body).map_err(|_| not_json_answer())?;
+            self.exchange_usage = self.api.usage_from_json(body);
+            self.body = answer;
+            return Ok(());
+        }
         let codec = route.provider.codec();
         // As the provider wrote it: a translation writes the model asked for.
         self.response_model = crate::json_view::answer_model(body);
@@ -565,21 +578,46 @@ impl Flow {
         };
         let answer = match decoded {
             Some(answer) => answer,
-            None => serde_json::from_slice::<Value>(body).map_err(|_| {
-                ApiError::new(
-                    502,
-                    "api_error",
-                    "invalid_upstream_response",
-                    "The provider's answer is not valid JSON.",
-                )
-            })?,
+            None => serde_json::from_slice::<Value>(body).map_err(|_| not_json_answer())?,
         };
         self.exchange_usage = answer
             .get("usage")
             .and_then(|u| serde_json::from_value::<Usage>(u.clone()).ok())
             .map(Usage::normalised);
-        self.body = answer;
+        self.body = match (self.translation, self.api.chat_bridge()) {
+            (Translation::ViaChat, Some(bridge)) => {
+                bridge.answer_from_chat(&answer, &self.exchange)?
+            }
+            (Translation::ViaChat, None) => return Err(super::internal_error()),
+            _ => answer,
+        };
         Ok(())
+    }
+
+    /// The translator of the upstream's events into the client API's: none on a passthrough
+    /// route; the provider's decoder (none for an OpenAI stream); on a bridged route that,
+    /// then the bridge from chat chunks to the client's events.
+    fn stream_decoder(&self, route: &Route) -> Option<Box<dyn StreamDecoder>> {
+        let codec = route.provider.codec();
+        match (self.translation, self.api.chat_bridge()) {
+            (Translation::Native, _) => None,
+            (Translation::ViaChat, Some(bridge)) => Some(Box::new(stream::Chained::new(
+                codec.stream_decoder(&self.exchange),
+                bridge.stream_from_chat(&self.exchange),
+            ))),
+            _ => codec.stream_decoder(&self.exchange),
+        }
+    }
+
+    /// An upstream error in the client API's shape: a passthrough route's as the provider
+    /// sent it; otherwise the provider's error read by its codec and worded as the client
+    /// API words errors.
+    fn upstream_error_body(&self, route: &Route, status: u16, body: &[u8]) -> Vec<u8> {
+        if self.translation == Translation::Native && !body.is_empty() {
+            return body.to_vec();
+        }
+        self.api
+            .error_body(&route.provider.codec().decode_error(status, body))
     }
 
     pub(super) fn run_response_stages(&mut self, host: &mut dyn Host) -> Progress {
@@ -602,9 +640,9 @@ impl Flow {
     fn finish_answer(&mut self, host: &mut dyn Host) {
         let bytes = match self.raw_response.take() {
             Some(raw) => raw,
-            None if self.exchange.client_stream => {
-                stream::synthesize_stream(&self.body, self.exchange.client_wants_usage)
-            }
+            None if self.exchange.client_stream => self
+                .api
+                .synthesize_stream(&self.body, self.exchange.client_wants_usage),
             None => crate::json::to_vec(&self.body, self.response_body_size + 64),
         };
         let bytes = self.redacted(bytes);
@@ -648,9 +686,8 @@ impl Flow {
         // Redacted before it is read: the message is cut to a length that could split a key.
         let redacted = self.plan.secrets.redact(body);
         let body = redacted.as_deref().unwrap_or(body);
-        let error = route.provider.codec().decode_error(status, body);
         // The buffered size, not `body.len()`: the body may have been decoded.
-        let bytes = self.redacted(self.api.error_body(&error));
+        let bytes = self.redacted(self.upstream_error_body(route, status, body));
         host.replace_response_body(0, self.response_body_size, &bytes);
         host.set_filter_state(filter_state::OUTCOME, &format!("upstream_{status}"));
         self.count_error(host, &format!("upstream_{status}"));
@@ -866,6 +903,16 @@ fn upstream_port(host: &dyn Host) -> Option<String> {
             .ok()
             .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())),
     }
+}
+
+/// The provider's answer is not the JSON it must be.
+fn not_json_answer() -> ApiError {
+    ApiError::new(
+        502,
+        "api_error",
+        "invalid_upstream_response",
+        "The provider's answer is not valid JSON.",
+    )
 }
 
 /// The provider's answer could not be decoded (`content-encoding`).

@@ -322,5 +322,126 @@ fn is_usage_only_chunk(event: &SseEvent) -> bool {
         })
 }
 
-/// Lives with the chat-completions API (`client_api::chat`), whose stream shape it writes.
-pub use crate::client_api::chat::synthesize_stream;
+/// Two translators in a row: a provider's decoder into chat chunks (none for an OpenAI
+/// stream), then a client API's bridge from chat chunks into its own events.
+pub struct Chained {
+    first: Option<Box<dyn StreamDecoder>>,
+    second: Box<dyn StreamDecoder>,
+    between: Vec<SseEvent>,
+}
+
+impl Chained {
+    pub fn new(first: Option<Box<dyn StreamDecoder>>, second: Box<dyn StreamDecoder>) -> Self {
+        Chained {
+            first,
+            second,
+            between: Vec::new(),
+        }
+    }
+
+    fn pass_on(&mut self, out: &mut Vec<SseEvent>) -> Result<(), ApiError> {
+        let mut result = Ok(());
+        for event in self.between.drain(..) {
+            if result.is_ok() {
+                result = self.second.on_event(&event, out);
+            }
+        }
+        result
+    }
+}
+
+impl StreamDecoder for Chained {
+    fn on_event(&mut self, event: &SseEvent, out: &mut Vec<SseEvent>) -> Result<(), ApiError> {
+        let first = match &mut self.first {
+            Some(first) => first.on_event(event, &mut self.between),
+            None => {
+                self.between.push(event.clone());
+                Ok(())
+            }
+        };
+        // What the first decoded before an error still goes through the second.
+        self.pass_on(out)?;
+        first
+    }
+
+    fn finish(&mut self, out: &mut Vec<SseEvent>) {
+        if let Some(first) = &mut self.first {
+            first.finish(&mut self.between);
+        }
+        // The second still owes the client a well-formed end, whatever the first owed.
+        if let Err(error) = self.pass_on(out) {
+            log::warn!(
+                "aigate: the end of a translated stream was unreadable: {}",
+                error.code
+            );
+        }
+        self.second.finish(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Doubles each event's data, and at its end says how many it saw.
+    struct Echo {
+        tag: &'static str,
+        seen: usize,
+        fail_on: Option<&'static str>,
+    }
+
+    impl StreamDecoder for Echo {
+        fn on_event(&mut self, event: &SseEvent, out: &mut Vec<SseEvent>) -> Result<(), ApiError> {
+            self.seen += 1;
+            if self.fail_on == Some(event.data.as_str()) {
+                return Err(ApiError::new(502, "api_error", "bad_event", "bad"));
+            }
+            out.push(SseEvent::data(format!("{}({})", self.tag, event.data)));
+            Ok(())
+        }
+
+        fn finish(&mut self, out: &mut Vec<SseEvent>) {
+            out.push(SseEvent::data(format!("{}-end:{}", self.tag, self.seen)));
+        }
+    }
+
+    fn echo(tag: &'static str, fail_on: Option<&'static str>) -> Box<dyn StreamDecoder> {
+        Box::new(Echo {
+            tag,
+            seen: 0,
+            fail_on,
+        })
+    }
+
+    fn datas(events: &[SseEvent]) -> Vec<&str> {
+        events.iter().map(|e| e.data.as_str()).collect()
+    }
+
+    #[test]
+    fn chained_decoders_run_in_order_and_both_finish() {
+        let mut chain = Chained::new(Some(echo("a", None)), echo("b", None));
+        let mut out = Vec::new();
+        chain.on_event(&SseEvent::data("1"), &mut out).unwrap();
+        chain.on_event(&SseEvent::data("2"), &mut out).unwrap();
+        chain.finish(&mut out);
+        assert_eq!(datas(&out), ["b(a(1))", "b(a(2))", "b(a-end:2)", "b-end:3"]);
+    }
+
+    #[test]
+    fn without_a_first_decoder_events_go_straight_to_the_second() {
+        let mut chain = Chained::new(None, echo("b", None));
+        let mut out = Vec::new();
+        chain.on_event(&SseEvent::data("1"), &mut out).unwrap();
+        chain.finish(&mut out);
+        assert_eq!(datas(&out), ["b(1)", "b-end:1"]);
+    }
+
+    #[test]
+    fn an_error_of_either_decoder_reaches_the_caller() {
+        let mut chain = Chained::new(Some(echo("a", Some("x"))), echo("b", None));
+        let mut out = Vec::new();
+        assert!(chain.on_event(&SseEvent::data("x"), &mut out).is_err());
+        let mut chain = Chained::new(Some(echo("a", None)), echo("b", Some("a(y)")));
+        assert!(chain.on_event(&SseEvent::data("y"), &mut out).is_err());
+    }
+}
