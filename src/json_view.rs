@@ -207,45 +207,68 @@ pub fn string_at(text: &[u8], path: &[&str]) -> Option<String> {
     at += 1;
     loop {
         at = skip_whitespace(text, at);
-        // A member's name: one without escapes is compared in place.
-        let rest = text.get(at..)?;
-        if rest.first() != Some(&b'"') {
+        if text.get(at) != Some(&b'"') {
             return None; // `}` (no such member) or not JSON
         }
-        let close = crate::find::byte(rest.get(1..)?, b'"')? + 1;
-        let name = rest.get(1..close)?;
-        let (name_matches, value_at) = if name.contains(&b'\\') {
-            // Skip the whole name as JSON (its escapes may hide a quote).
-            let mut names =
-                serde_json::Deserializer::from_slice(rest).into_iter::<serde::de::IgnoredAny>();
-            names.next()?.ok()?;
-            (false, at + names.byte_offset())
-        } else {
-            (name == first.as_bytes(), at + close + 1)
-        };
-        at = skip_whitespace(text, value_at);
+        let name_end = after_string(text, at)?;
+        // Compared as written: a name with escapes never matches.
+        let name_matches = text.get(at + 1..name_end - 1)? == first.as_bytes();
+        at = skip_whitespace(text, name_end);
         if text.get(at) != Some(&b':') {
             return None;
         }
         at = skip_whitespace(text, at + 1);
-        let value = text.get(at..)?;
         if name_matches {
+            let value = text.get(at..)?;
             if !rest_of_path.is_empty() {
                 return string_at(value, rest_of_path);
             }
-            return serde_json::Deserializer::from_slice(value)
-                .into_iter::<String>()
-                .next()?
-                .ok();
+            if value.first() != Some(&b'"') {
+                return None;
+            }
+            let end = after_string(value, 0)?;
+            let inner = value.get(1..end - 1)?;
+            if !inner.contains(&b'\\') && !inner.iter().any(|b| *b < 0x20) {
+                return String::from_utf8(inner.to_vec()).ok();
+            }
+            return serde_json::from_slice::<String>(value.get(..end)?).ok();
         }
-        let mut values =
-            serde_json::Deserializer::from_slice(value).into_iter::<serde::de::IgnoredAny>();
-        values.next()?.ok()?;
-        at = skip_whitespace(text, at + values.byte_offset());
+        at = skip_whitespace(text, skip_value(text, at)?);
         match text.get(at) {
             Some(b',') => at += 1,
             _ => return None, // `}`: no such member; anything else: not JSON
         }
+    }
+}
+
+/// The index after the string that opens at `at` (a `"`).
+fn after_string(text: &[u8], at: usize) -> Option<usize> {
+    string_end(text, at + 1).map(|quote| quote + 1)
+}
+
+/// The index after the JSON value at `at`: strings, numbers and literals by hand (the
+/// members before an answer's `model` are such), objects and arrays by serde.
+fn skip_value(text: &[u8], at: usize) -> Option<usize> {
+    let rest = text.get(at..)?;
+    match rest.first()? {
+        b'"' => after_string(text, at),
+        b'{' | b'[' => {
+            let mut values =
+                serde_json::Deserializer::from_slice(rest).into_iter::<serde::de::IgnoredAny>();
+            values.next()?.ok()?;
+            Some(at + values.byte_offset())
+        }
+        b't' => rest.starts_with(b"true").then_some(at + 4),
+        b'f' => rest.starts_with(b"false").then_some(at + 5),
+        b'n' => rest.starts_with(b"null").then_some(at + 4),
+        b'-' | b'0'..=b'9' => {
+            let len = rest
+                .iter()
+                .take_while(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                .count();
+            Some(at + len)
+        }
+        _ => None,
     }
 }
 

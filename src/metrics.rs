@@ -66,9 +66,14 @@ pub const OTHER_MODEL: &str = "other";
 /// Distinct model names a route without `model`/`models` labels by name, per worker.
 pub const MAX_SEEN_MODELS: usize = 16;
 
+/// Route name -> model names labelled so far on this worker (Wasm: one thread per VM).
+type SeenModels = std::cell::RefCell<std::collections::HashMap<String, Vec<String>>>;
+
 thread_local! {
-    /// Route name -> model names labelled so far on this worker (Wasm: one thread per VM).
-    static SEEN_MODELS: std::cell::RefCell<std::collections::HashMap<String, Vec<String>>> =
+    /// The models clients asked for (`gen_ai.request.model`).
+    static SEEN_MODELS: SeenModels = std::cell::RefCell::new(std::collections::HashMap::new());
+    /// The models answers named (`gen_ai.response.model`).
+    static SEEN_RESPONSE_MODELS: SeenModels =
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
@@ -80,9 +85,21 @@ pub fn model_label(route: &str, configured: bool, model: &str) -> String {
     if configured {
         return model.to_string();
     }
-    SEEN_MODELS.with(|seen| {
+    bounded(&SEEN_MODELS, route, model)
+}
+
+/// `model` if it is one of the first `MAX_SEEN_MODELS` names `seen` holds for `route` (or
+/// becomes one), else `other`.
+fn bounded(seen: &'static std::thread::LocalKey<SeenModels>, route: &str, model: &str) -> String {
+    seen.with(|seen| {
         let mut seen = seen.borrow_mut();
-        let names = seen.entry(route.to_string()).or_default();
+        // The route's entry exists after its first answer: no key allocated per request.
+        if !seen.contains_key(route) {
+            seen.insert(route.to_string(), Vec::new());
+        }
+        let Some(names) = seen.get_mut(route) else {
+            return OTHER_MODEL.to_string();
+        };
         if names.iter().any(|name| name == model) {
             return model.to_string();
         }
@@ -98,8 +115,7 @@ pub fn model_label(route: &str, configured: bool, model: &str) -> String {
 /// upstream chooses it, so like a client-chosen name it is bounded per route and worker
 /// (`MAX_SEEN_MODELS` names, then `other`).
 pub fn response_model_label(route: &str, model: &str) -> String {
-    // Route names hold no `;`, so this key is no route's own.
-    model_label(&format!("{route};response"), false, model)
+    bounded(&SEEN_RESPONSE_MODELS, route, model)
 }
 
 /// Builds `<base>;<k1>=<v1>;...`. A label with an empty value is left out; values keep
