@@ -93,22 +93,23 @@ pub fn model_label(route: &str, configured: bool, model: &str) -> String {
 fn bounded(seen: &'static std::thread::LocalKey<SeenModels>, route: &str, model: &str) -> String {
     seen.with(|seen| {
         let mut seen = seen.borrow_mut();
-        // The route's entry exists after its first answer: no key allocated per request.
-        if !seen.contains_key(route) {
-            seen.insert(route.to_string(), Vec::new());
+        // The route's entry exists after its first answer: one lookup, no key allocated.
+        if let Some(names) = seen.get_mut(route) {
+            return pick(names, model);
         }
-        let Some(names) = seen.get_mut(route) else {
-            return OTHER_MODEL.to_string();
-        };
-        if names.iter().any(|name| name == model) {
-            return model.to_string();
-        }
-        if names.len() < MAX_SEEN_MODELS {
-            names.push(model.to_string());
-            return model.to_string();
-        }
-        OTHER_MODEL.to_string()
+        pick(seen.entry(route.to_string()).or_default(), model)
     })
+}
+
+fn pick(names: &mut Vec<String>, model: &str) -> String {
+    if names.iter().any(|name| name == model) {
+        return model.to_string();
+    }
+    if names.len() < MAX_SEEN_MODELS {
+        names.push(model.to_string());
+        return model.to_string();
+    }
+    OTHER_MODEL.to_string()
 }
 
 /// The `gen_ai.response.model` label value for an answer of the route named `route`: the
