@@ -17,10 +17,10 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use aigate_core::config::{parse_and_compile, Plan};
 use aigate_core::counting_host::CountingHost;
 use aigate_core::host::RecordingHost;
 use aigate_core::pipeline::Flow;
+use aigate_core::plan::{parse_and_compile, Plan};
 
 const DEFAULT_ROUTE: &str = "integration/bench/route.json";
 const FALLBACK_ROUTE: &str = "integration/bench/route-noguards.json";

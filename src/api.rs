@@ -26,20 +26,6 @@ pub enum Operation {
 }
 
 impl Operation {
-    /// Recognises the operation from the client's `:path` (query ignored): a registered
-    /// client API's (`client_api::for_path`), or the model list the filter answers itself.
-    pub fn from_path(path: &str) -> Option<Operation> {
-        if let Some(api) = crate::client_api::for_path(path) {
-            return Some(api.operation());
-        }
-        let path = path
-            .split('?')
-            .next()
-            .unwrap_or_default()
-            .trim_end_matches('/');
-        path.ends_with("/models").then_some(Operation::ListModels)
-    }
-
     pub fn method(self) -> &'static str {
         match self {
             Operation::ListModels => "GET",
@@ -111,15 +97,6 @@ pub fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     Ok(value)
 }
 
-/// Checks the fields the filter relies on (the provider checks the rest), as the
-/// operation's client API (`client_api`) does.
-pub fn validate(operation: Operation, body: &Value) -> Result<(), ApiError> {
-    match crate::client_api::of(operation) {
-        Some(api) => api.validate(body),
-        None => Ok(()),
-    }
-}
-
 /// What an embeddings `input` is, if it is one of the API's shapes: a string, an array of
 /// strings (text), or an array of token ids or of token arrays (not text). An empty array
 /// is left to the provider.
@@ -152,31 +129,32 @@ pub const TEXT_PARTS: [(&str, &str); 2] = [("text", "text"), ("refusal", "refusa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client_api::{operation_for_path, validate};
     use serde_json::json;
 
     #[test]
     fn operations_from_paths() {
         assert_eq!(
-            Operation::from_path("/v1/chat/completions"),
+            operation_for_path("/v1/chat/completions"),
             Some(Operation::ChatCompletions)
         );
         assert_eq!(
-            Operation::from_path("/v1/chat/completions?x=1"),
+            operation_for_path("/v1/chat/completions?x=1"),
             Some(Operation::ChatCompletions)
         );
         assert_eq!(
-            Operation::from_path("/openai/v1/completions"),
+            operation_for_path("/openai/v1/completions"),
             Some(Operation::Completions)
         );
         assert_eq!(
-            Operation::from_path("/v1/embeddings"),
+            operation_for_path("/v1/embeddings"),
             Some(Operation::Embeddings)
         );
         assert_eq!(
-            Operation::from_path("/v1/models"),
+            operation_for_path("/v1/models"),
             Some(Operation::ListModels)
         );
-        assert_eq!(Operation::from_path("/v1/files"), None);
+        assert_eq!(operation_for_path("/v1/files"), None);
     }
 
     #[test]

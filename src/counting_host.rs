@@ -6,7 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
-use crate::host::{Callout, Host, RecordingHost, SharedDataError};
+use crate::host::{Callout, Host, RecordingHost, SharedDataError, SharedEntry};
 
 /// A `RecordingHost` that counts every call the pipeline makes, by name, and the bytes
 /// that cross the boundary.
@@ -151,7 +151,7 @@ impl Host for CountingHost {
         self.count("histogram_record");
         self.inner.histogram_record(name, value);
     }
-    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    fn shared_get(&self, key: &str) -> Result<SharedEntry, SharedDataError> {
         self.count("shared_get");
         self.inner.shared_get(key)
     }

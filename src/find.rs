@@ -55,7 +55,11 @@ pub fn byte(haystack: &[u8], byte: u8) -> Option<usize> {
 /// needle's rarest byte (a quote, the first byte of every JSON key, would stop the scan at
 /// every key), then the needle is compared around them.
 pub fn contains(haystack: &str, needle: &str) -> bool {
-    let (haystack, needle) = (haystack.as_bytes(), needle.as_bytes());
+    contains_bytes(haystack.as_bytes(), needle.as_bytes())
+}
+
+/// `contains` over bytes.
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
     let Some((offset, &rare)) = needle.iter().enumerate().max_by_key(|(_, b)| rarity(**b)) else {
         return true;
     };

@@ -35,6 +35,9 @@ impl CalloutReply {
     }
 }
 
+/// A shared-data entry as read: its value and compare-and-swap token (None when absent).
+pub type SharedEntry = (Option<Vec<u8>>, Option<u32>);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedDataError {
     /// Someone else wrote the key since it was read: read again and retry.
@@ -77,7 +80,10 @@ pub trait Host {
     fn counter_add(&mut self, name: &str, delta: u64);
     fn histogram_record(&mut self, name: &str, value: u64);
 
-    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// The entry's value and compare-and-swap token: `Ok((None, None))` when it does not
+    /// exist, `Err` when the host failed to read it (never to be taken for "absent": a
+    /// write after it would replace what is there).
+    fn shared_get(&self, key: &str) -> Result<SharedEntry, SharedDataError>;
     fn shared_set(
         &mut self,
         key: &str,
@@ -118,6 +124,8 @@ pub struct RecordingHost {
     /// The host fails to give the answer's body (`response_body` is None), as a broken host
     /// could: tests that the filter treats it as its own failure.
     pub response_body_unreadable: bool,
+    /// The host fails every shared-data read (`shared_get` is `Err`), as a broken host could.
+    pub shared_unreadable: bool,
     next_token: u32,
 }
 
@@ -264,11 +272,14 @@ impl Host for RecordingHost {
             .or_default()
             .push(value);
     }
-    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        match self.shared.get(key) {
+    fn shared_get(&self, key: &str) -> Result<SharedEntry, SharedDataError> {
+        if self.shared_unreadable {
+            return Err(SharedDataError::Other);
+        }
+        Ok(match self.shared.get(key) {
             Some((value, cas)) => (Some(value.clone()), Some(*cas)),
             None => (None, None),
-        }
+        })
     }
     fn shared_set(
         &mut self,

@@ -244,8 +244,184 @@ impl<'de> serde::de::Visitor<'de> for NoDuplicatesVisitor {
     }
 }
 
+/// The model an answer (or one stream event) names, read as the provider wrote it: the
+/// top-level `model` (OpenAI, Anthropic, Responses), `message.model` (Anthropic's
+/// `message_start`), `response.model` (Responses' `response.created`) or `modelVersion`
+/// (Gemini). Each is found by `string_at`, which stops at the member.
+pub fn answer_model(text: &[u8]) -> Option<String> {
+    // Every place is a member whose name starts `"model`: a text without one is not walked.
+    if !crate::find::contains_bytes(text, b"\"model") {
+        return None;
+    }
+    string_at(text, &["model"])
+        .or_else(|| string_at(text, &["message", "model"]))
+        .or_else(|| string_at(text, &["response", "model"]))
+        .or_else(|| string_at(text, &["modelVersion"]))
+}
+
+/// The string at `path` (member names, outermost first) of the JSON object `text`: members
+/// are read in order and reading stops at the one named (serde skips those before it, in
+/// linear time; those after it are never read). None when `text` is not an object, the path
+/// is not there before a malformed member, or its value is not a string. Names are compared
+/// as written (an escaped name does not match).
+pub fn string_at(text: &[u8], path: &[&str]) -> Option<String> {
+    let (first, rest_of_path) = path.split_first()?;
+    let mut at = skip_whitespace(text, 0);
+    if text.get(at) != Some(&b'{') {
+        return None;
+    }
+    at += 1;
+    loop {
+        at = skip_whitespace(text, at);
+        if text.get(at) != Some(&b'"') {
+            return None; // `}` (no such member) or not JSON
+        }
+        let name_end = after_string(text, at)?;
+        // Compared as written: a name with escapes never matches.
+        let name_matches = text.get(at + 1..name_end - 1)? == first.as_bytes();
+        at = skip_whitespace(text, name_end);
+        if text.get(at) != Some(&b':') {
+            return None;
+        }
+        at = skip_whitespace(text, at + 1);
+        if name_matches {
+            let value = text.get(at..)?;
+            if !rest_of_path.is_empty() {
+                return string_at(value, rest_of_path);
+            }
+            if value.first() != Some(&b'"') {
+                return None;
+            }
+            let end = after_string(value, 0)?;
+            let inner = value.get(1..end - 1)?;
+            if !inner.contains(&b'\\') && !inner.iter().any(|b| *b < 0x20) {
+                return String::from_utf8(inner.to_vec()).ok();
+            }
+            return serde_json::from_slice::<String>(value.get(..end)?).ok();
+        }
+        at = skip_whitespace(text, skip_value(text, at)?);
+        match text.get(at) {
+            Some(b',') => at += 1,
+            _ => return None, // `}`: no such member; anything else: not JSON
+        }
+    }
+}
+
+/// The index after the string that opens at `at` (a `"`).
+fn after_string(text: &[u8], at: usize) -> Option<usize> {
+    string_end(text, at + 1).map(|quote| quote + 1)
+}
+
+/// The index after the JSON value at `at`: strings, numbers and literals by hand (the
+/// members before an answer's `model` are such), objects and arrays by serde.
+fn skip_value(text: &[u8], at: usize) -> Option<usize> {
+    let rest = text.get(at..)?;
+    match rest.first()? {
+        b'"' => after_string(text, at),
+        b'{' | b'[' => {
+            let mut values =
+                serde_json::Deserializer::from_slice(rest).into_iter::<serde::de::IgnoredAny>();
+            values.next()?.ok()?;
+            Some(at + values.byte_offset())
+        }
+        b't' => rest.starts_with(b"true").then_some(at + 4),
+        b'f' => rest.starts_with(b"false").then_some(at + 5),
+        b'n' => rest.starts_with(b"null").then_some(at + 4),
+        b'-' | b'0'..=b'9' => {
+            let len = rest
+                .iter()
+                .take_while(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                .count();
+            Some(at + len)
+        }
+        _ => None,
+    }
+}
+
+fn skip_whitespace(text: &[u8], mut at: usize) -> usize {
+    while text.get(at).is_some_and(u8::is_ascii_whitespace) {
+        at += 1;
+    }
+    at
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn answer_model_reads_each_provider_s_place() {
+        let cases: [(&[u8], Option<&str>); 7] = [
+            (
+                br#"{"id":"c","object":"chat.completion.chunk","model":"gpt-4o-2024"}"#,
+                Some("gpt-4o-2024"),
+            ),
+            (
+                br#"{"type":"message_start","message":{"id":"m","model":"claude-x","content":[]}}"#,
+                Some("claude-x"),
+            ),
+            (
+                br#"{"type":"response.created","response":{"id":"r","model":"gpt-5"}}"#,
+                Some("gpt-5"),
+            ),
+            (
+                br#"{"candidates":[],"usageMetadata":{},"modelVersion":"gemini-2.5-flash"}"#,
+                Some("gemini-2.5-flash"),
+            ),
+            (
+                br#"{"type":"content_block_delta","delta":{"text":"\"model\":\"x\""}}"#,
+                None,
+            ),
+            (br#"{"message":"model","model":{"name":"x"}}"#, None),
+            (br#"{"choices":[]}"#, None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                answer_model(text).as_deref(),
+                want,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    #[test]
+    fn string_at_reads_the_member_and_stops() {
+        let string_at_model = |text: &[u8], _: &str| string_at(text, &["model"]);
+        let answer = br#"{"id":"x","object":"chat.completion","created":1,"model":"gpt-4o-2024","choices":[{"message":{"model":"inner"}}]}"#;
+        assert_eq!(
+            string_at_model(answer, "model").as_deref(),
+            Some("gpt-4o-2024")
+        );
+        // Nested members and strings that hold the key are not the top-level member.
+        let nested = br#"{"a":{"model":"inner"},"b":"\"model\":\"fake\"","model" : "real"}"#;
+        assert_eq!(string_at_model(nested, "model").as_deref(), Some("real"));
+        // Escaped keys are skipped whole (an escaped quote must not end them early).
+        let escaped = br#"{"mo\"del":"no","m\u006fdel":"no","model":"yes"}"#;
+        assert_eq!(string_at_model(escaped, "model").as_deref(), Some("yes"));
+        // The member after a malformed one is never found; the text after it is never read.
+        assert_eq!(
+            string_at_model(br#"{"model":"ok", garbage"#, "model").as_deref(),
+            Some("ok")
+        );
+        for text in [
+            &br#"{"id":1,"choices":[]}"#[..],
+            br#"{"model":5}"#,
+            br#"["model","x"]"#,
+            br#"{"id":tru,"model":"x"}"#,
+            br#"{"id" 1,"model":"x"}"#,
+            b"",
+            b"{",
+            br#"{"model""#,
+            br#"{"model":"unterminated"#,
+        ] {
+            assert_eq!(
+                string_at_model(text, "model"),
+                None,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
     use super::*;
     use serde::Deserialize;
 

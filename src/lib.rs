@@ -19,6 +19,7 @@ pub mod json_view;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;
+pub mod plan;
 pub mod providers;
 pub mod secrets;
 pub mod shaping;

@@ -12,15 +12,18 @@
 //! (rounded to the nearest), so the spec's sub-second buckets only separate 0 from the rest.
 //! Counters end in `_total`, which Prometheus expects and Envoy does not add.
 
-/// Histogram, `{token}`: tokens of one answer, by `gen_ai.token.type` (`input`, `output`).
+/// Histogram, `{token}`: tokens of one answer, by `gen_ai.token.type` (`input`, `output`),
+/// with `gen_ai.response.model` when the answer names its model.
 pub const TOKEN_USAGE: &str = "gen_ai.client.token.usage";
-/// Histogram, `s`: from the request's headers to the end of the answer.
+/// Histogram, `s`: from the request's headers to the end of the answer (with
+/// `gen_ai.response.model` when the answer names its model).
 pub const OPERATION_DURATION: &str = "gen_ai.client.operation.duration";
 /// Histogram, `s`, streams only: from the request's headers to the first chunk of content.
 pub const TIME_TO_FIRST_CHUNK: &str = "gen_ai.client.operation.time_to_first_chunk";
 /// Counters of aigate's own (no GenAI convention covers them).
 pub const REQUESTS: &str = "aigate.requests_total";
-/// Counter, exact: the tokens `TOKEN_USAGE` records, with the same labels. Envoy keeps a
+/// Counter, exact: the tokens `TOKEN_USAGE` records, with its labels but the response model
+/// (budgets and bills go by the model asked for). Envoy keeps a
 /// histogram's sum only approximately (log-linear buckets), budgets and bills need exact sums.
 pub const TOKENS: &str = "aigate.tokens_total";
 pub const ERRORS: &str = "aigate.errors_total";
@@ -41,24 +44,13 @@ pub const UNPRICED: &str = "aigate.cost.unpriced_total";
 pub const OPERATION_NAME: &str = "gen_ai.operation.name";
 pub const PROVIDER_NAME: &str = "gen_ai.provider.name";
 pub const REQUEST_MODEL: &str = "gen_ai.request.model";
+/// The model the answer names (`model` of the answer or of its first stream event), which
+/// may be more precise than the one asked for (`gpt-4o` answered by `gpt-4o-2024-08-06`).
 pub const RESPONSE_MODEL: &str = "gen_ai.response.model";
 pub const TOKEN_TYPE: &str = "gen_ai.token.type";
 pub const ERROR_TYPE: &str = "error.type";
 pub const SERVER_ADDRESS: &str = "server.address";
 pub const SERVER_PORT: &str = "server.port";
-
-/// The well-known `gen_ai.provider.name` of a provider kind; `openai_compatible` servers
-/// (vLLM, Ollama, ...) have none, so they keep aigate's name.
-pub fn provider_name(kind: crate::config::model::ProviderKind) -> &'static str {
-    use crate::config::model::ProviderKind;
-    match kind {
-        ProviderKind::Openai => "openai",
-        ProviderKind::AzureOpenai => "azure.ai.openai",
-        ProviderKind::Anthropic => "anthropic",
-        ProviderKind::Gemini => "gcp.gemini",
-        ProviderKind::OpenaiCompatible => "openai_compatible",
-    }
-}
 
 /// `gen_ai.operation.name` of a client operation.
 pub fn operation_name(operation: crate::api::Operation) -> &'static str {
@@ -88,32 +80,57 @@ pub const OTHER_MODEL: &str = "other";
 /// Distinct model names a route without `model`/`models` labels by name, per worker.
 pub const MAX_SEEN_MODELS: usize = 16;
 
+/// Route name -> model names labelled so far on this worker (Wasm: one thread per VM).
+type SeenModels = std::cell::RefCell<std::collections::HashMap<String, Vec<String>>>;
+
 thread_local! {
-    /// Route name -> model names labelled so far on this worker (Wasm: one thread per VM).
-    static SEEN_MODELS: std::cell::RefCell<std::collections::HashMap<String, Vec<String>>> =
+    /// The models clients asked for (`gen_ai.request.model`).
+    static SEEN_MODELS: SeenModels = std::cell::RefCell::new(std::collections::HashMap::new());
+    /// The models answers named (`gen_ai.response.model`).
+    static SEEN_RESPONSE_MODELS: SeenModels =
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
-/// The `model` label value for an answer of `route` from `model` (the upstream model). On a
-/// route with `model` or `models` every name is configured, so it is used as is. Otherwise the
-/// first `MAX_SEEN_MODELS` distinct names this worker sees get their own label, later ones
-/// `other`.
-pub fn model_label(route: &crate::config::Route, model: &str) -> String {
-    if route.provider.model.is_some() || route.provider.models.is_some() {
+/// The `model` label value for an answer of the route named `route` from `model`. On a route
+/// with `model` or `models` (`configured`) every name is the operator's, so it is used as is.
+/// Otherwise the first `MAX_SEEN_MODELS` distinct names this worker sees on the route get
+/// their own label, later ones `other`.
+pub fn model_label(route: &str, configured: bool, model: &str) -> String {
+    if configured {
         return model.to_string();
     }
-    SEEN_MODELS.with(|seen| {
+    bounded(&SEEN_MODELS, route, model)
+}
+
+/// `model` if it is one of the first `MAX_SEEN_MODELS` names `seen` holds for `route` (or
+/// becomes one), else `other`.
+fn bounded(seen: &'static std::thread::LocalKey<SeenModels>, route: &str, model: &str) -> String {
+    seen.with(|seen| {
         let mut seen = seen.borrow_mut();
-        let names = seen.entry(route.name.clone()).or_default();
-        if names.iter().any(|name| name == model) {
-            return model.to_string();
+        // The route's entry exists after its first answer: one lookup, no key allocated.
+        if let Some(names) = seen.get_mut(route) {
+            return pick(names, model);
         }
-        if names.len() < MAX_SEEN_MODELS {
-            names.push(model.to_string());
-            return model.to_string();
-        }
-        OTHER_MODEL.to_string()
+        pick(seen.entry(route.to_string()).or_default(), model)
     })
+}
+
+fn pick(names: &mut Vec<String>, model: &str) -> String {
+    if names.iter().any(|name| name == model) {
+        return model.to_string();
+    }
+    if names.len() < MAX_SEEN_MODELS {
+        names.push(model.to_string());
+        return model.to_string();
+    }
+    OTHER_MODEL.to_string()
+}
+
+/// The `gen_ai.response.model` label value for an answer of the route named `route`: the
+/// upstream chooses it, so like a client-chosen name it is bounded per route and worker
+/// (`MAX_SEEN_MODELS` names, then `other`).
+pub fn response_model_label(route: &str, model: &str) -> String {
+    bounded(&SEEN_RESPONSE_MODELS, route, model)
 }
 
 /// Builds `<base>;<k1>=<v1>;...`. A label with an empty value is left out; values keep

@@ -159,46 +159,6 @@ pub fn from_json_tail(tail: &[u8]) -> Option<Usage> {
         .map(Usage::normalised)
 }
 
-/// The model an answer names: `model` at the top (OpenAI chat, completions, Anthropic
-/// Messages), `modelVersion` (Gemini), or `model` of the `message` (Anthropic's
-/// `message_start` event) or `response` object (Responses' `response.completed`). None when
-/// the answer names none, or the text is not a JSON object. Only these members are
-/// materialised; serde skips the rest of the document.
-pub fn answer_model(body: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Named {
-        #[serde(default)]
-        model: Option<serde_json::Value>,
-    }
-    #[derive(Deserialize)]
-    struct Carrier {
-        #[serde(default)]
-        model: Option<serde_json::Value>,
-        #[serde(default, rename = "modelVersion")]
-        model_version: Option<serde_json::Value>,
-        #[serde(default)]
-        message: Option<serde_json::Value>,
-        #[serde(default)]
-        response: Option<serde_json::Value>,
-    }
-    let carrier: Carrier = serde_json::from_slice(body).ok()?;
-    let named = |value: Option<serde_json::Value>| -> Option<String> {
-        match value? {
-            serde_json::Value::String(name) if !name.is_empty() => Some(name),
-            _ => None,
-        }
-    };
-    let nested = |value: Option<serde_json::Value>| -> Option<String> {
-        let value = value?;
-        value.is_object().then_some(())?;
-        named(serde_json::from_value::<Named>(value).ok()?.model)
-    };
-    named(carrier.model)
-        .or_else(|| named(carrier.model_version))
-        .or_else(|| nested(carrier.message))
-        .or_else(|| nested(carrier.response))
-}
-
 /// Bytes of text per token assumed by estimates (OpenAI's rule of thumb for English).
 pub const BYTES_PER_TOKEN: usize = 4;
 
@@ -420,40 +380,5 @@ mod tests {
             ),
             (7, 2, 2)
         );
-    }
-
-    #[test]
-    fn answer_model_is_read_where_each_api_puts_it() {
-        let cases: [(&[u8], Option<&str>); 9] = [
-            (
-                br#"{"id":"x","model":"gpt-4o-mini-2024-07-18","choices":[]}"#,
-                Some("gpt-4o-mini-2024-07-18"),
-            ),
-            (
-                br#"{"candidates":[],"modelVersion":"gemini-2.0-flash-001"}"#,
-                Some("gemini-2.0-flash-001"),
-            ),
-            (
-                br#"{"type":"message_start","message":{"model":"claude-sonnet-4-5","usage":{}}}"#,
-                Some("claude-sonnet-4-5"),
-            ),
-            (
-                br#"{"type":"response.completed","response":{"model":"gpt-4.1","usage":{}}}"#,
-                Some("gpt-4.1"),
-            ),
-            (br#"{"model":"","message":"text"}"#, None),
-            (br#"{"model":7,"response":null}"#, None),
-            (br#"{"choices":[{"message":{"model":"inner"}}]}"#, None),
-            (b"[1,2]", None),
-            (b"not json", None),
-        ];
-        for (body, want) in cases {
-            assert_eq!(
-                answer_model(body).as_deref(),
-                want,
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
     }
 }

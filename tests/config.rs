@@ -1,7 +1,7 @@
 //! Invalid plugin configs are refused with the JSON path of the fault, as Envoy logs it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use aigate_core::config::parse_and_compile;
+use aigate_core::plan::parse_and_compile;
 use serde_json::json;
 
 fn error_of(config: serde_json::Value) -> String {

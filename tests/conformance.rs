@@ -14,9 +14,9 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use aigate_core::config::Plan;
 use aigate_core::host::RecordingHost;
 use aigate_core::pipeline::Flow;
+use aigate_core::plan::Plan;
 use serde_json::{json, Value};
 
 mod support;

@@ -6,12 +6,12 @@
 
 use std::rc::Rc;
 
-use aigate_core::config::{parse_and_compile, Plan};
 use aigate_core::host::{CalloutReply, RecordingHost};
 use aigate_core::limits::ledger::Table;
 use aigate_core::limits::local::shard_name;
 use aigate_core::limits::proto;
 use aigate_core::pipeline::{Action, Flow};
+use aigate_core::plan::{parse_and_compile, Plan};
 use serde_json::{json, Value};
 
 mod support;

@@ -5,10 +5,10 @@
 
 use std::rc::Rc;
 
-use aigate_core::config::{parse_and_compile, Plan};
 use aigate_core::counting_host::CountingHost;
 use aigate_core::host::RecordingHost;
 use aigate_core::pipeline::{Action, Flow};
+use aigate_core::plan::{parse_and_compile, Plan};
 use aigate_core::sse::{SseEvent, SseParser};
 use serde_json::json;
 

@@ -8,9 +8,9 @@ mod support;
 
 use std::rc::Rc;
 
-use aigate_core::config::{parse_and_compile, Plan};
 use aigate_core::host::RecordingHost;
 use aigate_core::pipeline::{Action, Flow};
+use aigate_core::plan::{parse_and_compile, Plan};
 use serde_json::{json, Value};
 use support::*;
 

@@ -5,11 +5,11 @@
 
 use std::rc::Rc;
 
-use aigate_core::config::Plan;
 use aigate_core::host::RecordingHost;
 use aigate_core::limits::ledger::Table;
 use aigate_core::limits::local::shard_name;
 use aigate_core::pipeline::{Action, Flow};
+use aigate_core::plan::Plan;
 use serde_json::{json, Value};
 
 mod support;
@@ -203,6 +203,52 @@ fn an_unreadable_answer_is_an_internal_error_never_relayed() {
     );
     assert!(host.response_body.is_empty());
     assert_eq!(outcome(&host), Some("unreadable_response_body"));
+}
+
+#[test]
+fn an_observed_answer_the_host_will_not_give_is_an_internal_error() {
+    // No response stage and an OpenAI provider: the JSON answer is relayed as it comes and
+    // only observed (usage, redaction of the configured key). A chunk the host does not give
+    // was relayed as an empty chunk before; now the answer ends with the API's error body,
+    // counted, with the outcome set, and nothing that follows is relayed.
+    let mut flow = Flow::new(plan(json!({}), false));
+    let mut host = host_for(&chat("hi", false));
+    send_whole(&mut flow, &mut host);
+    start_answer(&mut flow, &mut host, 200, "application/json");
+    let answer = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"key sk-server"}}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
+    host.response_body = answer[..40].to_vec();
+    host.response_body_unreadable = true;
+    assert_eq!(
+        flow.on_response_body(&mut host, 40, false),
+        Action::Continue
+    );
+    let client = String::from_utf8(host.response_body.clone()).unwrap();
+    assert!(client.contains("unreadable_response_body"), "{client}");
+    assert_eq!(errors(&host, "unreadable_response_body"), 1);
+    assert_eq!(outcome(&host), Some("unreadable_response_body"));
+    // The rest, readable again, is dropped: the client never gets the key or a JSON tail.
+    host.response_body_unreadable = false;
+    host.response_body = answer[40..].to_vec();
+    let rest = host.response_body.len();
+    assert_eq!(
+        flow.on_response_body(&mut host, rest, true),
+        Action::Continue
+    );
+    assert!(host.response_body.is_empty());
+    assert_eq!(errors(&host, "unreadable_response_body"), 1);
+    // Accounted once, as an error: the request is counted with its error type.
+    let requests: u64 = host
+        .counters
+        .iter()
+        .filter(|(name, _)| name.starts_with("aigate.requests_total;"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(requests, 1);
+    assert!(host
+        .counters
+        .keys()
+        .any(|name| name.starts_with("aigate.requests_total;")
+            && name.contains("error.type=unreadable_response_body")));
 }
 
 #[test]

@@ -10,9 +10,9 @@
 
 use std::rc::Rc;
 
-use aigate_core::config::{parse_and_compile, Plan};
 use aigate_core::host::RecordingHost;
 use aigate_core::pipeline::Flow;
+use aigate_core::plan::{parse_and_compile, Plan};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

@@ -5,12 +5,12 @@
 
 use std::rc::Rc;
 
-use aigate_core::config::{parse_and_compile, Plan};
 use aigate_core::host::{CalloutKind, CalloutReply, RecordingHost};
 use aigate_core::limits::ledger::Table;
 use aigate_core::limits::local::shard_name;
 use aigate_core::limits::proto;
 use aigate_core::pipeline::{Action, Flow};
+use aigate_core::plan::{parse_and_compile, Plan};
 use serde_json::{json, Value};
 
 mod support;
@@ -566,4 +566,80 @@ fn local_budget_is_checked_before_the_body_is_read() {
         Some("gw"),
         "upstream headers were never written"
     );
+}
+
+#[test]
+fn a_ledger_the_host_cannot_read_refuses_and_is_never_overwritten() {
+    let plan = local(1_000);
+    let mut shared = RecordingHost::new();
+    exchange(
+        &plan,
+        &mut shared,
+        "ann",
+        &chat(),
+        ("application/json", ANSWER),
+    );
+    assert_eq!(used(&shared, "ann"), 18);
+    // The host fails the read: a 503, counted and refused before anything went upstream,
+    // and the shard keeps what it held (it was taken for empty and rewritten before).
+    let mut flow = Flow::new(Rc::clone(&plan));
+    let mut host = request("ann", &chat(), &shared);
+    host.shared_unreadable = true;
+    assert_eq!(flow.on_request_headers(&mut host, false), Action::Pause);
+    let reply = host.local_response.clone().expect("a local 503");
+    assert_eq!(reply.status, 503);
+    assert_eq!(outcome(&host, "per-user", "backend_failed_closed"), 1);
+    flow.on_log(&mut host);
+    assert_eq!(host.shared, shared.shared);
+    // An answered request whose charge cannot be read is counted, and not recorded as 0.
+    let mut flow = Flow::new(Rc::clone(&plan));
+    let mut host = request("ann", &chat(), &shared);
+    assert_eq!(send(&mut flow, &mut host), Action::Continue);
+    host.shared_unreadable = true;
+    respond(&mut flow, &mut host, "application/json", ANSWER);
+    assert_eq!(outcome(&host, "per-user", "charge_failed"), 1);
+    host.shared_unreadable = false;
+    let table = Table::decode(&host.shared[&shard_name("chat", "per-user", "ann")].0).unwrap();
+    assert_eq!(table.entries["ann"].used, 18, "the old ledger is intact");
+}
+
+#[test]
+fn a_ledger_that_is_no_table_refuses_until_the_next_configuration_restarts_it() {
+    let plan = local(1_000);
+    let mut shared = RecordingHost::new();
+    exchange(
+        &plan,
+        &mut shared,
+        "ann",
+        &chat(),
+        ("application/json", ANSWER),
+    );
+    let shard = shard_name("chat", "per-user", "ann");
+    let garbage = b"\x01\xff\xff\xff\xffnot a table".to_vec();
+    shared.shared.get_mut(&shard).unwrap().0 = garbage.clone();
+    let host = exchange(
+        &plan,
+        &mut shared,
+        "ann",
+        &chat(),
+        ("application/json", ANSWER),
+    );
+    assert_eq!(host.local_response.as_ref().map(|r| r.status), Some(503));
+    assert_eq!(outcome(&host, "per-user", "backend_failed_closed"), 1);
+    assert_eq!(
+        shared.shared[&shard].0, garbage,
+        "never taken for an empty table"
+    );
+    // The next configuration (`Plan::prepare`, once per VM) starts it afresh.
+    plan.prepare(&mut shared);
+    assert!(Table::decode(&shared.shared[&shard].0).is_some());
+    let host = exchange(
+        &plan,
+        &mut shared,
+        "ann",
+        &chat(),
+        ("application/json", ANSWER),
+    );
+    assert!(host.local_response.is_none());
+    assert_eq!(used(&shared, "ann"), 18);
 }

@@ -7,9 +7,9 @@
 
 use std::rc::Rc;
 
-use aigate_core::config::Plan;
 use aigate_core::host::RecordingHost;
 use aigate_core::pipeline::{Action, Flow};
+use aigate_core::plan::Plan;
 use serde_json::{json, Value};
 
 mod support;
@@ -477,7 +477,7 @@ fn openai_compatible_serves_messages_only_when_configured() {
             assert_eq!(json_of(&reply.body)["type"], "error");
         }
     }
-    let error = aigate_core::config::parse_and_compile(
+    let error = aigate_core::plan::parse_and_compile(
         json!({"routes": [{"name": "r", "provider": {"kind": "openai", "auth": {"none": true}, "messages": true}}]}).to_string().as_bytes(),
         &support::no_env,
     )

@@ -6,10 +6,10 @@
 use std::rc::Rc;
 
 use aigate_core::api::{self, Operation};
-use aigate_core::config::{parse_and_compile, Plan};
 use aigate_core::host::RecordingHost;
 use aigate_core::pipeline::stream::StreamProcessor;
 use aigate_core::pipeline::{Action, Flow};
+use aigate_core::plan::{parse_and_compile, Plan};
 use aigate_core::sse::{SseEvent, SseParser};
 use aigate_core::usage::{self, Usage};
 use proptest::prelude::*;
@@ -242,9 +242,9 @@ proptest! {
     #[test]
     fn validation_never_panics_and_valid_means_usable(value in json_value(), request in chat_request()) {
         for operation in [Operation::ChatCompletions, Operation::Completions, Operation::Embeddings, Operation::ListModels] {
-            let _ = api::validate(operation, &value);
+            let _ = aigate_core::client_api::validate(operation, &value);
         }
-        if api::validate(Operation::ChatCompletions, &request).is_ok() {
+        if aigate_core::client_api::validate(Operation::ChatCompletions, &request).is_ok() {
             let messages = request["messages"].as_array().unwrap();
             prop_assert!(!messages.is_empty());
             prop_assert!(messages.iter().all(|m| m["role"].is_string()));

@@ -7,9 +7,9 @@ mod support;
 
 use std::rc::Rc;
 
-use aigate_core::config::Plan;
 use aigate_core::host::RecordingHost;
 use aigate_core::pipeline::Flow;
+use aigate_core::plan::Plan;
 use serde_json::{json, Value};
 
 fn plan(route: Value) -> Rc<Plan> {

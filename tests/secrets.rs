@@ -5,9 +5,9 @@
 
 use std::rc::Rc;
 
-use aigate_core::config::Plan;
 use aigate_core::host::RecordingHost;
 use aigate_core::pipeline::Flow;
+use aigate_core::plan::Plan;
 use serde_json::{json, Value};
 
 mod support;

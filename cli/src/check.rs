@@ -1,4 +1,4 @@
-//! `aigate check`: the verdict is exactly `config::parse_and_compile`, the function the
+//! `aigate check`: the verdict is exactly `plan::parse_and_compile`, the function the
 //! filter's `on_configure` calls. That function stops at the first fault; to list every
 //! fault, each route is then compiled on its own through the same function and its paths
 //! are put back under its real index.
@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 
 use super::args::Options;
 use super::{read_input, EXIT_INVALID, EXIT_OK};
-use aigate_core::config::{self, ConfigError, Plan};
+use aigate_core::config::{self, ConfigError};
+use aigate_core::plan::{self, Plan};
 
 /// The Wasm VM's environment as the CLI sees it: `--env` first, then the process environment,
 /// then (with `--placeholder-env`) a placeholder for anything unset.
@@ -42,7 +43,7 @@ impl<'a> CliEnv<'a> {
 /// itself would log).
 pub fn compile_all(text: &[u8], env: &CliEnv<'_>) -> Result<Plan, Vec<ConfigError>> {
     let lookup = |name: &str| env.var(name);
-    match config::parse_and_compile(text, &lookup) {
+    match plan::parse_and_compile(text, &lookup) {
         Ok(plan) => Ok(plan),
         Err(first) => {
             let mut errors = vec![with_position(first, text)];
@@ -96,7 +97,7 @@ fn per_route_errors(text: &[u8], env: &dyn config::EnvLookup) -> Vec<ConfigError
         let Ok(bytes) = serde_json::to_vec(&Value::Object(single)) else {
             continue;
         };
-        if let Err(error) = config::parse_and_compile(&bytes, env) {
+        if let Err(error) = plan::parse_and_compile(&bytes, env) {
             errors.push(reindex(error, index));
         }
     }
@@ -165,7 +166,7 @@ pub fn display_name(path: &str) -> &str {
 }
 
 /// One line per route: name, provider and what it matches.
-pub fn describe_route(route: &config::Route) -> String {
+pub fn describe_route(route: &plan::Route) -> String {
     let provider = &route.provider;
     let auth = match &provider.auth {
         config::Auth::Key(_) => format!("key in {}", provider.spec().credential_header),
@@ -181,7 +182,7 @@ pub fn describe_route(route: &config::Route) -> String {
     )
 }
 
-pub fn describe_matcher(matcher: &config::RouteMatcher) -> String {
+pub fn describe_matcher(matcher: &plan::RouteMatcher) -> String {
     let mut parts = Vec::new();
     if let Some(name) = &matcher.route_name {
         parts.push(format!("route_name={name}"));

@@ -17,10 +17,10 @@ use super::json_diff::{self, Change};
 use super::redact::Redactor;
 use super::trace::{split_metric, Event, TracingHost};
 use super::{read_input, EXIT_INVALID, EXIT_OK};
-use aigate_core::config::{Plan, Route, RouteMatcher};
 use aigate_core::host::{Callout, CalloutKind, CalloutReply, RecordingHost};
 use aigate_core::metrics;
 use aigate_core::pipeline::{filter_state, matching, Action, Flow};
+use aigate_core::plan::{Plan, Route, RouteMatcher};
 
 /// Longest body or value shown in full; the rest is elided.
 const MAX_SHOWN_BYTES: usize = 64 * 1024;
@@ -263,6 +263,9 @@ impl DryRun<'_> {
         if let Some(route_name) = &self.request.route_name {
             host.set_property_value(&["xds", "route_name"], route_name.as_bytes());
         }
+        // Envoy always knows the client's address (budgets keyed by `client_address` need
+        // it): the dry run's client is the loopback one.
+        host.set_property_value(&["source", "address"], b"127.0.0.1:50000");
         host
     }
 
@@ -348,8 +351,7 @@ impl DryRun<'_> {
             index += 1;
         }
         let stream: Vec<String> = route
-            .guards
-            .stream
+            .stream_filters
             .iter()
             .map(|f| type_name(&format!("{f:?}")))
             .collect();
@@ -717,9 +719,9 @@ fn list_or_none(items: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aigate_core::config::parse_and_compile;
     use aigate_core::error::ApiError;
     use aigate_core::pipeline::stage::{RequestCtx, RequestStage, Step};
+    use aigate_core::plan::parse_and_compile;
 
     /// A stage that asks a service before letting the request go on.
     #[derive(Debug)]
@@ -752,7 +754,7 @@ mod tests {
     fn dry_run(replies: Vec<CalloutReply>) -> String {
         let config = serde_json::json!({"routes":[{"name":"r","provider":{"kind":"openai","auth":{"key":{"value":"sk-abcdef"}}}}]});
         let mut plan = parse_and_compile(config.to_string().as_bytes(), &|_: &str| None).unwrap();
-        plan.routes[0].guards.request.push(Box::new(AskFirst));
+        plan.routes[0].request_stages.push(Box::new(AskFirst));
         let request = RequestOptions::default();
         let run = DryRun {
             plan: Rc::new(plan),

@@ -2,7 +2,7 @@
 //! tell what the pipeline decided (metrics, filter state, callouts, local replies) are also
 //! logged in order, so `explain` can tell the story whatever stages a build has.
 
-use aigate_core::host::{Callout, Host, RecordingHost, SharedDataError};
+use aigate_core::host::{Callout, Host, RecordingHost, SharedDataError, SharedEntry};
 use aigate_core::metrics;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +105,7 @@ impl Host for TracingHost {
         });
         self.inner.histogram_record(name, value);
     }
-    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    fn shared_get(&self, key: &str) -> Result<SharedEntry, SharedDataError> {
         self.inner.shared_get(key)
     }
     fn shared_set(

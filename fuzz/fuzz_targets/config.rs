@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let env = |_: &str| Some("fuzz-secret".to_string());
-    if let Err(error) = aigate_core::config::parse_and_compile(data, &env) {
+    if let Err(error) = aigate_core::plan::parse_and_compile(data, &env) {
         assert!(!error.to_string().contains("fuzz-secret"));
     }
 });

@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use aigate_core::config::parse_and_compile;
+use aigate_core::plan::parse_and_compile;
 use aigate_core::host::RecordingHost;
 use aigate_core::pipeline::{Action, Flow};
 use libfuzzer_sys::fuzz_target;

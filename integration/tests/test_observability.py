@@ -145,10 +145,12 @@ def wait_for(envoy: Envoy, series: str, value: float, timeout_s: float = 5.0) ->
 
 
 FAILED = LABELS + ',error_type="upstream_500"'
+# The usage and duration of an answer also carry the model it names (the mock's: the one asked for).
+ANSWERED = LABELS + ',gen_ai_response_model="gpt-4o-mini"'
 
 
 def test_metrics_have_prometheus_labels_and_the_expected_values(envoy: Envoy, sequence: list[httpx.Response]) -> None:
-    duration_count = series(f"gen_ai_client_operation_duration_count{{{LABELS}}}")
+    duration_count = series(f"gen_ai_client_operation_duration_count{{{ANSWERED}}}")
     metrics = wait_for(envoy, duration_count, 4)
     expected = {
         # answers from upstream: 1, 2, 3, 6 and the 500 (4), which carries error.type
@@ -156,8 +158,8 @@ def test_metrics_have_prometheus_labels_and_the_expected_values(envoy: Envoy, se
         f"aigate_requests_total{{{FAILED}}}": 1,
         f'aigate_tokens_total{{{LABELS},gen_ai_token_type="input"}}': 4 * 11,
         f'aigate_tokens_total{{{LABELS},gen_ai_token_type="output"}}': 4 * 7,
-        f'gen_ai_client_token_usage_count{{{LABELS},gen_ai_token_type="input"}}': 4,
-        f'gen_ai_client_token_usage_count{{{LABELS},gen_ai_token_type="output"}}': 4,
+        f'gen_ai_client_token_usage_count{{{ANSWERED},gen_ai_token_type="input"}}': 4,
+        f'gen_ai_client_token_usage_count{{{ANSWERED},gen_ai_token_type="output"}}': 4,
         duration_count: 4,
         f"gen_ai_client_operation_duration_count{{{FAILED}}}": 1,
         f"gen_ai_client_operation_time_to_first_chunk_count{{{LABELS}}}": 1,

@@ -24,6 +24,10 @@ import yaml
 from integration.harness import REPO_ROOT, Cluster, Envoy
 from integration.harness.envoy import SECONDS_BUCKETS, TOKEN_BUCKETS
 from integration.mocks import MockServer
+from integration.mocks.llm import openai_completion, openai_stream, sse_reply
+
+# The model the mock answers with: more precise than the one asked for, as OpenAI's are.
+ANSWERED_MODEL = "gpt-4.1-2025-04-14"
 
 EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
@@ -222,6 +226,11 @@ def wait_for(receiver: Receiver, names: set[str], timeout_s: float = 10.0) -> di
 
 def test_genai_metrics_arrive_with_the_conventions_names_and_attributes(envoy: Envoy, mock: MockServer, receiver: Receiver) -> None:
     for stream in (False, True):
+        if stream:
+            reply = sse_reply(openai_stream(ANSWERED_MODEL, "hi", include_usage=True))
+            mock.enqueue_reply(reply, path="/v1/chat/completions")
+        else:
+            mock.enqueue(200, openai_completion(ANSWERED_MODEL, "hi"), path="/v1/chat/completions")
         r = httpx.post(
             envoy.base_url + "/v1/chat/completions",
             json={"model": "gpt-4.1", "stream": stream, "messages": [{"role": "user", "content": "hi"}]},
@@ -248,6 +257,7 @@ def test_genai_metrics_arrive_with_the_conventions_names_and_attributes(envoy: E
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": "openai",
             "gen_ai.request.model": "gpt-4.1",  # not gpt-4_1
+            "gen_ai.response.model": ANSWERED_MODEL,  # the model the answer names
             "server.address": "api.openai.test",
             "server.port": str(mock.port),  # the upstream connection's
             "gen_ai.token.type": point["attributes"]["gen_ai.token.type"],
@@ -262,11 +272,16 @@ def test_genai_metrics_arrive_with_the_conventions_names_and_attributes(envoy: E
         assert point["attributes"]["gen_ai.provider.name"] == "openai"
         assert point["attributes"]["gen_ai.request.model"] == "gpt-4.1"
         assert point["bounds"] == SECONDS_BUCKETS
+    (duration,) = metrics["gen_ai.client.operation.duration"]["points"]
+    assert duration["attributes"]["gen_ai.response.model"] == ANSWERED_MODEL
     assert metrics["gen_ai.client.operation.duration"]["points"][0]["count"] == 2
     assert metrics["gen_ai.client.operation.time_to_first_chunk"]["points"][0]["count"] == 1
 
     tokens = {p["attributes"]["gen_ai.token.type"]: p["value"] for p in metrics["aigate.tokens"]["points"]}
     assert tokens == {"input": 22, "output": 14}
+    # The exact counters keep the labels of the request (budgets and bills go by them).
+    for name in ("aigate.tokens", "aigate.requests"):
+        assert all("gen_ai.response.model" not in p["attributes"] for p in metrics[name]["points"]), name
     # Every metric of ours arrives under its own name: nothing keeps Envoy's `wasmcustom.` prefix
     # or the `;key=value` label encoding.
     assert not [n for n in metrics if "wasmcustom" in n or ";" in n], sorted(metrics)

@@ -265,6 +265,29 @@ pub fn of_or_chat(operation: Operation) -> &'static dyn ClientApi {
     of(operation).unwrap_or(&chat::Chat)
 }
 
+/// Recognises the operation from the client's `:path` (query ignored): a registered client
+/// API's (`for_path`), or the model list the filter answers itself.
+pub fn operation_for_path(path: &str) -> Option<Operation> {
+    if let Some(api) = for_path(path) {
+        return Some(api.operation());
+    }
+    let path = path
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('/');
+    path.ends_with("/models").then_some(Operation::ListModels)
+}
+
+/// Checks the fields the filter relies on (the provider checks the rest), as the
+/// operation's client API does; an operation no API serves has no body to check.
+pub fn validate(operation: Operation, body: &serde_json::Value) -> Result<(), ApiError> {
+    match of(operation) {
+        Some(api) => api.validate(body),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,12 @@
-//! Plugin configuration: the JSON model (`model`), its compilation into an immutable,
-//! validated plan (`compile`), and the error type that names the JSON path of a fault.
+//! Plugin configuration: the JSON model (`model`) and the validation types every stage and
+//! provider shares (`validate`: the error type that names the JSON path of a fault, secrets,
+//! credentials and callout endpoints). Compiling a config into routes and their stages is the
+//! plan's (`crate::plan`), the only module that knows every stage.
 
-pub(crate) mod compile;
 pub mod model;
+pub mod validate;
 
-pub use compile::{
-    compile, compile_auth, compile_endpoint, parse_and_compile, resolve_secret, Attempts, Auth,
-    ConfigError, Endpoint, EnvLookup, Plan, RetryCondition, Route, RouteMatcher, Secret,
-    DEFAULT_PER_TRY_TIMEOUT_MS,
+pub use validate::{
+    compile_auth, compile_endpoint, resolve_secret, Auth, ConfigError, Endpoint, EnvLookup, Secret,
+    DEFAULT_CALLOUT_TIMEOUT_MS,
 };

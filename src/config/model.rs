@@ -104,6 +104,18 @@ impl ProviderKind {
             ProviderKind::OpenaiCompatible => "openai_compatible",
         }
     }
+
+    /// The well-known `gen_ai.provider.name` (the metrics' label); `openai_compatible`
+    /// servers (vLLM, Ollama, ...) have none, so they keep aigate's name.
+    pub fn gen_ai_name(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::AzureOpenai => "azure.ai.openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gcp.gemini",
+            ProviderKind::OpenaiCompatible => "openai_compatible",
+        }
+    }
 }
 
 #[derive(Deserialize, Debug, Clone)]

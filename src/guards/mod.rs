@@ -21,7 +21,7 @@ mod webhook;
 
 use std::rc::Rc;
 
-use crate::config::compile::compile_endpoint;
+use crate::config::compile_endpoint;
 use crate::config::model::{GuardConfig, GuardsConfig, RejectConfig};
 use crate::config::{Auth, ConfigError, EnvLookup};
 use crate::pipeline::stage::Side;

@@ -123,11 +123,11 @@ fn faults_name_their_path() {
 fn unknown_keys_and_two_kinds_in_one_guard_are_refused() {
     let text = br#"{"routes":[{"name":"r","provider":{"kind":"openai","auth":{"none":true}},
         "guards":{"request":[{"regex":{"builtins":["ssn"],"actoin":"mask"}}]}}]}"#;
-    let err = crate::config::parse_and_compile(text, &env).unwrap_err();
+    let err = crate::plan::parse_and_compile(text, &env).unwrap_err();
     assert!(err.path.starts_with("routes[0].guards.request[0]"), "{err}");
     let text = br#"{"routes":[{"name":"r","provider":{"kind":"openai","auth":{"none":true}},
         "guards":{"request":[{"regex":{"builtins":["ssn"]},"webhook":{"endpoint":{"cluster":"w"}}}]}}]}"#;
-    assert!(crate::config::parse_and_compile(text, &env).is_err());
+    assert!(crate::plan::parse_and_compile(text, &env).is_err());
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn mode_b_refuses_response_guards_that_can_reject() {
     let route = |guards: serde_json::Value, mode_a: bool| {
         let config = json!({"allow_on_headers_stop_iteration": mode_a, "routes": [{"name": "r",
             "provider": {"kind": "openai", "auth": {"none": true}}, "guards": guards}]});
-        crate::config::parse_and_compile(config.to_string().as_bytes(), &env)
+        crate::plan::parse_and_compile(config.to_string().as_bytes(), &env)
     };
     let endpoint = json!({"cluster": "g"});
     for refused in [

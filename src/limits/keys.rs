@@ -61,22 +61,24 @@ impl KeySource {
         }
     }
 
-    /// The budget key of this request. A missing header or address gives the empty key:
-    /// all such requests share one budget (they are not let through unlimited).
-    pub fn value(&self, headers: &[(String, String)], host: &dyn Host) -> String {
-        match self {
+    /// The budget key of this request. A missing header gives the empty key: all such
+    /// requests share one budget (they are not let through unlimited). None when the host
+    /// does not give the client's address: Envoy always knows it, so that is the host's
+    /// failure, never a reason to charge the client to a budget shared with others.
+    pub fn value(&self, headers: &[(String, String)], host: &dyn Host) -> Option<String> {
+        Some(match self {
             KeySource::Header(name) => headers
                 .iter()
                 .find(|(key, _)| key == name)
                 .map(|(_, value)| bounded(value.trim()))
                 .unwrap_or_default(),
-            KeySource::ClientAddress => host
-                .property(&["source", "address"])
-                .and_then(|bytes| String::from_utf8(bytes).ok())
-                .map(|address| bounded(strip_port(address.trim())))
-                .unwrap_or_default(),
+            KeySource::ClientAddress => {
+                let address = host.property(&["source", "address"])?;
+                let address = String::from_utf8(address).ok()?;
+                bounded(strip_port(address.trim()))
+            }
             KeySource::Fixed(value) => value.clone(),
-        }
+        })
     }
 }
 
@@ -165,22 +167,32 @@ mod tests {
         let host = RecordingHost::new();
         let source = KeySource::Header("x-user-id".into());
         let headers = vec![("x-user-id".to_string(), " alice ".to_string())];
-        assert_eq!(source.value(&headers, &host), "alice");
-        assert_eq!(source.value(&[], &host), "");
+        assert_eq!(source.value(&headers, &host).unwrap(), "alice");
+        assert_eq!(source.value(&[], &host).unwrap(), "");
     }
 
     #[test]
     fn client_address_drops_the_port() {
         let mut host = RecordingHost::new();
         host.set_property_value(&["source", "address"], b"10.1.2.3:55012");
-        assert_eq!(KeySource::ClientAddress.value(&[], &host), "10.1.2.3");
+        assert_eq!(
+            KeySource::ClientAddress.value(&[], &host).unwrap(),
+            "10.1.2.3"
+        );
         let mut host = RecordingHost::new();
         host.set_property_value(&["source", "address"], b"[2001:db8::7]:443");
-        assert_eq!(KeySource::ClientAddress.value(&[], &host), "2001:db8::7");
+        assert_eq!(
+            KeySource::ClientAddress.value(&[], &host).unwrap(),
+            "2001:db8::7"
+        );
+        // The host gives no address (or no text): a failure, not the shared empty key.
         assert_eq!(
             KeySource::ClientAddress.value(&[], &RecordingHost::new()),
-            ""
+            None
         );
+        let mut host = RecordingHost::new();
+        host.set_property_value(&["source", "address"], b"\xff\xfe");
+        assert_eq!(KeySource::ClientAddress.value(&[], &host), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use super::keys::fnv1a;
 use super::ledger::Table;
-use crate::host::{Host, SharedDataError};
+use crate::host::{Host, SharedDataError, SharedEntry};
 
 pub const SHARDS: u64 = 32;
 /// Writes that lose the race this often in a row give up (counted as a backend failure).
@@ -21,6 +21,9 @@ pub enum StoreError {
     Contended,
     /// The host refused the read or write.
     Host,
+    /// The shard holds bytes that are no ledger table (corrupted, or written by another
+    /// build): never taken for an empty table, which would forget every budget in it.
+    Unreadable,
 }
 
 /// The shared-data key of the shard that holds `key` of limit `limit` on route `route`.
@@ -40,14 +43,28 @@ fn shard_name_at(route: &str, limit: &str, shard: u64) -> String {
 /// Creates the shards of a limit that do not exist yet. Called at configure time, before
 /// traffic: creating an entry has no compare-and-swap (the host's CAS only guards an
 /// existing entry), so creation under concurrent requests could lose an update.
+///
+/// A shard whose bytes are no ledger table is started afresh here, with a warning: requests
+/// refuse it (`StoreError::Unreadable`) rather than forget its budgets, so this, at the next
+/// configuration, is where it recovers.
 pub fn prepare(host: &mut dyn Host, route: &str, limit: &str) {
     let empty = Table::default().encode();
     for shard in 0..SHARDS {
         let name = shard_name_at(route, limit, shard);
-        if host.shared_get(&name).0.is_none() {
-            if let Err(error) = host.shared_set(&name, &empty, None) {
-                log::warn!("aigate: cannot create shared data {name}: {error:?}");
+        let cas = match host.shared_get(&name) {
+            Ok((None, _)) => None,
+            Ok((Some(bytes), cas)) if Table::decode(&bytes).is_none() => {
+                log::warn!("aigate: shared data {name} holds no ledger table: starting it afresh");
+                cas
             }
+            Ok(_) => continue,
+            Err(error) => {
+                log::warn!("aigate: cannot read shared data {name}: {error:?}");
+                continue;
+            }
+        };
+        if let Err(error) = host.shared_set(&name, &empty, cas) {
+            log::warn!("aigate: cannot create shared data {name}: {error:?}");
         }
     }
 }
@@ -60,9 +77,12 @@ pub fn update<T>(
     mut change: impl FnMut(&mut Table) -> T,
 ) -> Result<T, StoreError> {
     for _ in 0..MAX_ATTEMPTS {
-        let (bytes, cas) = host.shared_get(shard);
-        // A table this build cannot read (another version) is started afresh.
-        let mut table = bytes.as_deref().and_then(Table::decode).unwrap_or_default();
+        let (bytes, cas): SharedEntry = host.shared_get(shard).map_err(|_| StoreError::Host)?;
+        // An absent shard is an empty table; one whose bytes are no table is a failure.
+        let mut table = match bytes.as_deref() {
+            None => Table::default(),
+            Some(bytes) => Table::decode(bytes).ok_or(StoreError::Unreadable)?,
+        };
         let result = change(&mut table);
         match host.shared_set(shard, &table.encode(), cas) {
             Ok(()) => return Ok(result),
@@ -90,7 +110,7 @@ mod tests {
 
     impl RacingHost {
         fn other_worker_writes(&mut self, shard: &str) {
-            let (bytes, _) = self.inner.shared_get(shard);
+            let (bytes, _) = self.inner.shared_get(shard).unwrap();
             let mut table = bytes.as_deref().and_then(Table::decode).unwrap_or_default();
             table.settle("alice", BUDGET, NOW, None, self.tokens_of_other_worker);
             self.inner.shared_set(shard, &table.encode(), None).unwrap();
@@ -104,7 +124,7 @@ mod tests {
     const NOW: u64 = 1_700_000_000_000;
 
     impl Host for RacingHost {
-        fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        fn shared_get(&self, key: &str) -> Result<SharedEntry, SharedDataError> {
             self.inner.shared_get(key)
         }
         fn shared_set(

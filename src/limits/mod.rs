@@ -2,8 +2,9 @@
 //!
 //! The check runs as the first request stage: it finds each limit's key, asks the backend,
 //! records a `Ticket` per budget in `Notes` and the `x-ratelimit-*` headers for the answer,
-//! or rejects. Once the answer's usage is known the pipeline calls `charge` (and on stream
-//! end, `charge` again with nothing: that only releases what an unanswered request held).
+//! or rejects. Once the answer's usage (and its cost) is known the flow calls the stage's
+//! `settle` (and on stream end, `settle` again with nothing: that only releases what an
+//! unanswered request held).
 //!
 //! Every budget is counted in one `Measure` of an answer: its total, input or output tokens
 //! (`tokens[].count`), or its cost in micro-dollars (`cost[]`). The ledger and the rate limit
@@ -24,6 +25,9 @@ use crate::config::model::{BackendConfig, FailureMode, LimitKeyConfig, LimitsCon
 use crate::config::ConfigError;
 use crate::host::{Callout, CalloutReply, Host};
 use crate::metrics;
+/// A budget the check admitted a request against (defined with the stage contract, whose
+/// `Notes` carry them to `RequestStage::settle`).
+pub use crate::pipeline::stage::Ticket;
 use crate::pipeline::stage::{Notes, RequestCtx, RequestStage, Step};
 use crate::usage::Usage;
 use headers::{Standing, Unit};
@@ -41,16 +45,6 @@ pub mod outcome {
     pub const BACKEND_FAILED_CLOSED: &str = "backend_failed_closed";
     pub const CAPACITY_EXCEEDED: &str = "capacity_exceeded";
     pub const CHARGE_FAILED: &str = "charge_failed";
-}
-
-/// One budget a request was admitted against, to charge when its usage is known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ticket {
-    /// Index of the limit in the route's `tokens`.
-    pub limit: usize,
-    pub key: String,
-    /// The local backend's hold for this request.
-    pub hold: Option<u32>,
 }
 
 /// What of an answer a budget counts.
@@ -101,20 +95,15 @@ struct Limits {
     backend: Backend,
 }
 
+/// A route's budgets: the check, a request stage the plan puts first. It also settles the
+/// budgets once usage is known (`RequestStage::settle`) and prepares the local backend's
+/// shared data (`RequestStage::prepare`).
 #[derive(Debug)]
 pub struct LimitPlan {
     pub check: Box<dyn RequestStage>,
-    limits: Rc<Limits>,
 }
 
 impl LimitPlan {
-    /// True when the budget check needs no callout (the local backend), so it can run as
-    /// soon as the request headers arrive: a client over budget then never causes an
-    /// upstream request, even in mode B.
-    pub fn checks_synchronously(&self) -> bool {
-        matches!(self.limits.backend, Backend::Local)
-    }
-
     /// `priced`: the config has a `pricing` table (cost budgets need one).
     pub fn compile(
         config: &LimitsConfig,
@@ -232,24 +221,24 @@ impl LimitPlan {
             backend,
         });
         Ok(LimitPlan {
-            check: Box::new(Check(Rc::clone(&limits))),
-            limits,
+            check: Box::new(Check(limits)),
         })
     }
+}
 
+impl Limits {
     /// Creates the local backend's shared data before traffic (see `local::prepare`).
-    pub fn prepare(&self, host: &mut dyn Host) {
-        if let Backend::Local = self.limits.backend {
-            for limit in &self.limits.limits {
-                local::prepare(host, &self.limits.route, &limit.name);
+    fn prepare(&self, host: &mut dyn Host) {
+        if let Backend::Local = self.backend {
+            for limit in &self.limits {
+                local::prepare(host, &self.route, &limit.name);
             }
         }
     }
 
     /// True when some budget counts dollars (the flow then prices every answer).
-    pub fn counts_cost(&self) -> bool {
+    fn counts_cost(&self) -> bool {
         self.limits
-            .limits
             .iter()
             .any(|limit| limit.measure == Measure::CostMicros)
     }
@@ -259,7 +248,7 @@ impl LimitPlan {
     /// of `notes`, so a second call is a no-op. A callout returned here is sent without
     /// waiting for its reply (rate limit service reports: one per distinct amount, since a
     /// request's `hits_addend` applies to all its descriptors).
-    pub fn charge(
+    fn charge(
         &self,
         notes: &mut Notes,
         usage: Usage,
@@ -270,7 +259,7 @@ impl LimitPlan {
         if tickets.is_empty() {
             return Vec::new();
         }
-        let limits = &self.limits;
+        let limits = self;
         let amount = |ticket: &Ticket| {
             limits
                 .limits
@@ -290,7 +279,13 @@ impl LimitPlan {
                     let result = local::update(host, &shard, |table| {
                         table.settle(&ticket.key, limit.budget, now_ms, ticket.hold, amount)
                     });
-                    if result.is_err() {
+                    if let Err(error) = result {
+                        log::warn!(
+                            "aigate: route {}: limit {}: the answer's {amount} ({:?}) was not recorded: {error:?}",
+                            limits.route,
+                            limit.name,
+                            limit.measure
+                        );
                         limits.count(host, &limit.name, outcome::CHARGE_FAILED);
                     }
                 }
@@ -370,7 +365,11 @@ impl Limits {
         let mut tickets: Vec<Ticket> = Vec::with_capacity(self.limits.len());
         let mut standings = Vec::with_capacity(self.limits.len());
         for (index, limit) in self.limits.iter().enumerate() {
-            let key = limit.key.value(ctx.request_headers, &*ctx.host);
+            let Some(key) = limit.key.value(ctx.request_headers, &*ctx.host) else {
+                self.no_key(ctx.host, &limit.name);
+                self.release(ctx.host, &tickets);
+                return Step::Reject(headers::unavailable());
+            };
             let shard = local::shard_name(&self.route, &limit.name, &key);
             let hold_id = hold_id(now_ms, index);
             let admission = local::update(ctx.host, &shard, |table| {
@@ -423,6 +422,17 @@ impl Limits {
         ctx.notes.response_headers.extend(headers_for(standings));
         ctx.notes.limit_tickets.extend(tickets);
         Step::Next
+    }
+
+    /// The host gave no key for `limit` (the client's address): refused as the backend's
+    /// failure (503, `backend_failed_closed`, logged), whatever the failure mode, since no
+    /// budget can be asked for a client that cannot be told apart.
+    fn no_key(&self, host: &mut dyn Host, limit: &str) {
+        log::warn!(
+            "aigate: route {}: limit {limit}: the host gave no client address (source.address) to key the budget by",
+            self.route
+        );
+        self.count(host, limit, outcome::BACKEND_FAILED_CLOSED);
     }
 
     /// Gives back holds taken for a request that another budget refused. A failure only
@@ -538,16 +548,18 @@ impl RequestStage for Check {
         match &limits.backend {
             Backend::Local => limits.check_local(ctx),
             Backend::Rls(backend) => {
-                let tickets: Vec<Ticket> = limits
-                    .limits
-                    .iter()
-                    .enumerate()
-                    .map(|(index, limit)| Ticket {
+                let mut tickets: Vec<Ticket> = Vec::with_capacity(limits.limits.len());
+                for (index, limit) in limits.limits.iter().enumerate() {
+                    let Some(key) = limit.key.value(ctx.request_headers, &*ctx.host) else {
+                        limits.no_key(ctx.host, &limit.name);
+                        return Step::Reject(headers::unavailable());
+                    };
+                    tickets.push(Ticket {
                         limit: index,
-                        key: limit.key.value(ctx.request_headers, &*ctx.host),
+                        key,
                         hold: None,
-                    })
-                    .collect();
+                    });
+                }
                 let callout = backend.callout(&limits.descriptors(&tickets), 0);
                 ctx.notes.limit_tickets.extend(tickets);
                 Step::Call(callout)
@@ -560,5 +572,29 @@ impl RequestStage for Check {
             Backend::Rls(backend) => self.0.on_rls_reply(backend, ctx, reply),
             Backend::Local => Step::Next,
         }
+    }
+
+    /// The local backend needs no callout, so the check runs as soon as the request headers
+    /// arrive: a client over budget then never causes an upstream request, even in mode B.
+    fn runs_on_headers(&self) -> bool {
+        matches!(self.0.backend, Backend::Local)
+    }
+
+    fn settle(
+        &self,
+        notes: &mut Notes,
+        usage: Usage,
+        cost_micros: u64,
+        host: &mut dyn Host,
+    ) -> Vec<Callout> {
+        self.0.charge(notes, usage, cost_micros, host)
+    }
+
+    fn counts_cost(&self) -> bool {
+        self.0.counts_cost()
+    }
+
+    fn prepare(&self, host: &mut dyn Host) {
+        self.0.prepare(host);
     }
 }

@@ -23,10 +23,10 @@
 use std::rc::Rc;
 
 use super::{filter_state, Flow};
-use crate::config::{Attempts, RetryCondition, Route};
 use crate::error::ApiError;
 use crate::host::Host;
 use crate::metrics;
+use crate::plan::{Attempts, RetryCondition, Route};
 use crate::providers::Provider;
 
 /// Response header from the attempt to the downstream instance: the index of the provider
@@ -234,7 +234,7 @@ impl Flow {
         let provider_name = attempt_plan
             .routes
             .first()
-            .map(|route| metrics::provider_name(route.provider.kind))
+            .map(|route| route.provider.kind.gen_ai_name())
             .unwrap_or_default();
         self.attempt = Some(Attempt {
             index,

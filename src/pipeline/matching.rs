@@ -1,6 +1,6 @@
 //! Picks the first route whose `match` holds for a request.
 
-use crate::config::{Plan, RouteMatcher};
+use crate::plan::{Plan, RouteMatcher};
 
 /// The request facts matching looks at, read once in the headers phase.
 #[derive(Debug, Default, Clone)]

@@ -18,9 +18,10 @@ use serde_json::{json, Value};
 
 use crate::api::{self, Operation};
 use crate::client_api::{self, ClientApi, Translation};
-use crate::config::{Auth, Plan, Route};
+use crate::config::Auth;
 use crate::error::ApiError;
 use crate::host::{CalloutReply, Host};
+use crate::plan::{Plan, Route};
 use crate::providers::{Exchange, CLIENT_CREDENTIAL_HEADERS};
 use crate::usage::Usage;
 use stage::{Notes, RequestCtx, ResponseCtx, ResponseOverride, Side, Step};
@@ -96,7 +97,7 @@ pub struct Flow {
     exchange: Exchange,
     notes: Notes,
     next_stage: usize,
-    /// 1 when the budget check already ran in the headers phase.
+    /// How many request stages already ran in the headers phase (`runs_on_headers`).
     first_body_stage: usize,
     pending_token: Option<u32>,
     response: Option<ResponseMode>,
@@ -114,13 +115,17 @@ pub struct Flow {
     response_encoding: Option<String>,
     /// Decodes a compressed event stream as it flows; the client gets it decoded.
     stream_inflater: Option<crate::encoding::Inflater>,
-    /// A compressed stream that could not be decoded was ended with an error event: the
-    /// rest of it is dropped.
+    /// A stream that could not be read or decoded was ended with an error event (or an
+    /// observed JSON answer the host would not give, with the error body): the rest of it is
+    /// dropped.
     stream_broken: bool,
     exchange_usage: Option<Usage>,
-    /// The model the answer names (`usage::answer_model`), read only when `pricing` is set:
-    /// it is priced under that name when the table has it.
+    /// The model the last usage of the answer names (`json_view::answer_model`), read only
+    /// when `pricing` is set: it is priced under that name when the table has it.
     answer_model: Option<String>,
+    /// The model the answer names, as the provider wrote it (`gen_ai.response.model` of the
+    /// usage and duration metrics).
+    response_model: Option<String>,
     /// What an answer whose usage never arrived is charged instead (`usage::estimate`).
     usage_estimate: Option<Usage>,
     headers_held: bool,
@@ -172,6 +177,7 @@ impl Flow {
             stream_broken: false,
             exchange_usage: None,
             answer_model: None,
+            response_model: None,
             usage_estimate: None,
             headers_held: false,
             first_byte_recorded: false,
@@ -254,7 +260,7 @@ impl Flow {
 
         let path = self.header(":path").unwrap_or_default().to_string();
         let method = self.header(":method").unwrap_or_default().to_string();
-        let Some(operation) = Operation::from_path(&path) else {
+        let Some(operation) = client_api::operation_for_path(&path) else {
             if self.header("anthropic-version").is_some() {
                 // An Anthropic client: the error in its shape.
                 self.api = &client_api::messages::Messages;
@@ -347,12 +353,17 @@ impl Flow {
             );
         }
         self.state = State::ReadingRequest;
-        if let Some(limits) = route.limits.as_ref().filter(|l| l.checks_synchronously()) {
-            let step = self.with_request_ctx(host, route, |ctx| limits.check.start(ctx));
+        // The leading stages that need no body (a local budget check) run now: a client
+        // over budget then never causes an upstream request.
+        while let Some(stage) = route
+            .request_stage(self.first_body_stage)
+            .filter(|stage| stage.runs_on_headers())
+        {
+            let step = self.with_request_ctx(host, route, |ctx| stage.start(ctx));
             match step {
-                Step::Next => self.first_body_stage = 1,
+                Step::Next => self.first_body_stage += 1,
                 Step::Reject(error) => return self.reject(host, error),
-                Step::Call(_) => {} // not synchronous after all: it runs with the body
+                Step::Call(_) => break, // not synchronous after all: it runs with the body
             }
         }
         if self.plan.allow_on_headers_stop_iteration {

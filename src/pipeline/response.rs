@@ -10,11 +10,11 @@ use super::stage::Step;
 use super::stream::{self, StreamProcessor};
 use super::{filter_state, Action, Flow, Progress, ResponseMode, Side, State};
 use crate::client_api::{ClientApi, Translation};
-use crate::config::Route;
 use crate::encoding;
 use crate::error::ApiError;
 use crate::host::Host;
 use crate::metrics;
+use crate::plan::Route;
 use crate::providers::StreamDecoder;
 use crate::usage::{self, Usage};
 
@@ -94,6 +94,18 @@ impl Flow {
         self.account(host);
         self.response = Some(ResponseMode::Stream(processor));
         Action::Continue
+    }
+
+    /// Ends an observed (relayed as it comes) JSON answer whose bytes the host would not
+    /// give: the chunk is replaced by the API's error body (the status already went to the
+    /// client), the rest is dropped, and the failure is counted and accounted.
+    fn break_observed(&mut self, host: &mut dyn Host, body_size: usize) {
+        let error = unreadable_answer_body();
+        self.stream_broken = true;
+        host.replace_response_body(0, body_size, &self.api.error_body(&error));
+        host.set_filter_state(filter_state::OUTCOME, &error.code);
+        self.count_error(host, &error.code);
+        self.account(host);
     }
 
     fn count_error(&mut self, host: &mut dyn Host, code: &str) {
@@ -176,8 +188,7 @@ impl Flow {
                 host.set_response_header("content-length", None);
             }
             let filters = route
-                .guards
-                .stream
+                .stream_filters
                 .iter()
                 .map(|factory| factory.create(self.api))
                 .collect();
@@ -257,10 +268,29 @@ impl Flow {
         self.response_seen = body_size;
         match self.response.take() {
             Some(ResponseMode::ObserveJson(mut copy)) => {
+                if self.stream_broken {
+                    // The answer was already ended with an error: drop what follows.
+                    if body_size > 0 {
+                        host.replace_response_body(0, body_size, &[]);
+                    }
+                    self.response = Some(ResponseMode::ObserveJson(copy));
+                    return Action::Continue;
+                }
                 // An empty end-of-stream call has nothing to read: spare the host call.
-                let chunk = (body_size > 0)
-                    .then(|| host.response_body(0, body_size))
-                    .flatten();
+                let chunk = if body_size > 0 {
+                    match self.read_answer(host, body_size) {
+                        Some(chunk) => Some(chunk),
+                        None => {
+                            // A host failure, never an empty chunk: bytes the redactor could
+                            // not read are not relayed, and the answer ends with the error.
+                            self.break_observed(host, body_size);
+                            self.response = Some(ResponseMode::ObserveJson(copy));
+                            return Action::Continue;
+                        }
+                    }
+                } else {
+                    None
+                };
                 if let Some(chunk) = &chunk {
                     copy.push(chunk);
                 }
@@ -270,6 +300,7 @@ impl Flow {
                 }
                 if end_of_stream {
                     self.exchange_usage = copy.usage(self.api, self.response_encoding.as_deref());
+                    self.response_model = copy.model(self.response_encoding.as_deref());
                     if !self.plan.pricing.is_empty() {
                         self.answer_model = copy.answer_model(self.response_encoding.as_deref());
                     }
@@ -329,6 +360,9 @@ impl Flow {
                     None => decoded,
                 };
                 self.relay_chunk(host, body_size, &chunk, out, end_of_stream);
+                if self.response_model.is_none() {
+                    self.response_model = processor.response_model().map(str::to_string);
+                }
                 if let Some(found) = processor.usage() {
                     self.exchange_usage = Some(found);
                     if let Some(model) = processor.answer_model() {
@@ -397,7 +431,8 @@ impl Flow {
                 };
                 if !self.plan.pricing.is_empty() {
                     // The provider's own answer (before any translation) names its model.
-                    self.answer_model = usage::answer_model(&body);
+                    self.answer_model =
+                        crate::json_view::answer_model(&body).filter(|model| !model.is_empty());
                 }
                 if let Some(progress) = self.answer_in_place(host, &body) {
                     return match progress {
@@ -488,6 +523,7 @@ impl Flow {
         let text = std::str::from_utf8(body).ok()?;
         let mut answer = self.api.read_answer(text)?;
         self.exchange_usage = answer.usage;
+        self.response_model = crate::json_view::answer_model(body);
         for guard in guards {
             if let Step::Reject(error) = guard.apply_in_place(&mut answer.texts, host) {
                 self.replace_with_error(host, error);
@@ -546,6 +582,8 @@ impl Flow {
             return Ok(());
         }
         let codec = route.provider.codec();
+        // As the provider wrote it: a translation writes the model asked for.
+        self.response_model = crate::json_view::answer_model(body);
         let decoded = if self.exchange.upstream_stream && !aggregate::looks_like_json(body) {
             Some(aggregate::aggregate(
                 body,
@@ -762,11 +800,15 @@ impl Flow {
             ),
             (
                 metrics::PROVIDER_NAME,
-                metrics::provider_name(provider.kind).to_string(),
+                provider.kind.gen_ai_name().to_string(),
             ),
             (
                 metrics::REQUEST_MODEL,
-                metrics::model_label(route, &self.exchange.model),
+                metrics::model_label(
+                    &route.name,
+                    route.provider.model.is_some() || route.provider.models.is_some(),
+                    &self.exchange.model,
+                ),
             ),
             (metrics::SERVER_ADDRESS, server.to_string()),
             (
@@ -788,19 +830,21 @@ impl Flow {
         let Some(route) = plan.routes.get(self.route) else {
             return;
         };
-        let Some(limits) = &route.limits else {
-            return;
-        };
         let usage = self
             .exchange_usage
             .or(self.usage_estimate)
             .unwrap_or_default();
-        let cost_micros = if limits.counts_cost() {
+        let cost_micros = if route.request_stages.iter().any(|stage| stage.counts_cost()) {
             self.priced(&usage).micros
         } else {
             0
         };
-        for callout in limits.charge(&mut self.notes, usage, cost_micros, host) {
+        let callouts = route
+            .request_stages
+            .iter()
+            .flat_map(|stage| stage.settle(&mut self.notes, usage, cost_micros, host))
+            .collect::<Vec<_>>();
+        for callout in callouts {
             if let Err(reason) = host.dispatch_detached(&callout) {
                 log::warn!(
                     "aigate: route {}: usage report to {} failed: {reason}",
@@ -832,15 +876,16 @@ impl Flow {
             Some(model) => (metrics::COST, model.clone()),
             None => (
                 metrics::UNPRICED,
-                metrics::model_label(route, &self.exchange.model),
+                metrics::model_label(
+                    &route.name,
+                    route.provider.model.is_some() || route.provider.models.is_some(),
+                    &self.exchange.model,
+                ),
             ),
         };
         let labels = [
             ("route", route.name.as_str()),
-            (
-                metrics::PROVIDER_NAME,
-                metrics::provider_name(route.provider.kind),
-            ),
+            (metrics::PROVIDER_NAME, route.provider.kind.gen_ai_name()),
             (metrics::RESPONSE_MODEL, model.as_str()),
         ];
         let amount = if priced.model.is_some() {
@@ -870,9 +915,16 @@ impl Flow {
         };
         let labels = self.model_labels(route, host);
         host.counter_add(&metrics::name(metrics::REQUESTS, &labels.as_refs()), 1);
+        let response_model = self
+            .response_model
+            .as_deref()
+            .map(|model| metrics::response_model_label(&route.name, model))
+            .unwrap_or_default();
         let elapsed = host.now_ms().saturating_sub(self.started_ms);
+        let mut with_model = labels.as_refs();
+        with_model.push((metrics::RESPONSE_MODEL, &response_model));
         host.histogram_record(
-            &metrics::name(metrics::OPERATION_DURATION, &labels.as_refs()),
+            &metrics::name(metrics::OPERATION_DURATION, &with_model),
             metrics::seconds(elapsed),
         );
         self.charge_limits(host);
@@ -893,8 +945,12 @@ impl Flow {
         ] {
             let mut with_type = labels.as_refs();
             with_type.push((metrics::TOKEN_TYPE, token_type));
-            host.histogram_record(&metrics::name(metrics::TOKEN_USAGE, &with_type), count);
             host.counter_add(&metrics::name(metrics::TOKENS, &with_type), count);
+            with_type.insert(
+                with_type.len() - 1,
+                (metrics::RESPONSE_MODEL, &response_model),
+            );
+            host.histogram_record(&metrics::name(metrics::TOKEN_USAGE, &with_type), count);
         }
         host.set_filter_state(
             filter_state::PROMPT_TOKENS,
@@ -971,14 +1027,23 @@ impl Observed {
         }
     }
 
-    /// The model the answer names (`usage::answer_model`); None for an answer too large to
-    /// keep whole.
+    /// The model the answer names (`json_view::answer_model`, empty taken as none); None
+    /// for an answer too large to keep whole. Decodes an encoded answer (pricing needs it).
     fn answer_model(&self, content_encoding: Option<&str>) -> Option<String> {
         if self.tail_only {
             return None;
         }
         let decoded = encoding::decode(content_encoding, &self.kept).ok()?;
-        usage::answer_model(&decoded)
+        crate::json_view::answer_model(&decoded).filter(|model| !model.is_empty())
+    }
+
+    /// The model the answer names (its top-level `model`); None for an answer too large to
+    /// keep whole or one not in identity encoding (read only where it is cheap).
+    fn model(&self, content_encoding: Option<&str>) -> Option<String> {
+        if self.tail_only || !encoding::is_identity(content_encoding) {
+            return None;
+        }
+        crate::json_view::answer_model(&self.kept)
     }
 
     /// The answer's usage: parsed from the whole answer, or found in the tail of one too

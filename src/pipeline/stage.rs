@@ -1,15 +1,43 @@
-//! Request and response stages. A stage either finishes at once or asks for one callout
-//! and finishes when its reply comes; the flow (`pipeline::Flow`) drives them in order.
+//! The stage contract: what a request or response stage is given and returns. A stage either
+//! finishes at once or asks for one callout and finishes when its reply comes; the flow
+//! (`pipeline::Flow`) drives a route's stages in the order the plan (`crate::plan`) lists them.
+//! The contract names no concrete stage: what the flow must know about one (it runs in the
+//! headers phase, it settles budgets once usage is known) the stage declares here.
 
 use std::fmt::Debug;
 
 use serde_json::Value;
 
+use crate::api::Operation;
 use crate::error::ApiError;
 use crate::host::{Callout, CalloutReply, Host};
 use crate::pipeline::in_place::Text;
-use crate::providers::Exchange;
 use crate::sse::SseEvent;
+use crate::usage::Usage;
+
+/// What the filter knows about one request/answer exchange while translating (the providers'
+/// codecs read it too: `providers::Exchange`).
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// The model sent upstream (after mapping).
+    pub model: String,
+    /// The client asked for a stream.
+    pub client_stream: bool,
+    /// The upstream is asked for a stream (differs from `client_stream` when the filter
+    /// needs the whole answer first, for example for a response transformer).
+    pub upstream_stream: bool,
+    /// The client asked for `stream_options.include_usage`.
+    pub client_wants_usage: bool,
+    /// Seconds since the epoch, for `created` in synthesised answers.
+    pub created: u64,
+    /// A `chatcmpl-...` id for synthesised answers.
+    pub id: String,
+    /// The operation asked of the provider (chat completions for a bridged request).
+    pub operation: Operation,
+    /// The client's operation: the API whose form every stage sees (its texts, its
+    /// validation), which differs from `operation` when the request is bridged.
+    pub client_operation: Operation,
+}
 
 /// What a stage wants next.
 #[derive(Debug)]
@@ -27,8 +55,19 @@ pub enum Step {
 pub struct Notes {
     /// Headers to add to the client's response (for example `x-ratelimit-*`).
     pub response_headers: Vec<(String, String)>,
-    /// Budgets the request was admitted against, to charge once usage is known.
-    pub limit_tickets: Vec<crate::limits::Ticket>,
+    /// Budgets the request was admitted against, to charge once usage is known (`settle`).
+    pub limit_tickets: Vec<Ticket>,
+}
+
+/// One budget a request was admitted against, to charge when its usage is known (the budget
+/// check, `limits`, writes and settles them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    /// Index of the limit in the route's `tokens`.
+    pub limit: usize,
+    pub key: String,
+    /// The local backend's hold for this request.
+    pub hold: Option<u32>,
 }
 
 /// Everything a request stage may look at or change.
@@ -75,6 +114,32 @@ pub trait RequestStage: Debug {
     fn text_stage(&self) -> Option<&dyn TextStage> {
         None
     }
+    /// True when the stage needs no body and no callout (a local budget check): the flow
+    /// runs it in the headers phase, before the body is read, when every stage before it
+    /// does too. Its `ctx.body` is `null` then.
+    fn runs_on_headers(&self) -> bool {
+        false
+    }
+    /// Once usage is known (or the request ended without an answer): settles what the stage
+    /// recorded in `notes` (budgets charged, holds released), taking it out of `notes` so a
+    /// second call does nothing. `cost_micros` is the answer's cost (`pricing`), 0 when no
+    /// stage `counts_cost`. Callouts returned are sent without waiting for replies.
+    fn settle(
+        &self,
+        _notes: &mut Notes,
+        _usage: Usage,
+        _cost_micros: u64,
+        _host: &mut dyn Host,
+    ) -> Vec<Callout> {
+        Vec::new()
+    }
+    /// True when `settle` needs the answer's cost (a budget in dollars): the flow then
+    /// prices every answer of the route.
+    fn counts_cost(&self) -> bool {
+        false
+    }
+    /// Sets up what the stage shares across requests, once per VM before traffic.
+    fn prepare(&self, _host: &mut dyn Host) {}
 }
 
 /// What a response stage may change beyond the body: status and headers, honoured where the

@@ -23,8 +23,11 @@ pub struct StreamProcessor {
     usage: Option<Usage>,
     /// Read the model the answer names from its usage events (`record_answer_model`).
     record_model: bool,
-    /// The model named by the last usage event that named one (`usage::answer_model`).
+    /// The model named by the last usage event that named one (`json_view::answer_model` of
+    /// the client-form event): what the answer is priced under.
     answer_model: Option<String>,
+    /// The model the first upstream event naming one names (`json_view::answer_model`).
+    response_model: Option<String>,
     /// After an in-band error the rest of the upstream stream is dropped.
     ended_with_error: bool,
     saw_content: bool,
@@ -55,6 +58,7 @@ impl StreamProcessor {
             usage: None,
             record_model: false,
             answer_model: None,
+            response_model: None,
             ended_with_error: false,
             saw_content: false,
             saw_done: false,
@@ -91,6 +95,11 @@ impl StreamProcessor {
 
     pub fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+
+    /// The model the answer names, once an event named one.
+    pub fn response_model(&self) -> Option<&str> {
+        self.response_model.as_deref()
     }
 
     /// True once the OpenAI `[DONE]` marker went by: clients hang up right after it, so
@@ -134,6 +143,14 @@ impl StreamProcessor {
         let whole_after = self.parser.at_event_boundary();
         if end_of_stream {
             self.parser.finish(&mut events);
+        }
+        if self.response_model.is_none() {
+            // The provider's own events (before any translation, which writes the model
+            // asked for), until one names the model.
+            self.response_model = events
+                .iter()
+                .filter(|event| crate::find::contains(&event.data, "\"model"))
+                .find_map(|event| crate::json_view::answer_model(event.data.as_bytes()));
         }
         if self.is_passthrough() || self.chunk_passes(whole_before && whole_after, &events) {
             for event in &events {
@@ -266,10 +283,13 @@ impl StreamProcessor {
         let before = self.usage;
         self.api.update_stream_usage(&event.data, &mut self.usage);
         if self.record_model && self.usage != before {
-            if let Some(model) = crate::usage::answer_model(event.data.as_bytes()) {
+            if let Some(model) = crate::json_view::answer_model(event.data.as_bytes())
+                .filter(|model| !model.is_empty())
+            {
                 self.answer_model = Some(model);
             }
         }
+
         if crate::find::contains(&event.data, "\"delta\"") {
             self.saw_content = true;
             self.generated += self.api.generated_text_len(&event.data);

@@ -9,28 +9,8 @@ use crate::config::model::ProviderKind;
 use crate::error::ApiError;
 use crate::sse::SseEvent;
 
-/// What the filter knows about one request/answer exchange while translating.
-#[derive(Debug, Clone)]
-pub struct Exchange {
-    /// The model sent upstream (after mapping).
-    pub model: String,
-    /// The client asked for a stream.
-    pub client_stream: bool,
-    /// The upstream is asked for a stream (differs from `client_stream` when the filter
-    /// needs the whole answer first, for example for a response transformer).
-    pub upstream_stream: bool,
-    /// The client asked for `stream_options.include_usage`.
-    pub client_wants_usage: bool,
-    /// Seconds since the epoch, for `created` in synthesised answers.
-    pub created: u64,
-    /// A `chatcmpl-...` id for synthesised answers.
-    pub id: String,
-    /// The operation asked of the provider (chat completions for a bridged request).
-    pub operation: Operation,
-    /// The client's operation: the API whose form every stage sees (its texts, its
-    /// validation), which differs from `operation` when the request is bridged.
-    pub client_operation: Operation,
-}
+/// Defined with the stage contract, which hands it to every stage.
+pub use crate::pipeline::stage::Exchange;
 
 pub trait Codec: Sync {
     /// Whether the provider serves this operation at all (chat is universal).

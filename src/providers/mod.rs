@@ -152,8 +152,7 @@ impl Provider {
                 "must start with '/'",
             ));
         }
-        let auth =
-            crate::config::compile::compile_auth(&config.auth, &format!("{path}.auth"), env)?;
+        let auth = crate::config::compile_auth(&config.auth, &format!("{path}.auth"), env)?;
         if let Some(model) = &config.model {
             if model.trim().is_empty() {
                 return Err(ConfigError::new(

@@ -4,9 +4,9 @@ use std::rc::Rc;
 
 use serde_json::{json, Value};
 
-use crate::config::parse_and_compile;
 use crate::host::RecordingHost;
 use crate::pipeline::{Action, Flow};
+use crate::plan::parse_and_compile;
 
 fn no_env(_: &str) -> Option<String> {
     None

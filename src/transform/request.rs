@@ -61,7 +61,7 @@ fn new_request(text: &str, operation: api::Operation, original: &Value) -> Resul
             None => object.remove(field),
         };
     }
-    api::validate(operation, &body).map_err(|error| {
+    crate::client_api::validate(operation, &body).map_err(|error| {
         Failure::Invalid(format!(
             "it is not a valid request ({})",
             error.message.trim_end_matches('.')

@@ -5,9 +5,10 @@
 
 use std::rc::Rc;
 
-use aigate_core::config::{parse_and_compile, EnvLookup, Plan};
+use aigate_core::config::EnvLookup;
 use aigate_core::host::{CalloutReply, RecordingHost};
 use aigate_core::pipeline::{Action, Flow};
+use aigate_core::plan::{parse_and_compile, Plan};
 use serde_json::Value;
 
 /// The plan of `config`, with secrets read from `env`; a config fault fails the test.

@@ -12,9 +12,9 @@ use std::time::Duration;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action as WasmAction, ContextType, LogLevel};
 
-use aigate_core::config::{self, Plan};
-use aigate_core::host::{Callout, CalloutKind, CalloutReply, Host, SharedDataError};
+use aigate_core::host::{Callout, CalloutKind, CalloutReply, Host, SharedDataError, SharedEntry};
 use aigate_core::pipeline::{Action, Flow};
+use aigate_core::plan::{self, Plan};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -53,7 +53,7 @@ impl RootContext for Root {
             }
         };
         let env = |name: &str| std::env::var(name).ok();
-        match config::parse_and_compile(&bytes, &env) {
+        match plan::parse_and_compile(&bytes, &env) {
             Ok(plan) => {
                 log::info!("aigate: configured {} route(s)", plan.routes.len());
                 if plan.secrets.too_short() > 0 {
@@ -68,9 +68,7 @@ impl RootContext for Root {
                     root_id: self.id,
                     stream_id: self.id,
                 };
-                for limits in plan.routes.iter().filter_map(|route| route.limits.as_ref()) {
-                    limits.prepare(&mut host);
-                }
+                plan.prepare(&mut host);
                 self.plan = Some(Rc::new(plan));
                 true
             }
@@ -417,8 +415,11 @@ impl Host for WasmHost {
         }
     }
 
-    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        abi::get_shared_data(key).unwrap_or((None, None))
+    fn shared_get(&self, key: &str) -> Result<SharedEntry, SharedDataError> {
+        abi::get_shared_data(key).map_err(|status| {
+            log::warn!("aigate: reading shared data {key} failed with host status {status}");
+            SharedDataError::Other
+        })
     }
 
     fn shared_set(

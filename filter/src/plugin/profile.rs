@@ -36,7 +36,7 @@ mod timed {
 
     use super::Phase;
     use crate::plugin::abi;
-    use aigate_core::host::{Callout, Host, SharedDataError};
+    use aigate_core::host::{Callout, Host, SharedDataError, SharedEntry};
 
     const REPORT_EVERY: u64 = 1000;
     /// Slow requests (megabyte prompts) report at least this often, after a few requests.
@@ -242,7 +242,7 @@ mod timed {
         fn histogram_record(&mut self, name: &str, value: u64) {
             self.time("histogram_record", |h| h.histogram_record(name, value))
         }
-        fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        fn shared_get(&self, key: &str) -> Result<SharedEntry, SharedDataError> {
             self.time_ref("shared_get", |h| h.shared_get(key))
         }
         fn shared_set(

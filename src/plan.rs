@@ -1,100 +1,27 @@
-//! Turns the operator's JSON into an immutable `Plan`: secrets resolved, regexes compiled,
-//! defaults applied, every fault reported once with the JSON path where it sits.
+//! The plan: the only module that knows every stage. It turns the operator's JSON into an
+//! immutable `Plan` (secrets resolved, regexes compiled, defaults applied, every fault
+//! reported once with the JSON path where it sits) and holds each route's stages as ordered
+//! lists: request stages, response stages and stream filter factories. The flow
+//! (`pipeline::Flow`) walks the lists without knowing which stage is which; what it must know
+//! about a stage (it runs in the headers phase, it needs the whole answer, it may set the
+//! status, it settles a budget) the stage declares through the contract (`pipeline::stage`).
 
-use std::fmt;
 use std::rc::Rc;
 
-use super::model::{
-    AuthConfig, EndpointConfig, MatchConfig, PluginConfig, ProviderConfig, ProviderKind,
-    RequestConfig, RouteConfig, SecretConfig,
+use crate::config::model::{
+    AuthConfig, MatchConfig, PluginConfig, PriceConfig, ProviderConfig, ProviderKind,
+    RequestConfig, RouteConfig,
 };
+use crate::config::{ConfigError, EnvLookup};
 use crate::cost::{Price, PriceTable};
-use crate::guards::GuardPlan;
+use crate::guards::{EventFilterFactory, GuardPlan};
+use crate::host::Host;
 use crate::limits::LimitPlan;
 use crate::pipeline::stage::{RequestStage, ResponseStage};
 use crate::providers::Provider;
 use crate::secrets::Secrets;
 use crate::shaping::Shaping;
 use crate::transform::TransformPlan;
-
-/// A configuration fault at a JSON path such as `routes[2].provider.auth`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub path: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-/// Reads a variable of the Wasm VM's environment (`vm_config.environment_variables`).
-pub trait EnvLookup {
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-impl<F: Fn(&str) -> Option<String>> EnvLookup for F {
-    fn var(&self, name: &str) -> Option<String> {
-        self(name)
-    }
-}
-
-/// A resolved credential. Its `Debug` never shows the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-/// How a credential is attached to an outgoing request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Auth {
-    /// Set the provider's own header from this secret; drop what the client sent.
-    Key(Secret),
-    /// Forward the client's credential untouched.
-    Passthrough,
-    /// Send no credential at all; drop what the client sent.
-    None,
-}
-
-/// A callout target: an Envoy cluster plus the pseudo-headers and timeout of the call.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub cluster: String,
-    pub authority: String,
-    pub path: String,
-    pub timeout_ms: u64,
-    pub auth: Auth,
-}
-
-pub const DEFAULT_CALLOUT_TIMEOUT_MS: u64 = 5_000;
 
 #[derive(Debug, Clone, Default)]
 pub struct RouteMatcher {
@@ -112,9 +39,12 @@ pub struct Route {
     pub matcher: RouteMatcher,
     pub provider: Provider,
     pub shaping: Shaping,
-    pub guards: GuardPlan,
-    pub transform: TransformPlan,
-    pub limits: Option<LimitPlan>,
+    /// In order: the budget check, the guards, the transformer.
+    pub request_stages: Vec<Box<dyn RequestStage>>,
+    /// In order: the guards, the transformer.
+    pub response_stages: Vec<Box<dyn ResponseStage>>,
+    /// One filter per streamed answer from each (the stream masker of regex guards).
+    pub stream_filters: Vec<Box<dyn EventFilterFactory>>,
     /// Set when the route has `fallbacks`: then `provider` is the client's own form
     /// (chat completions, no credential, no translation) and each attempt is translated and
     /// credentialed by the aigate instance on the upstream side (`pipeline::attempt`).
@@ -195,47 +125,21 @@ impl Attempts {
 }
 
 impl Route {
-    /// Request stages in order: the budget check, the guards, the transformer.
+    /// The request stage at `index` of `request_stages`.
     pub fn request_stage(&self, index: usize) -> Option<&dyn RequestStage> {
-        let mut index = index;
-        if let Some(limits) = &self.limits {
-            if index == 0 {
-                return Some(limits.check.as_ref());
-            }
-            index -= 1;
-        }
-        if let Some(stage) = self.guards.request.get(index) {
-            return Some(stage.as_ref());
-        }
-        index -= self.guards.request.len();
-        match (index, &self.transform.request) {
-            (0, Some(stage)) => Some(stage.as_ref()),
-            _ => None,
-        }
+        self.request_stages.get(index).map(AsRef::as_ref)
     }
 
-    /// Response stages in order: the guards, then the transformer.
+    /// The response stage at `index` of `response_stages`.
     pub fn response_stage(&self, index: usize) -> Option<&dyn ResponseStage> {
-        if let Some(stage) = self.guards.response.get(index) {
-            return Some(stage.as_ref());
-        }
-        match (index - self.guards.response.len(), &self.transform.response) {
-            (0, Some(stage)) => Some(stage.as_ref()),
-            _ => None,
-        }
+        self.response_stages.get(index).map(AsRef::as_ref)
     }
 
     /// True when some response stage needs the whole answer, so streams are re-streamed.
     pub fn needs_whole_answer(&self) -> bool {
-        self.guards
-            .response
+        self.response_stages
             .iter()
             .any(|stage| stage.needs_whole_answer())
-            || self
-                .transform
-                .response
-                .as_ref()
-                .is_some_and(|stage| stage.needs_whole_answer())
     }
 }
 
@@ -261,6 +165,16 @@ impl Plan {
         self.routes
             .iter()
             .any(|route| route.matcher.route_name.is_some())
+    }
+
+    /// Lets every stage set up what it shares across requests before traffic (the local
+    /// budgets' shared data, `limits::local::prepare`); the filter calls it once per VM.
+    pub fn prepare(&self, host: &mut dyn Host) {
+        for route in &self.routes {
+            for stage in &route.request_stages {
+                stage.prepare(host);
+            }
+        }
     }
 }
 
@@ -387,7 +301,7 @@ pub fn compile(config: &PluginConfig, env: &dyn EnvLookup) -> Result<Plan, Confi
 /// The price table: every price finite, at least 0 and at most `cost::MAX_USD_PER_MILLION`,
 /// taken to the nearest micro-dollar per million tokens; model names non-empty.
 fn compile_pricing(
-    config: &std::collections::BTreeMap<String, super::model::PriceConfig>,
+    config: &std::collections::BTreeMap<String, PriceConfig>,
 ) -> Result<PriceTable, ConfigError> {
     let mut prices = std::collections::BTreeMap::new();
     for (model, price) in config {
@@ -467,11 +381,19 @@ fn compile_route(
         )?),
         None => None,
     };
-    let sets_status = guards.response.iter().any(|stage| stage.sets_status())
-        || transform
-            .response
-            .as_ref()
-            .is_some_and(|stage| stage.sets_status());
+    // The order of each list is the order the flow runs them in.
+    let GuardPlan {
+        request: request_guards,
+        response: response_guards,
+        stream: stream_filters,
+    } = guards;
+    let mut request_stages: Vec<Box<dyn RequestStage>> = Vec::new();
+    request_stages.extend(limits.map(|limits| limits.check));
+    request_stages.extend(request_guards);
+    request_stages.extend(transform.request);
+    let mut response_stages: Vec<Box<dyn ResponseStage>> = response_guards;
+    response_stages.extend(transform.response);
+    let sets_status = response_stages.iter().any(|stage| stage.sets_status());
     if sets_status && !config.allow_on_headers_stop_iteration {
         return Err(ConfigError::new(
             path,
@@ -485,9 +407,9 @@ fn compile_route(
         matcher,
         provider,
         shaping,
-        guards,
-        transform,
-        limits,
+        request_stages,
+        response_stages,
+        stream_filters,
         attempts,
     })
 }
@@ -630,9 +552,9 @@ fn compile_attempts(
                 matcher: RouteMatcher::default(),
                 provider: compiled,
                 shaping,
-                guards: GuardPlan::default(),
-                transform: TransformPlan::default(),
-                limits: None,
+                request_stages: Vec::new(),
+                response_stages: Vec::new(),
+                stream_filters: Vec::new(),
                 attempts: None,
             }],
             allow_on_headers_stop_iteration: config.allow_on_headers_stop_iteration,
@@ -681,117 +603,5 @@ fn compile_matcher(config: &MatchConfig, path: &str) -> Result<RouteMatcher, Con
             .iter()
             .map(|(name, value)| (name.to_ascii_lowercase(), value.clone()))
             .collect(),
-    })
-}
-
-/// Resolves `{ "env": ... }` or `{ "value": ... }` at configure time.
-pub fn resolve_secret(
-    config: &SecretConfig,
-    path: &str,
-    env: &dyn EnvLookup,
-) -> Result<Secret, ConfigError> {
-    match (&config.env, &config.value) {
-        (Some(name), None) => match env.var(name) {
-            Some(value) if !value.is_empty() => Ok(Secret::new(value)),
-            _ => Err(ConfigError::new(
-                format!("{path}.env"),
-                format!("environment variable {name:?} is not set in the Wasm VM (vm_config.environment_variables)"),
-            )),
-        },
-        (None, Some(value)) if !value.is_empty() => Ok(Secret::new(value.clone())),
-        (None, Some(_)) => Err(ConfigError::new(format!("{path}.value"), "must not be empty")),
-        _ => Err(ConfigError::new(path, "give exactly one of \"env\" or \"value\"")),
-    }
-}
-
-pub fn compile_auth(
-    config: &AuthConfig,
-    path: &str,
-    env: &dyn EnvLookup,
-) -> Result<Auth, ConfigError> {
-    let given = [
-        config.key.is_some(),
-        config.passthrough.is_some(),
-        config.none.is_some(),
-    ]
-    .iter()
-    .filter(|given| **given)
-    .count();
-    if given != 1 {
-        return Err(ConfigError::new(
-            path,
-            "give exactly one of \"key\", \"passthrough\" or \"none\"",
-        ));
-    }
-    if let Some(key) = &config.key {
-        return Ok(Auth::Key(resolve_secret(key, &format!("{path}.key"), env)?));
-    }
-    if let Some(flag) = config.passthrough {
-        if !flag {
-            return Err(ConfigError::new(
-                format!("{path}.passthrough"),
-                "must be true when given",
-            ));
-        }
-        return Ok(Auth::Passthrough);
-    }
-    if config.none == Some(false) {
-        return Err(ConfigError::new(
-            format!("{path}.none"),
-            "must be true when given",
-        ));
-    }
-    Ok(Auth::None)
-}
-
-/// Compiles a callout endpoint; `default_path` applies when the operator gave none.
-pub fn compile_endpoint(
-    config: &EndpointConfig,
-    path: &str,
-    default_path: &str,
-    env: &dyn EnvLookup,
-) -> Result<Endpoint, ConfigError> {
-    if config.cluster.trim().is_empty() {
-        return Err(ConfigError::new(
-            format!("{path}.cluster"),
-            "must not be empty",
-        ));
-    }
-    let endpoint_path = config
-        .path
-        .clone()
-        .unwrap_or_else(|| default_path.to_string());
-    if !endpoint_path.starts_with('/') {
-        return Err(ConfigError::new(
-            format!("{path}.path"),
-            "must start with '/'",
-        ));
-    }
-    let timeout_ms = config.timeout_ms.unwrap_or(DEFAULT_CALLOUT_TIMEOUT_MS);
-    if timeout_ms == 0 {
-        return Err(ConfigError::new(
-            format!("{path}.timeout_ms"),
-            "must be greater than 0",
-        ));
-    }
-    let auth = match &config.auth {
-        Some(auth) => compile_auth(auth, &format!("{path}.auth"), env)?,
-        None => Auth::None,
-    };
-    if auth == Auth::Passthrough {
-        return Err(ConfigError::new(
-            format!("{path}.auth.passthrough"),
-            "callouts cannot forward the client's credential; use \"key\" or \"none\"",
-        ));
-    }
-    Ok(Endpoint {
-        cluster: config.cluster.clone(),
-        authority: config
-            .authority
-            .clone()
-            .unwrap_or_else(|| config.cluster.clone()),
-        path: endpoint_path,
-        timeout_ms,
-        auth,
     })
 }
