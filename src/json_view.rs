@@ -350,7 +350,7 @@ mod tests {
 
     #[test]
     fn answer_model_reads_each_provider_s_place() {
-        let cases: [(&[u8], Option<&str>); 7] = [
+        let cases: [(&[u8], Option<&str>); 12] = [
             (
                 br#"{"id":"c","object":"chat.completion.chunk","model":"gpt-4o-2024"}"#,
                 Some("gpt-4o-2024"),
@@ -373,6 +373,12 @@ mod tests {
             ),
             (br#"{"message":"model","model":{"name":"x"}}"#, None),
             (br#"{"choices":[]}"#, None),
+            (br#"{"model":7,"response":null}"#, None),
+            (br#"{"choices":[{"message":{"model":"inner"}}]}"#, None),
+            (b"[1,2]", None),
+            (b"not json \"model", None),
+            // Empty as written: pricing takes an empty name as none (`pipeline::response`).
+            (br#"{"model":"","message":"text"}"#, Some("")),
         ];
         for (text, want) in cases {
             assert_eq!(

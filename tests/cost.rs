@@ -550,3 +550,23 @@ fn gemini_cached_and_thinking_tokens_are_priced_under_its_model_version() {
     assert_eq!(state(&host, "aigate.completion_tokens"), Some("500"));
     assert_eq!(state(&host, "aigate.cost_usd"), Some("0.001415"));
 }
+
+#[test]
+fn only_a_dollar_budget_asks_the_flow_for_the_answer_s_cost() {
+    // The plan's stage contract: the flow prices an answer for `settle` only when a stage
+    // says it counts cost; the local check still runs in the headers phase either way.
+    let stages = |limits: Value| {
+        let plan = plan_with(openai(), Some(limits));
+        let route = &plan.routes[0];
+        (
+            route.request_stages.iter().any(|s| s.counts_cost()),
+            route.request_stages.iter().any(|s| s.runs_on_headers()),
+        )
+    };
+    assert_eq!(stages(cost_budget(1.0, json!("local"))), (true, true));
+    let tokens = json!({
+        "tokens": [{"name": "t", "key": {"header": "x-user-id"}, "limit": 10, "window_ms": 60000}],
+        "backend": "local"
+    });
+    assert_eq!(stages(tokens), (false, true));
+}

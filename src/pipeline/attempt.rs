@@ -5,7 +5,7 @@
 //!
 //! - **Downstream** (the HTTP filter of the listener): the route's stages run once (budgets,
 //!   guards, shaping, response stages, usage, metrics); the request stays in the client's
-//!   form (the route's `provider` is the client-form provider `config::compile` made: no
+//!   form (the route's `provider` is the client-form provider `plan::compile` made: no
 //!   credential, no translation) and goes to Envoy's router, whose retry policy sends each
 //!   attempt to the next provider's cluster (an aggregate cluster with
 //!   `previous_priorities`).
