@@ -222,12 +222,11 @@ impl EventFilterFactory for StreamMaskFactory {
 const LAST_KEYS: [&str; 4] = ["id", "object", "created", "model"];
 
 pub struct StreamMasker {
-    guard: Rc<RegexGuard>,
+    verdict: StreamGuard,
     channels: Vec<Channel>,
     /// The JSON text of `LAST_KEYS` in the last chunk that had them. Streams repeat the same
     /// values, so they are copied only when they change.
     last: [Option<String>; 4],
-    counted: bool,
     /// Off only in tests, which check the in-place path against the `Value` path.
     in_place: bool,
 }
@@ -262,7 +261,7 @@ impl EventFilter for StreamMasker {
             }
             // A lone surrogate escape, `NaN`, a cut event: its text cannot be checked, and
             // the same answer as JSON gets 502.
-            Err(_) => return Err(self.fail_closed(host, unreadable_event())),
+            Err(_) => return Err(self.verdict.fail_closed(host, unreadable_event())),
         };
         for (slot, key) in self.last.iter_mut().zip(LAST_KEYS) {
             if let Some(field) = value.get(key) {
@@ -291,10 +290,9 @@ impl StreamMasker {
     /// The masker over chat-completions chunks (and the legacy completions' `text`).
     pub fn new(guard: Rc<RegexGuard>) -> Self {
         StreamMasker {
-            guard,
+            verdict: StreamGuard::new(guard),
             channels: Vec::new(),
             last: Default::default(),
-            counted: false,
             in_place: true,
         }
     }
@@ -406,7 +404,7 @@ impl StreamMasker {
             .and_then(|bytes| String::from_utf8(bytes).ok());
         match rewritten {
             Some(data) => Ok(Some(data)),
-            None => Err(self.fail_closed(host, guard_failed())),
+            None => Err(self.verdict.fail_closed(host, guard_failed())),
         }
     }
 
@@ -480,14 +478,14 @@ impl StreamMasker {
         piece: &str,
         host: &mut dyn Host,
     ) -> Result<String, ApiError> {
-        let guard = Rc::clone(&self.guard);
+        let guard = Rc::clone(&self.verdict.guard);
         let released = match self.hold(choice, field) {
             Some(hold) => hold.push(&guard.scanner, piece),
             None => Ok(Released::default()),
         };
         match released {
-            Ok(released) => self.judge(released, host),
-            Err(Overflow) => Err(self.fail_closed(host, guard_failed())),
+            Ok(released) => self.verdict.judge(released, host),
+            Err(Overflow) => Err(self.verdict.fail_closed(host, guard_failed())),
         }
     }
 
@@ -497,35 +495,12 @@ impl StreamMasker {
         field: Field,
         host: &mut dyn Host,
     ) -> Result<String, ApiError> {
-        let guard = Rc::clone(&self.guard);
+        let guard = Rc::clone(&self.verdict.guard);
         let released = match self.hold(choice, field) {
             Some(hold) => hold.finish(&guard.scanner),
             None => Released::default(),
         };
-        self.judge(released, host)
-    }
-
-    fn judge(&mut self, released: Released, host: &mut dyn Host) -> Result<String, ApiError> {
-        if released.hits == 0 {
-            return Ok(released.text);
-        }
-        match self.guard.action {
-            RegexAction::Reject => Err(self.guard.info.block(host)),
-            RegexAction::Mask => {
-                if !self.counted {
-                    self.counted = true;
-                    self.guard.info.masked(host);
-                }
-                Ok(released.text)
-            }
-        }
-    }
-
-    /// The guard could not check the stream: counted as `failed_closed`, and the stream ends
-    /// with `error` in band.
-    fn fail_closed(&self, host: &mut dyn Host, error: ApiError) -> ApiError {
-        self.guard.info.count(host, Outcome::FailedClosed);
-        error
+        self.verdict.judge(released, host)
     }
 
     fn held_fields(&self, choice: u64) -> Vec<Field> {
@@ -596,7 +571,55 @@ impl StreamMasker {
     }
 }
 
-fn guard_failed() -> ApiError {
+/// The regex guard as every stream masker (chat, Messages, Responses) applies it to what its
+/// holdbacks release: text with a hit is masked (counted once per stream) or, under
+/// `reject`, ends the stream; a stream it cannot check fails closed.
+#[derive(Debug)]
+pub struct StreamGuard {
+    pub guard: Rc<RegexGuard>,
+    counted: bool,
+}
+
+impl StreamGuard {
+    pub fn new(guard: Rc<RegexGuard>) -> Self {
+        StreamGuard {
+            guard,
+            counted: false,
+        }
+    }
+
+    /// The released text to send, or the guard's block when it had a hit under `reject`.
+    pub fn judge(&mut self, released: Released, host: &mut dyn Host) -> Result<String, ApiError> {
+        if released.hits == 0 {
+            return Ok(released.text);
+        }
+        match self.guard.action {
+            RegexAction::Reject => Err(self.guard.info.block(host)),
+            RegexAction::Mask => {
+                self.count_mask(host);
+                Ok(released.text)
+            }
+        }
+    }
+
+    /// Counts the guard's mask, once per stream.
+    pub fn count_mask(&mut self, host: &mut dyn Host) {
+        if !self.counted {
+            self.counted = true;
+            self.guard.info.masked(host);
+        }
+    }
+
+    /// The guard could not check the stream: counted as `failed_closed`, and the stream ends
+    /// with `error` in band.
+    pub fn fail_closed(&self, host: &mut dyn Host, error: ApiError) -> ApiError {
+        self.guard.info.count(host, Outcome::FailedClosed);
+        error
+    }
+}
+
+/// A stream grew past what a masker may hold (`Overflow`).
+pub fn guard_failed() -> ApiError {
     ApiError::new(
         500,
         "api_error",
@@ -605,8 +628,8 @@ fn guard_failed() -> ApiError {
     )
 }
 
-/// What a JSON answer that cannot be read gets, in band.
-fn unreadable_event() -> ApiError {
+/// What an event that cannot be read gets, in band.
+pub fn unreadable_event() -> ApiError {
     ApiError::new(
         502,
         "api_error",

@@ -616,11 +616,8 @@ fn parsed(events: &[SseEvent]) -> Vec<Result<Value, String>> {
 
 fn masker(guard: Rc<RegexGuard>, in_place: bool) -> StreamMasker {
     StreamMasker {
-        guard,
-        channels: Vec::new(),
-        last: Default::default(),
-        counted: false,
         in_place,
+        ..StreamMasker::new(guard)
     }
 }
 

@@ -24,9 +24,10 @@ use serde_json::{json, Value};
 use super::text;
 use crate::config::model::RegexAction;
 use crate::error::ApiError;
-use crate::guards::outcome::Outcome;
 use crate::guards::regex_guard::RegexGuard;
-use crate::guards::stream_mask::{Holdback, Overflow, Released};
+use crate::guards::stream_mask::{
+    guard_failed, unreadable_event, Holdback, Overflow, Released, StreamGuard,
+};
 use crate::host::Host;
 use crate::pipeline::stage::EventFilter;
 use crate::sse::SseEvent;
@@ -51,17 +52,15 @@ struct Channel {
 }
 
 pub struct MessagesMasker {
-    guard: Rc<RegexGuard>,
+    verdict: StreamGuard,
     channels: Vec<Channel>,
-    counted: bool,
 }
 
 impl MessagesMasker {
     pub fn new(guard: Rc<RegexGuard>) -> Self {
         MessagesMasker {
-            guard,
+            verdict: StreamGuard::new(guard),
             channels: Vec::new(),
-            counted: false,
         }
     }
 
@@ -94,7 +93,7 @@ impl MessagesMasker {
         piece: &str,
         host: &mut dyn Host,
     ) -> Result<String, ApiError> {
-        let guard = Rc::clone(&self.guard);
+        let guard = Rc::clone(&self.verdict.guard);
         let released = match self.channel(index, kind) {
             Some(channel) => {
                 let piece = match kind {
@@ -106,19 +105,19 @@ impl MessagesMasker {
             None => Err(Overflow),
         };
         match released {
-            Ok(released) => self.judge(released, host),
-            Err(Overflow) => Err(self.fail_closed(host, guard_failed())),
+            Ok(released) => self.verdict.judge(released, host),
+            Err(Overflow) => Err(self.verdict.fail_closed(host, guard_failed())),
         }
     }
 
     fn flush(&mut self, index: u64, kind: Kind, host: &mut dyn Host) -> Result<String, ApiError> {
-        let guard = Rc::clone(&self.guard);
+        let guard = Rc::clone(&self.verdict.guard);
         let released = match self.channel(index, kind) {
             Some(channel) => {
                 let rest = channel.json.finish();
                 let mut released = match channel.hold.push(&guard.scanner, &rest) {
                     Ok(released) => released,
-                    Err(Overflow) => return Err(self.fail_closed(host, guard_failed())),
+                    Err(Overflow) => return Err(self.verdict.fail_closed(host, guard_failed())),
                 };
                 let last = channel.hold.finish(&guard.scanner);
                 released.text.push_str(&last.text);
@@ -127,32 +126,7 @@ impl MessagesMasker {
             }
             None => Released::default(),
         };
-        self.judge(released, host)
-    }
-
-    fn judge(&mut self, released: Released, host: &mut dyn Host) -> Result<String, ApiError> {
-        if released.hits == 0 {
-            return Ok(released.text);
-        }
-        match self.guard.action {
-            RegexAction::Reject => Err(self.guard.info.block(host)),
-            RegexAction::Mask => {
-                self.count_mask(host);
-                Ok(released.text)
-            }
-        }
-    }
-
-    fn count_mask(&mut self, host: &mut dyn Host) {
-        if !self.counted {
-            self.counted = true;
-            self.guard.info.masked(host);
-        }
-    }
-
-    fn fail_closed(&self, host: &mut dyn Host, error: ApiError) -> ApiError {
-        self.guard.info.count(host, Outcome::FailedClosed);
-        error
+        self.verdict.judge(released, host)
     }
 
     /// Guards texts that arrive whole (a block's start, citations): masked, or the stream
@@ -162,7 +136,7 @@ impl MessagesMasker {
         host: &mut dyn Host,
         walk: impl FnOnce(&mut crate::guards::text::Visitor<'_>) -> bool,
     ) -> Result<bool, ApiError> {
-        let guard = Rc::clone(&self.guard);
+        let guard = Rc::clone(&self.verdict.guard);
         match guard.action {
             RegexAction::Reject => {
                 let mut found = false;
@@ -178,7 +152,7 @@ impl MessagesMasker {
             RegexAction::Mask => {
                 let changed = walk(&mut |text: &mut String| guard.scanner.mask(text));
                 if changed {
-                    self.count_mask(host);
+                    self.verdict.count_mask(host);
                 }
                 Ok(changed)
             }
@@ -230,7 +204,7 @@ impl MessagesMasker {
             Some("text_delta") => (Kind::Text, "text"),
             Some("input_json_delta") => (Kind::Json, "partial_json"),
             Some("thinking_delta") => {
-                if self.guard.action == RegexAction::Reject {
+                if self.verdict.guard.action == RegexAction::Reject {
                     if let Some(thinking) = delta.get("thinking").and_then(Value::as_str) {
                         let thinking = thinking.to_string();
                         self.feed(index, Kind::Thinking, &thinking, host)?;
@@ -269,7 +243,7 @@ impl EventFilter for MessagesMasker {
         }
         let mut value = match serde_json::from_str::<Value>(&event.data) {
             Ok(value) => value,
-            Err(_) => return Err(self.fail_closed(host, unreadable_event())),
+            Err(_) => return Err(self.verdict.fail_closed(host, unreadable_event())),
         };
         let kind = value
             .get("type")
@@ -297,7 +271,7 @@ impl EventFilter for MessagesMasker {
                         _ => false,
                     },
                     Some("thinking") => {
-                        if self.guard.action == RegexAction::Reject {
+                        if self.verdict.guard.action == RegexAction::Reject {
                             let thinking = block
                                 .get("thinking")
                                 .and_then(Value::as_str)
@@ -341,24 +315,6 @@ impl EventFilter for MessagesMasker {
     fn finish(&mut self, out: &mut Vec<SseEvent>, host: &mut dyn Host) -> Result<(), ApiError> {
         self.flush_blocks(None, out, host)
     }
-}
-
-fn guard_failed() -> ApiError {
-    ApiError::new(
-        500,
-        "api_error",
-        "guard_failed",
-        "The gateway could not apply the response guard to the stream.",
-    )
-}
-
-fn unreadable_event() -> ApiError {
-    ApiError::new(
-        502,
-        "api_error",
-        "invalid_upstream_response",
-        "The provider's stream could not be read.",
-    )
 }
 
 /// Pieces of JSON text rewritten with every escape that is not needed decoded: `\u0073`

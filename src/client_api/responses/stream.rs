@@ -22,7 +22,9 @@ use super::items;
 use crate::config::model::RegexAction;
 use crate::error::ApiError;
 use crate::guards::regex_guard::RegexGuard;
-use crate::guards::stream_mask::{Holdback, Overflow, Released};
+use crate::guards::stream_mask::{
+    guard_failed, unreadable_event, Holdback, Overflow, Released, StreamGuard,
+};
 use crate::host::Host;
 use crate::pipeline::stage::EventFilter;
 use crate::sse::SseEvent;
@@ -74,13 +76,12 @@ struct Pending {
 }
 
 pub struct ResponsesMasker {
-    guard: Rc<RegexGuard>,
+    verdict: StreamGuard,
     channels: Vec<Channel>,
     pending: Option<Pending>,
     /// Events added so far: every later `sequence_number` is shifted by it.
     offset: u64,
     last_sequence: Option<u64>,
-    counted: bool,
 }
 
 fn index_of(value: &Value, key: &str) -> u64 {
@@ -126,7 +127,7 @@ impl EventFilter for ResponsesMasker {
                 out.push(event);
                 return Ok(());
             }
-            Err(_) => return Err(self.fail_closed(host, unreadable_event())),
+            Err(_) => return Err(self.verdict.fail_closed(host, unreadable_event())),
         };
         let event_type = value
             .get("type")
@@ -209,12 +210,11 @@ impl EventFilter for ResponsesMasker {
 impl ResponsesMasker {
     pub fn new(guard: Rc<RegexGuard>) -> Self {
         ResponsesMasker {
-            guard,
+            verdict: StreamGuard::new(guard),
             channels: Vec::new(),
             pending: None,
             offset: 0,
             last_sequence: None,
-            counted: false,
         }
     }
 
@@ -231,10 +231,10 @@ impl ResponsesMasker {
             Some(Value::String(piece)) => piece.clone(),
             None | Some(Value::Null) => String::new(),
             // Text in a shape the client may still read: it cannot be checked.
-            Some(_) => return Err(self.fail_closed(host, unreadable_event())),
+            Some(_) => return Err(self.verdict.fail_closed(host, unreadable_event())),
         };
         self.emit_pending(out);
-        let guard = Rc::clone(&self.guard);
+        let guard = Rc::clone(&self.verdict.guard);
         let position = match self.channels.iter().position(|c| c.key == key) {
             Some(position) => position,
             None => {
@@ -256,8 +256,8 @@ impl ResponsesMasker {
             None => Ok(Released::default()),
         };
         let released = match pushed {
-            Ok(released) => self.judge(released, host)?,
-            Err(Overflow) => return Err(self.fail_closed(host, guard_failed())),
+            Ok(released) => self.verdict.judge(released, host)?,
+            Err(Overflow) => return Err(self.verdict.fail_closed(host, guard_failed())),
         };
         let changed = released != piece;
         if changed {
@@ -280,7 +280,7 @@ impl ResponsesMasker {
         host: &mut dyn Host,
         ends: impl Fn(Key) -> bool,
     ) -> Result<(), ApiError> {
-        let guard = Rc::clone(&self.guard);
+        let guard = Rc::clone(&self.verdict.guard);
         let mut added = Vec::new();
         let mut index = 0;
         while index < self.channels.len() {
@@ -293,7 +293,7 @@ impl ResponsesMasker {
             }
             let released = channel.hold.finish(&guard.scanner);
             let channel = self.channels.remove(index);
-            let tail = self.judge(released, host)?;
+            let tail = self.verdict.judge(released, host)?;
             if tail.is_empty() {
                 continue;
             }
@@ -383,7 +383,7 @@ impl ResponsesMasker {
         host: &mut dyn Host,
         walk: impl FnOnce(&mut dyn FnMut(&mut String) -> bool) -> bool,
     ) -> Result<bool, ApiError> {
-        let guard = Rc::clone(&self.guard);
+        let guard = Rc::clone(&self.verdict.guard);
         match guard.action {
             RegexAction::Reject => {
                 let mut found = false;
@@ -399,38 +399,11 @@ impl ResponsesMasker {
             RegexAction::Mask => {
                 let changed = walk(&mut |text: &mut String| guard.scanner.mask(text));
                 if changed {
-                    self.count_mask(host);
+                    self.verdict.count_mask(host);
                 }
                 Ok(changed)
             }
         }
-    }
-
-    fn judge(&mut self, released: Released, host: &mut dyn Host) -> Result<String, ApiError> {
-        if released.hits == 0 {
-            return Ok(released.text);
-        }
-        match self.guard.action {
-            RegexAction::Reject => Err(self.guard.info.block(host)),
-            RegexAction::Mask => {
-                self.count_mask(host);
-                Ok(released.text)
-            }
-        }
-    }
-
-    fn count_mask(&mut self, host: &mut dyn Host) {
-        if !self.counted {
-            self.counted = true;
-            self.guard.info.masked(host);
-        }
-    }
-
-    fn fail_closed(&self, host: &mut dyn Host, error: ApiError) -> ApiError {
-        self.guard
-            .info
-            .count(host, crate::guards::outcome::Outcome::FailedClosed);
-        error
     }
 }
 
@@ -442,24 +415,6 @@ fn set_delta(value: &mut Value, text: String) {
             object.insert("logprobs".into(), Value::Array(Vec::new()));
         }
     }
-}
-
-fn guard_failed() -> ApiError {
-    ApiError::new(
-        500,
-        "api_error",
-        "guard_failed",
-        "The gateway could not apply the response guard to the stream.",
-    )
-}
-
-fn unreadable_event() -> ApiError {
-    ApiError::new(
-        502,
-        "api_error",
-        "invalid_upstream_response",
-        "The provider's stream could not be read.",
-    )
 }
 
 // ------------------------------------------------------------------ synthesis
