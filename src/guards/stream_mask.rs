@@ -610,6 +610,36 @@ impl StreamGuard {
         }
     }
 
+    /// Masks (or, rejecting, checks) every text `walk` visits, each as a whole (texts that
+    /// arrive whole in one event); true when one changed.
+    pub fn whole(
+        &mut self,
+        host: &mut dyn Host,
+        walk: impl FnOnce(&mut super::text::Visitor<'_>) -> bool,
+    ) -> Result<bool, ApiError> {
+        let guard = Rc::clone(&self.guard);
+        match guard.action {
+            RegexAction::Reject => {
+                let mut found = false;
+                walk(&mut |text: &mut String| {
+                    found = found || guard.scanner.has_hit(text);
+                    false
+                });
+                if found {
+                    return Err(guard.info.block(host));
+                }
+                Ok(false)
+            }
+            RegexAction::Mask => {
+                let changed = walk(&mut |text: &mut String| guard.scanner.mask(text));
+                if changed {
+                    self.count_mask(host);
+                }
+                Ok(changed)
+            }
+        }
+    }
+
     /// The guard could not check the stream: counted as `failed_closed`, and the stream ends
     /// with `error` in band.
     pub fn fail_closed(&self, host: &mut dyn Host, error: ApiError) -> ApiError {

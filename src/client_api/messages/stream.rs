@@ -129,36 +129,6 @@ impl MessagesMasker {
         self.verdict.judge(released, host)
     }
 
-    /// Guards texts that arrive whole (a block's start, citations): masked, or the stream
-    /// ends on a hit.
-    fn whole(
-        &mut self,
-        host: &mut dyn Host,
-        walk: impl FnOnce(&mut crate::guards::text::Visitor<'_>) -> bool,
-    ) -> Result<bool, ApiError> {
-        let guard = Rc::clone(&self.verdict.guard);
-        match guard.action {
-            RegexAction::Reject => {
-                let mut found = false;
-                walk(&mut |text: &mut String| {
-                    found = found || guard.scanner.has_hit(text);
-                    false
-                });
-                if found {
-                    return Err(guard.info.block(host));
-                }
-                Ok(false)
-            }
-            RegexAction::Mask => {
-                let changed = walk(&mut |text: &mut String| guard.scanner.mask(text));
-                if changed {
-                    self.verdict.count_mask(host);
-                }
-                Ok(changed)
-            }
-        }
-    }
-
     /// Releases every held channel of `index` (every channel when None) as delta events.
     fn flush_blocks(
         &mut self,
@@ -214,11 +184,17 @@ impl MessagesMasker {
             }
             Some("signature_delta") => return Ok(false),
             // citations_delta and any other delta: its strings are whole.
-            _ => return self.whole(host, |visit| text::visit_block(delta, visit)),
+            _ => {
+                return self
+                    .verdict
+                    .whole(host, |visit| text::visit_block(delta, visit))
+            }
         };
         let Some(Value::String(piece)) = delta.get_mut(field) else {
             // Not the API's shape: whatever strings it carries are guarded whole.
-            return self.whole(host, |visit| text::visit_block(delta, visit));
+            return self
+                .verdict
+                .whole(host, |visit| text::visit_block(delta, visit));
         };
         let taken = std::mem::take(piece);
         let released = self.feed(index, kind, &taken, host)?;
@@ -281,7 +257,9 @@ impl EventFilter for MessagesMasker {
                         }
                         false
                     }
-                    _ => self.whole(host, |visit| text::visit_block(block, visit))?,
+                    _ => self
+                        .verdict
+                        .whole(host, |visit| text::visit_block(block, visit))?,
                 }
             }
             "content_block_stop" => {
@@ -289,7 +267,9 @@ impl EventFilter for MessagesMasker {
                 false
             }
             "message_start" => match value.get_mut("message") {
-                Some(message) => self.whole(host, |visit| text::visit_answer(message, visit))?,
+                Some(message) => self
+                    .verdict
+                    .whole(host, |visit| text::visit_answer(message, visit))?,
                 None => false,
             },
             "message_delta" | "message_stop" | "error" => {

@@ -19,7 +19,6 @@ use std::rc::Rc;
 use serde_json::{json, Value};
 
 use super::items;
-use crate::config::model::RegexAction;
 use crate::error::ApiError;
 use crate::guards::regex_guard::RegexGuard;
 use crate::guards::stream_mask::{
@@ -139,10 +138,12 @@ impl EventFilter for ResponsesMasker {
             Some((kind, false)) => {
                 self.end_channels(out, host, |key| key == key_of(kind, &value))?;
                 let field = KINDS.get(kind).map_or("text", |(_, field, _)| *field);
-                let changed = self.mask_whole(host, |visit| match value.get_mut(field) {
-                    Some(Value::String(text)) => visit(text),
-                    _ => false,
-                })?;
+                let changed = self
+                    .verdict
+                    .whole(host, |visit| match value.get_mut(field) {
+                        Some(Value::String(text)) => visit(text),
+                        _ => false,
+                    })?;
                 self.emit(event, value, changed, out);
                 Ok(())
             }
@@ -174,26 +175,30 @@ impl EventFilter for ResponsesMasker {
                 } else {
                     self.emit_pending(out);
                 }
-                let changed = self.mask_whole(host, |visit| match event_type.as_str() {
-                    "response.content_part.added"
-                    | "response.content_part.done"
-                    | "response.reasoning_summary_part.added"
-                    | "response.reasoning_summary_part.done" => match value.get_mut("part") {
-                        Some(part) => items::visit_part(part, visit),
-                        None => false,
-                    },
-                    "response.output_item.added" | "response.output_item.done" => {
-                        match value.get_mut("item") {
-                            Some(item) => items::visit_item(item, visit),
+                let changed = self
+                    .verdict
+                    .whole(host, |visit| match event_type.as_str() {
+                        "response.content_part.added"
+                        | "response.content_part.done"
+                        | "response.reasoning_summary_part.added"
+                        | "response.reasoning_summary_part.done" => match value.get_mut("part") {
+                            Some(part) => items::visit_part(part, visit),
                             None => false,
+                        },
+                        "response.output_item.added" | "response.output_item.done" => {
+                            match value.get_mut("item") {
+                                Some(item) => items::visit_item(item, visit),
+                                None => false,
+                            }
                         }
-                    }
-                    kind if RESPONSE_EVENTS.contains(&kind) => match value.get_mut("response") {
-                        Some(response) => items::visit_answer(response, visit),
-                        None => false,
-                    },
-                    _ => false,
-                })?;
+                        kind if RESPONSE_EVENTS.contains(&kind) => {
+                            match value.get_mut("response") {
+                                Some(response) => items::visit_answer(response, visit),
+                                None => false,
+                            }
+                        }
+                        _ => false,
+                    })?;
                 self.emit(event, value, changed, out);
                 Ok(())
             }
@@ -375,35 +380,6 @@ impl ResponsesMasker {
             event.data = value.to_string();
         }
         out.push(event);
-    }
-
-    /// Masks (or, rejecting, checks) every text `walk` visits, each as a whole.
-    fn mask_whole(
-        &mut self,
-        host: &mut dyn Host,
-        walk: impl FnOnce(&mut dyn FnMut(&mut String) -> bool) -> bool,
-    ) -> Result<bool, ApiError> {
-        let guard = Rc::clone(&self.verdict.guard);
-        match guard.action {
-            RegexAction::Reject => {
-                let mut found = false;
-                walk(&mut |text: &mut String| {
-                    found = found || guard.scanner.has_hit(text);
-                    false
-                });
-                if found {
-                    return Err(guard.info.block(host));
-                }
-                Ok(false)
-            }
-            RegexAction::Mask => {
-                let changed = walk(&mut |text: &mut String| guard.scanner.mask(text));
-                if changed {
-                    self.verdict.count_mask(host);
-                }
-                Ok(changed)
-            }
-        }
     }
 }
 
