@@ -10,7 +10,7 @@
 //! request is bridged, response guards after the answer is bridged back, so a stage works
 //! the same whether the provider speaks the client's API or not.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::providers::{Exchange, StreamDecoder};
@@ -51,4 +51,45 @@ pub trait ChatBridge: Sync {
     ) -> Box<dyn StreamDecoder> {
         self.stream_from_chat(exchange)
     }
+}
+
+/// Copies the client's field `from` (its `value`), a positive integer when present (null is
+/// absence), to the chat request's `to`; anything else is the client's 400 from `invalid`.
+pub fn copy_positive_integer(
+    value: Option<&Value>,
+    from: &str,
+    chat: &mut Map<String, Value>,
+    to: &str,
+    invalid: fn(&str, &str) -> ApiError,
+) -> Result<(), ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(()),
+        Some(value) => match value.as_u64() {
+            Some(n) if n > 0 => {
+                chat.insert(to.into(), Value::from(n));
+                Ok(())
+            }
+            _ => Err(invalid(from, "must be a positive integer")),
+        },
+    }
+}
+
+/// Copies each of `keys` that is a number in the client's request (`field` reads one) to the
+/// chat request under the same name; a key present and not a number is the client's 400.
+pub fn copy_numbers<'a>(
+    field: impl Fn(&str) -> Option<&'a Value>,
+    keys: &[&str],
+    chat: &mut Map<String, Value>,
+    invalid: fn(&str, &str) -> ApiError,
+) -> Result<(), ApiError> {
+    for key in keys {
+        match field(key) {
+            None | Some(Value::Null) => {}
+            Some(value @ Value::Number(_)) => {
+                chat.insert((*key).into(), value.clone());
+            }
+            Some(_) => return Err(invalid(key, "must be a number")),
+        }
+    }
+    Ok(())
 }

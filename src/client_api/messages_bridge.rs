@@ -31,7 +31,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Map, Value};
 
-use super::bridge::ChatBridge;
+use super::bridge::{self, ChatBridge};
 use crate::error::ApiError;
 use crate::providers::{Exchange, StreamDecoder};
 use crate::sse::SseEvent;
@@ -176,24 +176,19 @@ pub fn request_to_chat(request: &Value) -> Result<Value, ApiError> {
         ));
     }
     body.insert("messages".into(), Value::Array(messages));
-    match request.get("max_tokens") {
-        None | Some(Value::Null) => {}
-        Some(value) => match value.as_u64() {
-            Some(n) if n > 0 => {
-                body.insert("max_completion_tokens".into(), json!(n));
-            }
-            _ => return Err(invalid("max_tokens", "must be a positive integer")),
-        },
-    }
-    for key in ["temperature", "top_p"] {
-        match request.get(key) {
-            None | Some(Value::Null) => {}
-            Some(value @ Value::Number(_)) => {
-                body.insert(key.into(), value.clone());
-            }
-            Some(_) => return Err(invalid(key, "must be a number")),
-        }
-    }
+    bridge::copy_positive_integer(
+        request.get("max_tokens"),
+        "max_tokens",
+        &mut body,
+        "max_completion_tokens",
+        invalid,
+    )?;
+    bridge::copy_numbers(
+        |key| request.get(key),
+        &["temperature", "top_p"],
+        &mut body,
+        invalid,
+    )?;
     match request.get("stop_sequences") {
         None | Some(Value::Null) => {}
         Some(Value::Array(items)) if items.iter().all(Value::is_string) => {

@@ -43,7 +43,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use super::bridge::ChatBridge;
+use super::bridge::{self, ChatBridge};
 use crate::error::ApiError;
 use crate::providers::{Exchange, StreamDecoder};
 
@@ -171,24 +171,19 @@ pub fn request_to_chat(request: &Value) -> Result<Value, ApiError> {
     if let Some(choice) = tool_choice(request.get("tool_choice"))? {
         chat.insert("tool_choice".into(), choice);
     }
-    match request.get("max_output_tokens") {
-        None | Some(Value::Null) => {}
-        Some(value) => match value.as_u64() {
-            Some(n) if n > 0 => {
-                chat.insert("max_tokens".into(), json!(n));
-            }
-            _ => return Err(invalid("max_output_tokens", "must be a positive integer")),
-        },
-    }
-    for key in ["temperature", "top_p"] {
-        match request.get(key) {
-            None | Some(Value::Null) => {}
-            Some(value @ Value::Number(_)) => {
-                chat.insert(key.into(), value.clone());
-            }
-            Some(_) => return Err(invalid(key, "must be a number")),
-        }
-    }
+    bridge::copy_positive_integer(
+        request.get("max_output_tokens"),
+        "max_output_tokens",
+        &mut chat,
+        "max_tokens",
+        invalid,
+    )?;
+    bridge::copy_numbers(
+        |key| request.get(key),
+        &["temperature", "top_p"],
+        &mut chat,
+        invalid,
+    )?;
     if let Some(format) = response_format(request.get("text"))? {
         chat.insert("response_format".into(), format);
     }
