@@ -23,6 +23,7 @@ from integration.harness import Cluster, Envoy
 from integration.mocks import MockServer, llm
 from integration.mocks.ratelimit import RateLimitServer, Rule
 from integration.mocks.server import Reply
+from integration.mocks.sse import sse_event
 
 ANSWER_MICROS = 420
 SNAPSHOT = "gpt-4o-mini-2024-07-18"
@@ -37,6 +38,55 @@ PRICING = {
     "claude-sonnet-4-5": {"input": 3.0, "output": 15.0, "cached_input": 0.30, "cache_write": 3.75},
 }
 RULES = {("cost-rls", "team"): Rule(1_000, 600_000)}  # the service counts micro-dollars
+
+# Anthropic Messages passed through: input_tokens excludes the cache reads and writes, so the
+# prompt is 200 + 700 read + 100 written; at claude-sonnet-4-5's prices
+# 200 × 3.0 + 700 × 0.30 + 100 × 3.75 + 500 × 15.0 = 8685 micro-dollars an answer.
+CLAUDE = "claude-sonnet-4-5"
+CLAUDE_USAGE = {"input_tokens": 200, "cache_read_input_tokens": 700, "cache_creation_input_tokens": 100, "output_tokens": 500}
+CLAUDE_MICROS = 8685
+
+
+def priced_message(req) -> Reply:
+    body = req.json or {}
+    if body.get("stream"):
+        start_usage = dict(CLAUDE_USAGE, output_tokens=1)
+        events = [
+            ("message_start", {"type": "message_start", "message": {
+                "id": "msg_1", "type": "message", "role": "assistant", "model": CLAUDE, "content": [],
+                "stop_reason": None, "stop_sequence": None, "usage": start_usage}}),
+            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                               "usage": {"output_tokens": CLAUDE_USAGE["output_tokens"]}}),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+        return llm.sse_reply(b"".join(sse_event(data, event=name) for name, data in events))
+    return Reply(200, {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": CLAUDE,
+        "content": [{"type": "text", "text": "Hi"}], "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": CLAUDE_USAGE,
+    })
+
+
+def priced_response(req) -> Reply:
+    """A Responses answer (passthrough) with the chat answers' usage: 420 micro-dollars."""
+    usage = {"input_tokens": 1000, "input_tokens_details": {"cached_tokens": 400},
+             "output_tokens": 500, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 1500}
+    response = {"id": "resp_1", "object": "response", "status": "completed", "model": SNAPSHOT,
+                "output": [{"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+                            "content": [{"type": "output_text", "annotations": [], "text": "Hi"}]}],
+                "usage": usage}
+    if (req.json or {}).get("stream"):
+        events = [
+            {"type": "response.created", "sequence_number": 0, "response": dict(response, status="in_progress", output=[], usage=None)},
+            {"type": "response.output_text.delta", "sequence_number": 1, "item_id": "msg_1", "output_index": 0,
+             "content_index": 0, "delta": "Hi", "logprobs": []},
+            {"type": "response.completed", "sequence_number": 2, "response": response},
+        ]
+        return llm.sse_reply(b"".join(sse_event(e, event=e["type"]) for e in events))
+    return Reply(200, response)
 
 
 def priced_answer(req) -> Reply:
@@ -77,6 +127,8 @@ def team_budget(limit_usd: float) -> dict[str, Any]:
 def llm_mock(mock_factory) -> MockServer:
     server = mock_factory(name="cost-llm")
     server.add_route("POST", r"/priced/chat/completions", priced_answer)
+    server.add_route("POST", r"/priced/responses", priced_response)
+    server.add_route("POST", r"/priced-anthropic/v1/messages", priced_message)
     return server
 
 
@@ -101,6 +153,13 @@ def envoy(envoy_factory, llm_mock: MockServer, rls: RateLimitServer) -> Envoy:
                            "backend": {"rls": {"cluster": "ratelimit", "timeout_ms": 2_000, "failure_mode": "closed"}}}),
         route("tokens-input", {"tokens": [tokens("in", 2_500, "input")]}),
         route("tokens-output", {"tokens": [tokens("out", 900, "output")]}),
+        route("cost-responses"),
+        {
+            "name": "cost-messages",
+            "match": {"headers": {"x-test": "cost-messages"}},
+            "provider": {"kind": "anthropic", "authority": "llm.local", "path": "/priced-anthropic/v1/messages",
+                         "auth": {"none": True}},
+        },
         {
             "name": "unpriced",
             "match": {"headers": {"x-test": "unpriced"}},
@@ -276,3 +335,35 @@ def test_bad_prices_and_cost_budgets_are_refused_with_their_json_path(expect_rej
     unpriced_budget = {"routes": [dict(openai_route, limits={"cost": [team_budget(5.0)]})]}
     result = expect_rejected(plugin_config=unpriced_budget, clusters={"mock_llm": mock})
     assert result.rejected and "routes[0].limits.cost[0]: a cost budget needs prices" in result.log
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_an_anthropic_messages_answer_is_priced_with_its_cache_reads_and_writes(envoy: Envoy, stream: bool) -> None:
+    before = envoy.metric_total("aigate.cost.usd_micros_total", {"route": "cost-messages"})
+    body: dict[str, Any] = {"model": CLAUDE, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+    if stream:
+        body["stream"] = True
+    r = httpx.post(envoy.base_url + "/v1/messages", json=body,
+                   headers={"x-test": "cost-messages", "anthropic-version": "2023-06-01"}, timeout=30)
+    assert r.status_code == 200, r.text
+    # Passed through: the client gets Anthropic's own usage, cache fields included.
+    assert '"cache_read_input_tokens":700' in r.text.replace(" ", "")
+    after = envoy.metric_total(
+        "aigate.cost.usd_micros_total",
+        {"route": "cost-messages", "gen_ai.provider.name": "anthropic", "gen_ai.response.model": CLAUDE},
+    )
+    assert after - before == CLAUDE_MICROS
+    entries = access_entries(envoy, "cost-messages", 2 if stream else 1)
+    assert entries[-1]["aigate_cost_usd"] == "0.008685"
+    assert entries[-1]["aigate_prompt_tokens"] == "1000"
+
+
+def test_a_streamed_responses_answer_is_priced_from_response_completed(envoy: Envoy) -> None:
+    r = httpx.post(envoy.base_url + "/v1/responses",
+                   json={"model": "gpt-4o-mini", "input": "hi", "stream": True},
+                   headers={"x-test": "cost-responses"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert '"type":"response.completed"' in r.text.replace(" ", "")
+    assert cost(envoy, "cost-responses") == ANSWER_MICROS
+    (entry,) = access_entries(envoy, "cost-responses", 1)
+    assert entry["aigate_cost_usd"] == "0.000420"
