@@ -56,6 +56,7 @@ def fallback_bootstrap(
     extra_clusters: dict[str, int],
     buffer_limit: int | None = None,
     order: list[str] | None = None,
+    pricing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     doc = yaml.safe_load(SHIPPED.read_text())
     doc["admin"]["address"]["socket_address"]["port_value"] = 0
@@ -76,7 +77,7 @@ def fallback_bootstrap(
     plugin = hcm["http_filters"][0]["typed_config"]["config"]
     plugin["vm_config"]["code"]["local"]["filename"] = str(wasm_path())
     plugin["vm_config"]["environment_variables"]["key_values"] = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
-    plugin["configuration"]["value"] = json.dumps({"routes": [route]})
+    plugin["configuration"]["value"] = json.dumps({"routes": [route], **({"pricing": pricing} if pricing else {})})
     http_route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
     http_route["route"]["retry_policy"]["per_try_timeout"] = f"{PER_TRY_MS / 1000}s"
     if buffer_limit is not None:
@@ -138,9 +139,10 @@ def start(
     extra_clusters: dict[str, int] | None = None,
     buffer_limit: int | None = None,
     order: list[str] | None = None,
+    pricing: dict[str, Any] | None = None,
 ) -> Envoy:
     workdir = tmp_path_factory.mktemp(f"envoy-fallbacks-{name}")
-    bootstrap = fallback_bootstrap(workdir, openai_port, anthropic_port, route, extra_clusters or {}, buffer_limit, order)
+    bootstrap = fallback_bootstrap(workdir, openai_port, anthropic_port, route, extra_clusters or {}, buffer_limit, order, pricing)
     envoy = Envoy(bootstrap, workdir=workdir, name=f"fallbacks-{name}")
     return envoy.start()
 
@@ -373,5 +375,32 @@ def test_anthropic_first_then_openai_each_attempt_rewrites_the_shared_headers(tm
         assert second.json["messages"][-1]["content"] == "hello there"
         entry = log_entry(e, "rid-reversed")
         assert entry["aigate_provider"] == "openai" and entry["attempts"] == 2
+    finally:
+        e.stop()
+
+
+def test_the_answer_is_priced_at_the_price_of_the_model_that_answered(tmp_path_factory, primary: MockServer, fallback: MockServer) -> None:
+    # Dollars per million tokens; the mocks report 11 prompt and 7 completion tokens.
+    pricing = {"gpt-4o-mini": {"input": 1.0, "output": 2.0}, "claude-sonnet-4-5": {"input": 100.0, "output": 200.0}}
+    e = start(tmp_path_factory, "priced", primary.port, fallback.port, chat_route(), pricing=pricing)
+    try:
+        r = post(e, chat_body(), rid="rid-priced-primary")
+        assert r.status_code == 200, r.text
+        assert log_entry(e, "rid-priced-primary")["aigate_cost_usd"] == "0.000025"  # 11 × 1 + 7 × 2
+        primary.enqueue(503, {"error": {"message": "down", "type": "server_error"}}, path="/v1/chat/completions")
+        r = post(e, chat_body(), rid="rid-priced-fallback")
+        assert r.status_code == 200, r.text
+        entry = log_entry(e, "rid-priced-fallback")
+        assert entry["aigate_provider"] == "anthropic"
+        assert entry["aigate_cost_usd"] == "0.002500"  # 11 × 100 + 7 × 200: the fallback's price
+        # Counted under the provider that answered, not the listener's client-form provider.
+        assert e.metric_total(
+            "aigate.cost.usd_micros_total",
+            {"gen_ai.provider.name": "anthropic", "gen_ai.response.model": "claude-sonnet-4-5"},
+        ) == 2500
+        assert e.metric_total(
+            "aigate.cost.usd_micros_total",
+            {"gen_ai.provider.name": "openai", "gen_ai.response.model": "gpt-4o-mini"},
+        ) == 25
     finally:
         e.stop()

@@ -872,20 +872,22 @@ impl Flow {
             return;
         }
         let priced = self.priced(usage);
+        // On a route with fallbacks, the provider whose attempt answered.
+        let provider = self.answering_provider(route);
         let (base, model) = match &priced.model {
             Some(model) => (metrics::COST, model.clone()),
             None => (
                 metrics::UNPRICED,
                 metrics::model_label(
                     &route.name,
-                    route.provider.model.is_some() || route.provider.models.is_some(),
+                    provider.model.is_some() || provider.models.is_some(),
                     &self.exchange.model,
                 ),
             ),
         };
         let labels = [
             ("route", route.name.as_str()),
-            (metrics::PROVIDER_NAME, route.provider.kind.gen_ai_name()),
+            (metrics::PROVIDER_NAME, provider.kind.gen_ai_name()),
             (metrics::RESPONSE_MODEL, model.as_str()),
         ];
         let amount = if priced.model.is_some() {
