@@ -6,6 +6,8 @@
 use std::rc::Rc;
 
 use aigate_core::host::RecordingHost;
+use aigate_core::limits::ledger::Table;
+use aigate_core::limits::local::shard_name;
 use aigate_core::pipeline::Flow;
 use aigate_core::plan::Plan;
 use serde_json::{json, Value};
@@ -191,6 +193,56 @@ fn a_stream_comes_back_as_messages_events_and_a_split_hit_is_masked() {
     assert_eq!(delta["usage"]["input_tokens"], 9);
     assert_eq!(delta["usage"]["output_tokens"], 5);
     assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+}
+
+/// A chat server that ignores `include_usage` sends no usage chunk; the bridge still writes
+/// the usage Anthropic clients require (zeros), but that is not the answer's usage: no zero
+/// token counts are recorded, and the budget is charged by estimate, never zero tokens (which
+/// would let such traffic past every token budget).
+#[test]
+fn a_bridged_stream_without_a_usage_chunk_is_charged_by_estimate_not_zero() {
+    let plan = support::compile(
+        &json!({"routes": [{
+            "name": "llm", "match": {"route_name": "llm"},
+            "provider": {"kind": "openai", "auth": {"key": {"value": "sk-gateway-key-1234"}}},
+            "limits": {"tokens": [{"name": "budget", "key": {"header": "anthropic-version"},
+                                   "limit": 100000, "window_ms": 60000}]},
+        }]}),
+        &support::no_env,
+    );
+    let (mut flow, mut host) = send(&plan, &request(true));
+    let chunk = |delta: Value, finish: Value| {
+        support::sse(
+            &json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": "gpt-4o",
+                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+        )
+    };
+    let stream = [
+        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+        chunk(
+            json!({"content": "A forty-byte answer with no usage at all."}),
+            Value::Null,
+        ),
+        chunk(json!({}), json!("stop")),
+        "data: [DONE]\n\n".to_string(),
+    ]
+    .concat();
+    let out = support::respond(
+        &mut flow,
+        &mut host,
+        200,
+        "text/event-stream",
+        &[stream.as_bytes()],
+    );
+    flow.on_log(&mut host);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("message_stop"), "{text}");
+    assert_eq!(host.filter_state.get("aigate.total_tokens"), None);
+    let shard = shard_name("llm", "budget", "2023-06-01");
+    let table = Table::decode(&host.shared[&shard].0).unwrap();
+    let used = table.entries.get("2023-06-01").map(|e| e.used).unwrap_or(0);
+    // The request's bytes and the 41 bytes of text, 4 bytes a token.
+    assert!(used > 10, "charged {used} tokens");
 }
 
 #[test]

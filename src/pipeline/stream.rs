@@ -93,8 +93,13 @@ impl StreamProcessor {
         self.decoder.is_none() && self.filters.is_empty() && !self.strip_usage_chunk
     }
 
+    /// The answer's usage so far; None while a bridge has only written usage the provider
+    /// never reported (`StreamDecoder::usage_reported`): the estimate is charged then.
     pub fn usage(&self) -> Option<Usage> {
-        self.usage
+        match self.decoder.as_ref().and_then(|d| d.usage_reported()) {
+            Some(false) => None,
+            _ => self.usage,
+        }
     }
 
     /// The model the answer names, once an event named one.
@@ -357,6 +362,10 @@ pub struct Chained {
     first: Option<Box<dyn StreamDecoder>>,
     second: Box<dyn StreamDecoder>,
     between: Vec<SseEvent>,
+    /// A chat chunk between the two carried usage: the bridge's usage is the provider's. A
+    /// server that ignores `include_usage` sends none, and the bridge's events then carry
+    /// zeros the client API requires, which must not be charged as the answer's usage.
+    usage_seen: bool,
 }
 
 impl Chained {
@@ -365,12 +374,16 @@ impl Chained {
             first,
             second,
             between: Vec::new(),
+            usage_seen: false,
         }
     }
 
     fn pass_on(&mut self, out: &mut Vec<SseEvent>) -> Result<(), ApiError> {
         let mut result = Ok(());
         for event in self.between.drain(..) {
+            if !self.usage_seen && crate::usage::from_stream_event(&event.data).is_some() {
+                self.usage_seen = true;
+            }
             if result.is_ok() {
                 result = self.second.on_event(&event, out);
             }
@@ -405,6 +418,10 @@ impl StreamDecoder for Chained {
             );
         }
         self.second.finish(out);
+    }
+
+    fn usage_reported(&self) -> Option<bool> {
+        Some(self.usage_seen)
     }
 }
 

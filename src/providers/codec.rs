@@ -75,6 +75,13 @@ pub trait StreamDecoder {
     fn on_event(&mut self, event: &SseEvent, out: &mut Vec<SseEvent>) -> Result<(), ApiError>;
     /// End of the upstream stream: emit whatever is still owed (final usage chunk, `[DONE]`).
     fn finish(&mut self, out: &mut Vec<SseEvent>);
+
+    /// Whether the usage in the translated events is the provider's own: `Some(false)` when
+    /// the translation had to write usage the provider never reported (a bridge's zeros), so
+    /// the answer is charged by estimate instead. None: the events carry what they carry.
+    fn usage_reported(&self) -> Option<bool> {
+        None
+    }
 }
 
 static OPENAI_CODEC: super::openai::OpenAiCodec = super::openai::OpenAiCodec {
